@@ -1,0 +1,1 @@
+//! Validated proxy configuration shared by the compiler and the commands.

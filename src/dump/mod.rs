@@ -1,0 +1,2 @@
+//! `iptables-save` / `iptables-restore` text: parsing, a model of restore semantics, and the
+//! packet tracer behind `knat trace`.

@@ -1,0 +1,1 @@
+//! Reading Kubernetes manifests (YAML or JSON, multi-document, `v1` Lists) into a snapshot.

@@ -1,0 +1,72 @@
+//! The snapshot: every Service and EndpointSlice the proxy knows, plus its own Node.
+//!
+//! It is a plain value with `apply`/`delete` style updates, shared by `knat render` (built from
+//! files) and the agent (built from watch events). Compilation reads it and nothing else.
+
+use std::collections::BTreeMap;
+
+use super::types::*;
+
+/// Everything compilation needs to know about the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub services: BTreeMap<ServiceName, Service>,
+    /// EndpointSlices grouped by the Service they belong to, keyed by slice name.
+    pub slices: BTreeMap<ServiceName, BTreeMap<String, EndpointSlice>>,
+    /// This proxy's own Node, when it is known.
+    pub node: Option<NodeInfo>,
+}
+
+impl Snapshot {
+    /// Inserts or replaces a Service.
+    pub fn upsert_service(&mut self, service: Service) {
+        self.services.insert(service.name.clone(), service);
+    }
+
+    /// Removes a Service; its slices stay until they are deleted themselves, as upstream.
+    pub fn remove_service(&mut self, name: &ServiceName) -> Option<Service> {
+        self.services.remove(name)
+    }
+
+    /// Inserts or replaces a slice. A slice that moved to another Service is removed from the
+    /// old one first.
+    pub fn upsert_slice(&mut self, namespace: &str, slice: EndpointSlice) {
+        self.remove_slice(namespace, &slice.slice_name);
+        self.slices
+            .entry(slice.service.clone())
+            .or_default()
+            .insert(slice.slice_name.clone(), slice);
+    }
+
+    /// Removes a slice by namespace and name; returns the Service it belonged to.
+    pub fn remove_slice(&mut self, namespace: &str, slice_name: &str) -> Option<ServiceName> {
+        let owner = self
+            .slices
+            .iter()
+            .filter(|(svc, _)| svc.namespace == namespace)
+            .find(|(_, slices)| slices.contains_key(slice_name))
+            .map(|(svc, _)| svc.clone())?;
+        if let Some(slices) = self.slices.get_mut(&owner) {
+            slices.remove(slice_name);
+            if slices.is_empty() {
+                self.slices.remove(&owner);
+            }
+        }
+        Some(owner)
+    }
+
+    /// The slices of one Service.
+    pub fn slices_of(&self, service: &ServiceName) -> impl Iterator<Item = &EndpointSlice> {
+        self.slices.get(service).into_iter().flat_map(|m| m.values())
+    }
+
+    /// Total number of endpoints over all service ports, as upstream counts for its
+    /// large-cluster mode (every endpoint, ready or not, once per port it serves).
+    pub fn endpoint_count(&self) -> usize {
+        self.slices
+            .values()
+            .flat_map(|m| m.values())
+            .map(|s| s.endpoints.len() * s.ports.len().max(1))
+            .sum()
+    }
+}

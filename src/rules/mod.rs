@@ -1,0 +1,1 @@
+//! From a snapshot to iptables rules: chain naming, typed rules, compilation, planning, rendering.
