@@ -1,1 +1,216 @@
 //! Validated proxy configuration shared by the compiler and the commands.
+//!
+//! The CLI (`main.rs`) turns flags and environment into a [`ProxyConfig`]; everything downstream
+//! may rely on its invariants (non-empty lower-case node name, family-consistent CIDRs, a sane
+//! masquerade bit).
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::model::IpFamily;
+use crate::rules::Match;
+use crate::rules::rule::Addr;
+
+/// Configuration errors. None is retryable: the operator must fix the flags.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The node name is empty after trimming.
+    #[error("the node name is empty: pass --hostname-override (or set NODE_NAME from the downward API spec.nodeName)")]
+    EmptyNodeName,
+    /// The masquerade bit is outside 0..=31.
+    #[error("--iptables-masquerade-bit {0} is out of range 0-31")]
+    MasqueradeBit(u8),
+    /// A dispatch leaf size of 1 cannot build a tree.
+    #[error("--dispatch-leaf-size {0} must be 0 (linear) or at least 2")]
+    LeafSize(usize),
+}
+
+/// How the proxy tells pod traffic from everything else (`--detect-local-mode`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalDetector {
+    /// No detector for this family: no ClusterIP masquerade rule and no pod short-circuit.
+    None,
+    /// `ClusterCIDR` / `NodeCIDR`: `-s CIDR` / `! -s CIDR`.
+    Cidr(IpNet),
+    /// `BridgeInterface`: `-i BRIDGE` / `! -i BRIDGE`.
+    Bridge(String),
+    /// `InterfaceNamePrefix`: `-i PREFIX+` / `! -i PREFIX+`.
+    InterfacePrefix(String),
+}
+
+impl LocalDetector {
+    /// The first CIDR of this family among `cidrs` (upstream uses only the first), or `None`.
+    pub fn from_cidrs(cidrs: &[IpNet], family: IpFamily) -> Self {
+        cidrs
+            .iter()
+            .find(|c| IpFamily::of_net(c) == family)
+            .map(|c| LocalDetector::Cidr(c.trunc()))
+            .unwrap_or(LocalDetector::None)
+    }
+
+    pub fn is_implemented(&self) -> bool {
+        !matches!(self, LocalDetector::None)
+    }
+
+    fn matcher(&self, negated: bool) -> Option<Match> {
+        match self {
+            LocalDetector::None => None,
+            LocalDetector::Cidr(net) => Some(Match::Src { negated, addr: Addr::Net(*net) }),
+            LocalDetector::Bridge(name) => Some(Match::InIface { negated, name: name.clone() }),
+            LocalDetector::InterfacePrefix(prefix) => Some(Match::InIface { negated, name: format!("{prefix}+") }),
+        }
+    }
+
+    /// The match for "comes from a local pod".
+    pub fn if_local(&self) -> Option<Match> {
+        self.matcher(false)
+    }
+
+    /// The match for "does not come from a local pod".
+    pub fn if_not_local(&self) -> Option<Match> {
+        self.matcher(true)
+    }
+}
+
+/// How nat KUBE-SERVICES dispatches on the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dispatch {
+    /// One rule per service destination, as upstream (O(services) per new connection).
+    Linear,
+    /// A prefix tree of chains; a chain holds at most `leaf_size` entries or sub-prefix jumps.
+    /// With at most `leaf_size` destinations the output is identical to `Linear`.
+    Tree { leaf_size: usize },
+}
+
+/// Default fan-out of the dispatch tree.
+pub const DEFAULT_LEAF_SIZE: usize = 16;
+
+/// The validated configuration of one proxier (one IP family).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// The node name: endpoints are local when their `nodeName` equals it.
+    pub node_name: String,
+    pub family: IpFamily,
+    pub local_detector: LocalDetector,
+    pub masquerade_all: bool,
+    pub masquerade_bit: u8,
+    /// `--nodeport-addresses` of this family; empty means every local address.
+    pub nodeport_addresses: Vec<IpNet>,
+    /// Local interface addresses (needed only when `nodeport_addresses` is restricted).
+    pub local_addresses: Vec<IpAddr>,
+    /// Primary node IPs (used for the loadBalancerSourceRanges "allow from node" rules);
+    /// when empty, the Node object's addresses are used.
+    pub node_ips: Vec<IpAddr>,
+    /// `--iptables-localhost-nodeports` as requested (effective only for IPv4 and when the
+    /// NodePort addresses include IPv4 loopback).
+    pub localhost_nodeports: bool,
+    /// Append `--random-fully` to MASQUERADE.
+    pub random_fully: bool,
+    /// nfacct counters exist (adds `-m nfacct` clauses as upstream does).
+    pub nfacct: bool,
+    /// Drop conntrack-INVALID packets in KUBE-FORWARD (off when tcp_be_liberal is set).
+    pub drop_invalid: bool,
+    pub dispatch: Dispatch,
+    /// Above this many endpoints, per-endpoint comments are left out (upstream: 1000).
+    pub large_cluster_threshold: usize,
+}
+
+impl ProxyConfig {
+    /// A configuration with upstream's defaults for `node_name` (trimmed and lower-cased).
+    pub fn new(node_name: &str, family: IpFamily) -> Result<Self, ConfigError> {
+        let node_name = node_name.trim().to_lowercase();
+        if node_name.is_empty() {
+            return Err(ConfigError::EmptyNodeName);
+        }
+        Ok(ProxyConfig {
+            node_name,
+            family,
+            local_detector: LocalDetector::None,
+            masquerade_all: false,
+            masquerade_bit: 14,
+            nodeport_addresses: Vec::new(),
+            local_addresses: Vec::new(),
+            node_ips: Vec::new(),
+            localhost_nodeports: true,
+            random_fully: false,
+            nfacct: false,
+            drop_invalid: true,
+            dispatch: Dispatch::Tree { leaf_size: DEFAULT_LEAF_SIZE },
+            large_cluster_threshold: 1000,
+        })
+    }
+
+    /// Checks the invariants that `new` cannot (fields set afterwards).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.masquerade_bit > 31 {
+            return Err(ConfigError::MasqueradeBit(self.masquerade_bit));
+        }
+        if let Dispatch::Tree { leaf_size } = self.dispatch
+            && leaf_size < 2
+        {
+            return Err(ConfigError::LeafSize(leaf_size));
+        }
+        Ok(())
+    }
+
+    /// The masquerade mark as upstream formats it (`0x00004000`).
+    pub fn masquerade_mark(&self) -> String {
+        format!("{:#010x}", 1u32 << self.masquerade_bit)
+    }
+
+    /// NodePort addresses of this family.
+    pub fn family_nodeport_addresses(&self) -> Vec<IpNet> {
+        self.nodeport_addresses
+            .iter()
+            .copied()
+            .filter(|n| IpFamily::of_net(n) == self.family)
+            .collect()
+    }
+
+    /// True when NodePorts are open on every local address of this family.
+    pub fn nodeports_match_all(&self) -> bool {
+        let nets = self.family_nodeport_addresses();
+        nets.is_empty() || nets.iter().any(|n| n.prefix_len() == 0)
+    }
+
+    /// Whether localhost NodePorts are in effect (IPv4 only, and only when the NodePort
+    /// addresses include an IPv4 loopback address).
+    pub fn localhost_nodeports_effective(&self) -> bool {
+        if self.family != IpFamily::V4 || !self.localhost_nodeports {
+            return false;
+        }
+        let loopback: IpAddr = [127, 0, 0, 1].into();
+        self.nodeports_match_all() || self.family_nodeport_addresses().iter().any(|n| n.contains(&loopback))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_name_is_trimmed_and_lowercased() {
+        let cfg = ProxyConfig::new("  Node-A \n", IpFamily::V4).unwrap();
+        assert_eq!(cfg.node_name, "node-a");
+        assert_eq!(ProxyConfig::new("  ", IpFamily::V4), Err(ConfigError::EmptyNodeName));
+    }
+
+    #[test]
+    fn mark_is_formatted_like_go() {
+        let cfg = ProxyConfig::new("n", IpFamily::V4).unwrap();
+        assert_eq!(cfg.masquerade_mark(), "0x00004000");
+    }
+
+    #[test]
+    fn localhost_nodeports_rules() {
+        let mut cfg = ProxyConfig::new("n", IpFamily::V4).unwrap();
+        assert!(cfg.localhost_nodeports_effective());
+        cfg.nodeport_addresses = vec!["192.168.0.0/24".parse().unwrap()];
+        assert!(!cfg.localhost_nodeports_effective());
+        cfg.nodeport_addresses.push("127.0.0.1/32".parse().unwrap());
+        assert!(cfg.localhost_nodeports_effective());
+        let v6 = ProxyConfig::new("n", IpFamily::V6).unwrap();
+        assert!(!v6.localhost_nodeports_effective());
+    }
+}

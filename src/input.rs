@@ -1,1 +1,206 @@
 //! Reading Kubernetes manifests (YAML or JSON, multi-document, `v1` Lists) into a snapshot.
+//!
+//! Used by `knat render`, the demo and (later) `knat run --from-files`. Text that cannot be
+//! parsed at all is an error with the file and line; an object that parses but is malformed is
+//! skipped with a note naming it and the reason, and the rest is kept.
+
+use std::fmt;
+
+use k8s_openapi::api::core::v1::{Node as K8sNode, Service as K8sService};
+use k8s_openapi::api::discovery::v1::EndpointSlice as K8sEndpointSlice;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::model::convert::{self, Skip};
+use crate::model::{NodeInfo, Snapshot};
+
+/// One input document source (a file, or standard input).
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub text: String,
+}
+
+/// Input that cannot be parsed at all. Not retryable: the file must be fixed.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// YAML/JSON syntax error.
+    #[error("{file}:{line}:{column}: cannot parse: {message}")]
+    Syntax { file: String, line: usize, column: usize, message: String },
+}
+
+/// How serious a note is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// Deliberately ignored, as upstream would (headless, other kinds, ...).
+    Info,
+    /// Broken object skipped.
+    Warning,
+}
+
+/// Something worth telling the operator about one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub severity: Severity,
+    pub message: String,
+}
+
+impl fmt::Display for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = match self.severity {
+            Severity::Info => "note",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{level}: {}", self.message)
+    }
+}
+
+/// Everything read from the sources.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// Services and slices; `node` is set when a Node named like this proxy's node was found.
+    pub snapshot: Snapshot,
+    /// Every Node found, by name.
+    pub nodes: Vec<NodeInfo>,
+    pub notes: Vec<Note>,
+}
+
+fn describe(value: &Value) -> String {
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or("<no kind>");
+    let meta = value.get("metadata");
+    let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("<no name>");
+    match meta.and_then(|m| m.get("namespace")).and_then(Value::as_str) {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    }
+}
+
+/// Parses every document of every source and builds the snapshot for `node_name`.
+pub fn load(sources: &[Source], node_name: &str) -> Result<Loaded, InputError> {
+    let mut loaded = Loaded::default();
+    for source in sources {
+        for (index, document) in serde_yaml_ng::Deserializer::from_str(&source.text).enumerate() {
+            let value = Value::deserialize(document).map_err(|e| {
+                let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+                InputError::Syntax { file: source.name.clone(), line, column, message: e.to_string() }
+            })?;
+            let place = format!("{} (document {})", source.name, index + 1);
+            add_value(&mut loaded, value, &place, node_name);
+        }
+    }
+    Ok(loaded)
+}
+
+fn add_value(loaded: &mut Loaded, value: Value, place: &str, node_name: &str) {
+    if value.is_null() {
+        return;
+    }
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+    if kind.ends_with("List") {
+        if let Some(items) = value.get("items").and_then(Value::as_array) {
+            for item in items.clone() {
+                add_value(loaded, item, place, node_name);
+            }
+        }
+        return;
+    }
+    let what = describe(&value);
+    let skip = |loaded: &mut Loaded, reason: Skip| {
+        let severity = match reason {
+            Skip::Ignored(_) => Severity::Info,
+            Skip::Malformed(_) => Severity::Warning,
+        };
+        loaded.notes.push(Note { severity, message: format!("{place}: {what} skipped: {reason}") });
+    };
+    match kind.as_str() {
+        "Service" => match serde_json::from_value::<K8sService>(value) {
+            Ok(svc) => match convert::service(&svc) {
+                Ok(service) => loaded.snapshot.upsert_service(service),
+                Err(reason) => skip(loaded, reason),
+            },
+            Err(e) => skip(loaded, Skip::Malformed(e.to_string())),
+        },
+        "EndpointSlice" => match serde_json::from_value::<K8sEndpointSlice>(value) {
+            Ok(slice) => match convert::endpoint_slice(&slice) {
+                Ok(converted) => {
+                    let ns = slice.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+                    loaded.snapshot.upsert_slice(&ns, converted);
+                }
+                Err(reason) => skip(loaded, reason),
+            },
+            Err(e) => skip(loaded, Skip::Malformed(e.to_string())),
+        },
+        "Node" => match serde_json::from_value::<K8sNode>(value) {
+            Ok(node) => match convert::node(&node) {
+                Ok(info) => {
+                    if info.name == node_name {
+                        loaded.snapshot.node = Some(info.clone());
+                    }
+                    loaded.nodes.push(info);
+                }
+                Err(reason) => skip(loaded, reason),
+            },
+            Err(e) => skip(loaded, Skip::Malformed(e.to_string())),
+        },
+        "" => skip(loaded, Skip::Malformed("no kind".into())),
+        other => loaded.notes.push(Note {
+            severity: Severity::Info,
+            message: format!("{place}: {what} ignored: knat reads only Services, EndpointSlices and Nodes ({other})"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bad, namespace: demo}
+spec:
+  clusterIP: 10.96.0.300
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: List
+items:
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: web-abc, namespace: demo, labels: {kubernetes.io/service-name: web}}
+  addressType: IPv4
+  ports: [{name: http, port: 8080, protocol: TCP}]
+  endpoints: [{addresses: [10.244.1.5], nodeName: node-1}]
+"#;
+
+    #[test]
+    fn loads_lists_and_skips_bad_objects_with_notes() {
+        let loaded = load(&[Source { name: "x.yaml".into(), text: GOOD.into() }], "node-1").unwrap();
+        assert_eq!(loaded.snapshot.services.len(), 1);
+        assert_eq!(loaded.snapshot.slices.len(), 1);
+        let warnings: Vec<_> = loaded.notes.iter().filter(|n| n.severity == Severity::Warning).collect();
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].message.contains("Service demo/bad"), "{}", warnings[0].message);
+        assert!(warnings[0].message.contains("10.96.0.300"), "{}", warnings[0].message);
+        assert!(loaded.notes.iter().any(|n| n.message.contains("ConfigMap")));
+    }
+
+    #[test]
+    fn syntax_errors_name_file_and_line() {
+        let text = "kind: Service\nmetadata: {name: [\n";
+        let err = load(&[Source { name: "broken.yaml".into(), text: text.into() }], "n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("broken.yaml:"), "{msg}");
+    }
+}

@@ -1,1 +1,43 @@
-fn main() {}
+//! The `knat` command line: render, trace, demo (and, hidden, the lab's echo server and probe).
+//!
+//! This is the only place that uses `anyhow`; everything it calls returns typed errors.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "knat", version, about = "A kube-proxy (iptables mode) replacement built around externalTrafficPolicy: Local")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the complete iptables-restore payload (filter and nat) for one node from manifests.
+    Render(cli::render::RenderArgs),
+    /// Follow one new connection through an iptables-save dump and explain the verdict.
+    Trace(cli::trace::TraceArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Render(args) => cli::render::run(args),
+        Command::Trace(args) => cli::trace::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("knat: error: {err:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

@@ -1,1 +1,18 @@
 //! From a snapshot to iptables rules: chain naming, typed rules, compilation, planning, rendering.
+//!
+//! `compile` is pure: `compile(&Snapshot, &ProxyConfig) -> Compiled`. `render` turns a rule set
+//! into `iptables-restore` text, and `plan` decides which chains a `--noflush` restore must
+//! rewrite given what was applied before.
+
+pub mod chain;
+pub mod compile;
+pub mod dispatch;
+pub mod plan;
+pub mod render;
+pub mod rule;
+
+pub use chain::ChainName;
+pub use compile::{Compiled, ServiceHealth, compile};
+pub use plan::{AppliedState, Plan, PlanStats, plan};
+pub use render::{render_standalone, rendered_chains};
+pub use rule::{Match, Rule, RuleSet, Table, TableName, Target};

@@ -1,0 +1,5 @@
+//! Subcommand implementations: argument structs and the glue from flags to the library.
+
+pub mod common;
+pub mod render;
+pub mod trace;

@@ -1,0 +1,694 @@
+//! `compile(snapshot, config) -> Compiled`: upstream's `syncProxyRules`, as a pure function.
+//!
+//! The per-service logic follows `reference/kube-proxy-iptables.md` §3 rule by rule; the only
+//! deliberate difference is the optional dispatch tree for nat KUBE-SERVICES
+//! (`rules::dispatch`), which keeps every verdict and every per-service chain.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use super::chain::{ChainName, ServiceChains, endpoint_chain};
+use super::dispatch::{self, Entry};
+use super::rule::*;
+use crate::config::ProxyConfig;
+use crate::model::categorize::{NodeTopology, categorize};
+use crate::model::endpoints::{EndpointInfo, endpoints_by_port, local_ready_ip_count};
+use crate::model::{IpFamily, Protocol, Service, ServiceName, ServicePort, ServicePortName, Snapshot};
+
+/// What the health-check node port of one Service should report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceHealth {
+    pub service: ServiceName,
+    pub port: u16,
+    /// Distinct local ready endpoint IPs over all ports of the Service.
+    pub local_endpoints: usize,
+}
+
+/// Destinations of one UDP service port and the endpoint IPs serving it (for conntrack cleanup).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpServicePort {
+    pub spn: ServicePortName,
+    pub destinations: Vec<(IpAddr, u16)>,
+    pub node_port: Option<u16>,
+    pub serving_ips: Vec<IpAddr>,
+}
+
+/// The result of compilation for one IP family.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub rules: RuleSet,
+    pub health: BTreeMap<ServiceName, ServiceHealth>,
+    /// Service ports with iTP=Local whose endpoints exist but none is local (DROP).
+    pub no_local_endpoints_internal: usize,
+    /// Service ports with eTP=Local whose endpoints exist but none is local (DROP).
+    pub no_local_endpoints_external: usize,
+    /// Which service port owns each per-service chain (for operator-facing explanations).
+    pub chain_owners: BTreeMap<ChainName, ServicePortName>,
+    /// UDP service ports with serving endpoints.
+    pub udp: Vec<UdpServicePort>,
+    /// Per-endpoint comments were left out (more than the large-cluster threshold).
+    pub large_cluster: bool,
+}
+
+const COMMENT_NODEPORTS_TAIL: &str = "kubernetes service nodeports; NOTE: this must be the last rule in this chain";
+
+fn c(text: impl Into<Arc<str>>) -> Match {
+    Match::Comment(text.into())
+}
+
+fn dst_ip(ip: IpAddr) -> Match {
+    Match::Dst { negated: false, addr: Addr::Ip(ip) }
+}
+
+fn jump(chain: &ChainName) -> Target {
+    Target::Jump(chain.clone())
+}
+
+/// Upstream's probability strings (`%0.10f` of 1/n), cached.
+#[derive(Default)]
+struct Probabilities(Vec<Arc<str>>);
+
+impl Probabilities {
+    fn get(&mut self, n: usize) -> Arc<str> {
+        if n >= self.0.len() {
+            let start = self.0.len();
+            self.0.extend((start..=n.max(1001)).map(|i| Arc::from(format!("{:.10}", 1.0 / i as f64))));
+        }
+        self.0[n].clone()
+    }
+}
+
+struct Compiler<'a> {
+    cfg: &'a ProxyConfig,
+    family: IpFamily,
+    mark: Arc<str>,
+    rs: RuleSet,
+    services_entries: Vec<Entry>,
+    probabilities: Probabilities,
+    large: bool,
+    node_ip: Option<IpAddr>,
+    out_health: BTreeMap<ServiceName, ServiceHealth>,
+    no_local_internal: usize,
+    no_local_external: usize,
+    chain_owners: BTreeMap<ChainName, ServicePortName>,
+    udp: Vec<UdpServicePort>,
+    kube_mark_masq: ChainName,
+    kube_services: ChainName,
+    kube_ext_services: ChainName,
+    kube_nodeports: ChainName,
+    kube_proxy_firewall: ChainName,
+}
+
+/// Compiles the snapshot into the rule set for `cfg.family`.
+pub fn compile(snapshot: &Snapshot, cfg: &ProxyConfig) -> Compiled {
+    let family = cfg.family;
+    let node_ip = cfg
+        .node_ips
+        .iter()
+        .copied()
+        .find(|ip| family.contains(ip))
+        .or_else(|| {
+            snapshot
+                .node
+                .as_ref()
+                .and_then(|n| n.addresses.iter().copied().find(|ip| family.contains(ip)))
+        });
+    let mut compiler = Compiler {
+        cfg,
+        family,
+        mark: cfg.masquerade_mark().into(),
+        rs: RuleSet::new(family),
+        services_entries: Vec::new(),
+        probabilities: Probabilities::default(),
+        large: snapshot.endpoint_count() > cfg.large_cluster_threshold,
+        node_ip,
+        out_health: BTreeMap::new(),
+        no_local_internal: 0,
+        no_local_external: 0,
+        chain_owners: BTreeMap::new(),
+        udp: Vec::new(),
+        kube_mark_masq: ChainName::fixed(ChainName::KUBE_MARK_MASQ),
+        kube_services: ChainName::fixed(ChainName::KUBE_SERVICES),
+        kube_ext_services: ChainName::fixed(ChainName::KUBE_EXTERNAL_SERVICES),
+        kube_nodeports: ChainName::fixed(ChainName::KUBE_NODEPORTS),
+        kube_proxy_firewall: ChainName::fixed(ChainName::KUBE_PROXY_FIREWALL),
+    };
+    compiler.fixed_chains();
+    let topology = NodeTopology {
+        name: &cfg.node_name,
+        zone: snapshot.node.as_ref().and_then(|n| n.zone.as_deref()),
+    };
+    for service in snapshot.services.values() {
+        compiler.service(snapshot, service, topology);
+    }
+    compiler.finish()
+}
+
+impl Compiler<'_> {
+    fn fixed_chains(&mut self) {
+        let mark = self.mark.clone();
+        for name in [
+            ChainName::KUBE_SERVICES,
+            ChainName::KUBE_EXTERNAL_SERVICES,
+            ChainName::KUBE_FORWARD,
+            ChainName::KUBE_NODEPORTS,
+            ChainName::KUBE_PROXY_FIREWALL,
+        ] {
+            self.rs.filter.chain(&ChainName::fixed(name));
+        }
+        for name in [
+            ChainName::KUBE_SERVICES,
+            ChainName::KUBE_NODEPORTS,
+            ChainName::KUBE_POSTROUTING,
+            ChainName::KUBE_MARK_MASQ,
+        ] {
+            self.rs.nat.chain(&ChainName::fixed(name));
+        }
+        let postrouting = ChainName::fixed(ChainName::KUBE_POSTROUTING);
+        let nat = &mut self.rs.nat;
+        nat.push(
+            &postrouting,
+            Rule::new(vec![Match::Mark { negated: true, mark: mark.clone() }], Target::Return),
+        );
+        nat.push(&postrouting, Rule::new(vec![], Target::MarkXor(mark.clone())));
+        nat.push(
+            &postrouting,
+            Rule::new(
+                vec![c("kubernetes service traffic requiring SNAT")],
+                Target::Masquerade { random_fully: self.cfg.random_fully },
+            ),
+        );
+        nat.push(&self.kube_mark_masq, Rule::new(vec![], Target::MarkOr(mark.clone())));
+
+        let forward = ChainName::fixed(ChainName::KUBE_FORWARD);
+        let filter = &mut self.rs.filter;
+        if self.cfg.drop_invalid {
+            let mut matches = vec![Match::CtState { negated: false, states: "INVALID" }];
+            if self.cfg.nfacct {
+                matches.push(Match::Nfacct("ct_state_invalid_dropped_pkts"));
+            }
+            filter.push(&forward, Rule::new(matches, Target::Drop));
+        }
+        filter.push(
+            &forward,
+            Rule::new(
+                vec![c("kubernetes forwarding rules"), Match::Mark { negated: false, mark: mark.clone() }],
+                Target::Accept,
+            ),
+        );
+        filter.push(
+            &forward,
+            Rule::new(
+                vec![
+                    c("kubernetes forwarding conntrack rule"),
+                    Match::CtState { negated: false, states: "RELATED,ESTABLISHED" },
+                ],
+                Target::Accept,
+            ),
+        );
+        if self.cfg.localhost_nodeports_effective() {
+            let fw = ChainName::fixed(ChainName::KUBE_FIREWALL);
+            filter.push(
+                &fw,
+                Rule::new(
+                    vec![
+                        c("block incoming localnet connections"),
+                        Match::Dst { negated: false, addr: Addr::Net(loopback_net()) },
+                        Match::Src { negated: true, addr: Addr::Net(loopback_net()) },
+                        Match::CtState { negated: true, states: "RELATED,ESTABLISHED,DNAT" },
+                    ],
+                    Target::Drop,
+                ),
+            );
+        }
+        self.hooks();
+    }
+
+    fn hooks(&mut self) {
+        let new = || Match::CtState { negated: false, states: "NEW" };
+        let hook = |table, chain: &str, matches: Vec<Match>, to: &str| Hook {
+            table,
+            chain: ChainName::fixed(chain),
+            rule: Rule::new(matches, Target::Jump(ChainName::fixed(to))),
+        };
+        let ext = "kubernetes externally-visible service portals";
+        let portals = "kubernetes service portals";
+        let lbfw = "kubernetes load balancer firewall";
+        let kubelet_fw = self.cfg.localhost_nodeports_effective();
+        let f = TableName::Filter;
+        let n = TableName::Nat;
+        let mut hooks = Vec::new();
+        if kubelet_fw {
+            hooks.push(hook(f, "INPUT", vec![], ChainName::KUBE_FIREWALL));
+        }
+        hooks.push(hook(f, "INPUT", vec![new(), c(lbfw)], ChainName::KUBE_PROXY_FIREWALL));
+        hooks.push(hook(f, "INPUT", vec![c("kubernetes health check service ports")], ChainName::KUBE_NODEPORTS));
+        hooks.push(hook(f, "INPUT", vec![new(), c(ext)], ChainName::KUBE_EXTERNAL_SERVICES));
+        hooks.push(hook(f, "FORWARD", vec![new(), c(lbfw)], ChainName::KUBE_PROXY_FIREWALL));
+        hooks.push(hook(f, "FORWARD", vec![c("kubernetes forwarding rules")], ChainName::KUBE_FORWARD));
+        hooks.push(hook(f, "FORWARD", vec![new(), c(portals)], ChainName::KUBE_SERVICES));
+        hooks.push(hook(f, "FORWARD", vec![new(), c(ext)], ChainName::KUBE_EXTERNAL_SERVICES));
+        if kubelet_fw {
+            hooks.push(hook(f, "OUTPUT", vec![], ChainName::KUBE_FIREWALL));
+        }
+        hooks.push(hook(f, "OUTPUT", vec![new(), c(lbfw)], ChainName::KUBE_PROXY_FIREWALL));
+        hooks.push(hook(f, "OUTPUT", vec![new(), c(portals)], ChainName::KUBE_SERVICES));
+        hooks.push(hook(n, "PREROUTING", vec![c(portals)], ChainName::KUBE_SERVICES));
+        hooks.push(hook(n, "OUTPUT", vec![c(portals)], ChainName::KUBE_SERVICES));
+        hooks.push(hook(n, "POSTROUTING", vec![c("kubernetes postrouting rules")], ChainName::KUBE_POSTROUTING));
+        self.rs.hooks = hooks;
+    }
+
+    fn service(&mut self, snapshot: &Snapshot, svc: &Service, topology: NodeTopology<'_>) {
+        let family = self.family;
+        let Some(cluster_ip) = svc.cluster_ip(family) else {
+            return;
+        };
+        let by_port = endpoints_by_port(snapshot.slices_of(&svc.name), family, &self.cfg.node_name);
+        if let Some(port) = svc.health_check_node_port {
+            let local = local_ready_ip_count(snapshot.slices_of(&svc.name), family, &self.cfg.node_name);
+            self.out_health.insert(
+                svc.name.clone(),
+                ServiceHealth { service: svc.name.clone(), port, local_endpoints: local },
+            );
+        }
+        let external_ips: Vec<IpAddr> = svc.external_ips.iter().copied().filter(|ip| family.contains(ip)).collect();
+        let lb_ips: Vec<IpAddr> = svc.load_balancer_ips.iter().copied().filter(|ip| family.contains(ip)).collect();
+        let mut ranges: Vec<IpNet> =
+            svc.source_ranges.iter().copied().filter(|n| IpFamily::of_net(n) == family).collect();
+        if ranges.iter().any(|n| n.prefix_len() == 0) {
+            ranges.clear();
+        }
+        let empty = Vec::new();
+        for port in &svc.ports {
+            let endpoints = by_port.get(&(port.name.clone(), port.protocol)).unwrap_or(&empty);
+            let ctx = PortContext {
+                svc,
+                port,
+                spn: svc.port_name(port),
+                cluster_ip,
+                external_ips: &external_ips,
+                lb_ips: &lb_ips,
+                ranges: &ranges,
+            };
+            self.service_port(&ctx, endpoints, topology);
+        }
+    }
+
+    fn service_port(&mut self, ctx: &PortContext<'_>, endpoints: &[EndpointInfo], topology: NodeTopology<'_>) {
+        let svc = ctx.svc;
+        let port = ctx.port;
+        let proto = port.protocol;
+        let spn_text: Arc<str> = ctx.spn.to_string().into();
+        let chains = ServiceChains::new(&ctx.spn);
+        let externally_accessible = port.node_port.is_some() || !ctx.lb_ips.is_empty() || !ctx.external_ips.is_empty();
+        let uses_cluster = !svc.internal_policy_local || externally_accessible;
+        let uses_local = svc.internal_policy_local || (svc.external_policy_local && externally_accessible);
+        let cat = categorize(endpoints, uses_cluster, uses_local, topology);
+
+        let has_endpoints = cat.has_any;
+        let uses_cluster_chain = uses_cluster && !cat.cluster.is_empty();
+        let uses_local_chain = uses_local && !cat.local.is_empty();
+        let internal_chain = if svc.internal_policy_local { &chains.svl } else { &chains.svc };
+        let external_chain = if svc.external_policy_local { &chains.svl } else { &chains.svc };
+        let has_internal = has_endpoints && (!svc.internal_policy_local || !cat.local.is_empty());
+        let has_external = has_endpoints && (!svc.external_policy_local || !cat.local.is_empty());
+        let uses_ext_chain = has_endpoints && externally_accessible;
+        let uses_fw_chain = has_endpoints && !ctx.lb_ips.is_empty() && !ctx.ranges.is_empty();
+        let lb_chain = if uses_fw_chain { &chains.fw } else { &chains.ext };
+
+        let (internal_filter, internal_comment) = filter_verdict(has_endpoints, &spn_text);
+        let (external_filter, external_comment) = (internal_filter.clone(), internal_comment.clone());
+        if has_endpoints && svc.internal_policy_local && cat.local.is_empty() {
+            self.no_local_internal += 1;
+        }
+        if has_endpoints && svc.external_policy_local && externally_accessible && cat.local.is_empty() {
+            self.no_local_external += 1;
+        }
+        let proto_port = |p: u16| [Match::Proto(proto), Match::DPort(p)];
+
+        // ClusterIP.
+        if has_internal {
+            self.services_entries.push(Entry {
+                dst: ctx.cluster_ip,
+                rule: Rule::new(
+                    vec![c(format!("{spn_text} cluster IP")), Match::Proto(proto), dst_ip(ctx.cluster_ip), Match::DPort(port.port)],
+                    jump(internal_chain),
+                ),
+            });
+        } else {
+            self.rs.filter.push(
+                &self.kube_services,
+                Rule::new(
+                    vec![
+                        c(internal_comment.clone()),
+                        Match::Proto(proto),
+                        dst_ip(ctx.cluster_ip),
+                        Match::DPort(port.port),
+                    ],
+                    internal_filter.clone(),
+                ),
+            );
+        }
+        // externalIPs.
+        for &ip in ctx.external_ips {
+            if has_endpoints {
+                self.services_entries.push(Entry {
+                    dst: ip,
+                    rule: Rule::new(
+                        vec![c(format!("{spn_text} external IP")), Match::Proto(proto), dst_ip(ip), Match::DPort(port.port)],
+                        jump(&chains.ext),
+                    ),
+                });
+            }
+            if !has_external {
+                self.rs.filter.push(
+                    &self.kube_ext_services,
+                    Rule::new(
+                        vec![c(external_comment.clone()), Match::Proto(proto), dst_ip(ip), Match::DPort(port.port)],
+                        external_filter.clone(),
+                    ),
+                );
+            }
+        }
+        // LoadBalancer VIPs.
+        for &ip in ctx.lb_ips {
+            if has_endpoints {
+                self.services_entries.push(Entry {
+                    dst: ip,
+                    rule: Rule::new(
+                        vec![c(format!("{spn_text} loadbalancer IP")), Match::Proto(proto), dst_ip(ip), Match::DPort(port.port)],
+                        jump(lb_chain),
+                    ),
+                });
+            }
+            if uses_fw_chain {
+                self.rs.filter.push(
+                    &self.kube_proxy_firewall,
+                    Rule::new(
+                        vec![
+                            c(format!("{spn_text} traffic not accepted by {}", chains.fw)),
+                            Match::Proto(proto),
+                            dst_ip(ip),
+                            Match::DPort(port.port),
+                        ],
+                        Target::Drop,
+                    ),
+                );
+            }
+        }
+        if !has_external {
+            for &ip in ctx.lb_ips {
+                self.rs.filter.push(
+                    &self.kube_ext_services,
+                    Rule::new(
+                        vec![c(external_comment.clone()), Match::Proto(proto), dst_ip(ip), Match::DPort(port.port)],
+                        external_filter.clone(),
+                    ),
+                );
+            }
+        }
+        // NodePorts.
+        if let Some(node_port) = port.node_port {
+            if has_endpoints {
+                if self.cfg.nfacct && self.cfg.localhost_nodeports_effective() {
+                    self.rs.nat.push(
+                        &self.kube_nodeports,
+                        Rule::new(
+                            vec![
+                                c(spn_text.clone()),
+                                Match::Proto(proto),
+                                Match::Dst { negated: false, addr: Addr::Net(loopback_net()) },
+                                Match::DPort(node_port),
+                                Match::Nfacct("localhost_nps_accepted_pkts"),
+                            ],
+                            jump(&chains.ext),
+                        ),
+                    );
+                }
+                let mut matches = vec![c(spn_text.clone())];
+                matches.extend(proto_port(node_port));
+                self.rs.nat.push(&self.kube_nodeports, Rule::new(matches, jump(&chains.ext)));
+            }
+            if !has_external {
+                let mut matches = vec![
+                    c(external_comment.clone()),
+                    Match::AddrTypeLocal { dir: AddrTypeDir::Dst, negated: false },
+                ];
+                matches.extend(proto_port(node_port));
+                self.rs.filter.push(&self.kube_ext_services, Rule::new(matches, external_filter.clone()));
+            }
+        }
+        // Health-check node port.
+        if let Some(hc) = svc.health_check_node_port {
+            let mut matches = vec![c(format!("{spn_text} health check node port"))];
+            matches.extend(proto_port_tcp(hc));
+            self.rs.filter.push(&self.kube_nodeports, Rule::new(matches, Target::Accept));
+        }
+
+        // Internal traffic masquerade, first rule of the internal chain.
+        if has_internal {
+            let mut matches = vec![
+                c(format!("{spn_text} cluster IP")),
+                Match::Proto(proto),
+                dst_ip(ctx.cluster_ip),
+                Match::DPort(port.port),
+            ];
+            let masq = if self.cfg.masquerade_all {
+                true
+            } else if let Some(not_local) = self.cfg.local_detector.if_not_local() {
+                matches.push(not_local);
+                true
+            } else {
+                false
+            };
+            if masq {
+                self.rs.nat.push(internal_chain, Rule::new(matches, jump(&self.kube_mark_masq)));
+            }
+        }
+        // External destinations.
+        if uses_ext_chain {
+            let ext = &chains.ext;
+            self.rs.nat.chain(ext);
+            if !svc.external_policy_local {
+                self.rs.nat.push(
+                    ext,
+                    Rule::new(
+                        vec![c(format!("masquerade traffic for {spn_text} external destinations"))],
+                        jump(&self.kube_mark_masq),
+                    ),
+                );
+            } else {
+                if let Some(local) = self.cfg.local_detector.if_local() {
+                    self.rs.nat.push(
+                        ext,
+                        Rule::new(
+                            vec![c(format!("pod traffic for {spn_text} external destinations")), local],
+                            jump(&chains.svc),
+                        ),
+                    );
+                }
+                let src_local = Match::AddrTypeLocal { dir: AddrTypeDir::Src, negated: false };
+                self.rs.nat.push(
+                    ext,
+                    Rule::new(
+                        vec![c(format!("masquerade LOCAL traffic for {spn_text} external destinations")), src_local.clone()],
+                        jump(&self.kube_mark_masq),
+                    ),
+                );
+                self.rs.nat.push(
+                    ext,
+                    Rule::new(
+                        vec![c(format!("route LOCAL traffic for {spn_text} external destinations")), src_local],
+                        jump(&chains.svc),
+                    ),
+                );
+            }
+            if has_external {
+                self.rs.nat.push(ext, Rule::new(vec![], jump(external_chain)));
+            }
+            self.chain_owners.insert(ext.clone(), ctx.spn.clone());
+        }
+        // loadBalancerSourceRanges.
+        if uses_fw_chain {
+            let fw = &chains.fw;
+            let comment = c(format!("{spn_text} loadbalancer IP"));
+            for range in ctx.ranges {
+                self.rs.nat.push(
+                    fw,
+                    Rule::new(
+                        vec![comment.clone(), Match::Src { negated: false, addr: Addr::Net(*range) }],
+                        jump(&chains.ext),
+                    ),
+                );
+            }
+            let allow_from_node = self.node_ip.is_some_and(|ip| ctx.ranges.iter().any(|r| r.contains(&ip)));
+            if allow_from_node {
+                for &vip in ctx.lb_ips {
+                    self.rs.nat.push(
+                        fw,
+                        Rule::new(vec![comment.clone(), Match::Src { negated: false, addr: Addr::Ip(vip) }], jump(&chains.ext)),
+                    );
+                }
+            }
+            self.rs.nat.push(
+                fw,
+                Rule::new(
+                    vec![c(format!("other traffic to {spn_text} will be dropped by KUBE-PROXY-FIREWALL"))],
+                    Target::None,
+                ),
+            );
+            self.chain_owners.insert(fw.clone(), ctx.spn.clone());
+        }
+        // Policy chains and endpoint chains.
+        if uses_cluster_chain {
+            self.endpoint_jumps(&chains.svc, &spn_text, proto, svc.session_affinity_timeout, &cat.cluster);
+            self.chain_owners.insert(chains.svc.clone(), ctx.spn.clone());
+        }
+        if uses_local_chain {
+            self.endpoint_jumps(&chains.svl, &spn_text, proto, svc.session_affinity_timeout, &cat.local);
+            self.chain_owners.insert(chains.svl.clone(), ctx.spn.clone());
+        }
+        for ep in &cat.all_reachable {
+            let sep = endpoint_chain(&spn_text, proto, &ep.key);
+            let mut hairpin = Vec::new();
+            let mut dnat = Vec::new();
+            if !self.large {
+                hairpin.push(c(spn_text.clone()));
+                dnat.push(c(spn_text.clone()));
+            }
+            hairpin.push(Match::Src { negated: false, addr: Addr::Ip(ep.ip) });
+            self.rs.nat.push(&sep, Rule::new(hairpin, jump(&self.kube_mark_masq)));
+            if svc.session_affinity_timeout.is_some() {
+                dnat.push(Match::RecentSet { name: sep.clone() });
+            }
+            dnat.push(Match::Proto(proto));
+            self.rs.nat.push(&sep, Rule::new(dnat, Target::Dnat(ep.key.clone())));
+            self.chain_owners.insert(sep, ctx.spn.clone());
+        }
+        if proto == Protocol::Udp {
+            let serving: Vec<IpAddr> = endpoints.iter().filter(|e| e.serving).map(|e| e.ip).collect();
+            if !serving.is_empty() {
+                let mut destinations = vec![(ctx.cluster_ip, port.port)];
+                destinations.extend(ctx.external_ips.iter().chain(ctx.lb_ips).map(|ip| (*ip, port.port)));
+                self.udp.push(UdpServicePort {
+                    spn: ctx.spn.clone(),
+                    destinations,
+                    node_port: port.node_port,
+                    serving_ips: serving,
+                });
+            }
+        }
+    }
+
+    /// `writeServiceToEndpointRules`: affinity rules, then the probability ladder.
+    fn endpoint_jumps(
+        &mut self,
+        chain: &ChainName,
+        spn_text: &str,
+        proto: Protocol,
+        affinity: Option<u32>,
+        endpoints: &[&EndpointInfo],
+    ) {
+        self.rs.nat.chain(chain);
+        let comment = |ep: &EndpointInfo, large: bool| {
+            (!large).then(|| c(format!("{spn_text} -> {}", ep.key)))
+        };
+        if let Some(seconds) = affinity {
+            for ep in endpoints {
+                let sep = endpoint_chain(spn_text, proto, &ep.key);
+                let mut matches: Vec<Match> = comment(ep, self.large).into_iter().collect();
+                matches.push(Match::RecentCheck { name: sep.clone(), seconds });
+                self.rs.nat.push(chain, Rule::new(matches, Target::Jump(sep)));
+            }
+        }
+        let n = endpoints.len();
+        for (i, ep) in endpoints.iter().enumerate() {
+            let sep = endpoint_chain(spn_text, proto, &ep.key);
+            let mut matches: Vec<Match> = comment(ep, self.large).into_iter().collect();
+            if i + 1 < n {
+                matches.push(Match::Probability(self.probabilities.get(n - i)));
+            }
+            self.rs.nat.push(chain, Rule::new(matches, Target::Jump(sep)));
+        }
+    }
+
+    fn finish(mut self) -> Compiled {
+        let entries = std::mem::take(&mut self.services_entries);
+        dispatch::build(entries, self.cfg.dispatch, &self.kube_services, &mut self.rs.nat);
+        // The NodePort tail rule, last in nat KUBE-SERVICES.
+        let tail_comment = c(COMMENT_NODEPORTS_TAIL);
+        if self.cfg.nodeports_match_all() {
+            let mut matches = vec![tail_comment, Match::AddrTypeLocal { dir: AddrTypeDir::Dst, negated: false }];
+            match self.family {
+                IpFamily::V6 => matches.push(Match::Dst {
+                    negated: true,
+                    addr: Addr::Net(IpNet::new(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), 128).unwrap_or_default()),
+                }),
+                IpFamily::V4 if !self.cfg.localhost_nodeports_effective() => {
+                    matches.push(Match::Dst { negated: true, addr: Addr::Net(loopback_net()) })
+                }
+                IpFamily::V4 => {}
+            }
+            self.rs.nat.push(&self.kube_services, Rule::new(matches, jump(&self.kube_nodeports)));
+        } else {
+            let nets = self.cfg.family_nodeport_addresses();
+            let localhost = self.cfg.localhost_nodeports_effective();
+            let mut addresses: Vec<IpAddr> = self
+                .cfg
+                .local_addresses
+                .iter()
+                .copied()
+                .filter(|ip| self.family.contains(ip) && nets.iter().any(|n| n.contains(ip)))
+                .filter(|ip| !ip.is_loopback() || localhost)
+                .collect();
+            addresses.sort();
+            addresses.dedup();
+            for ip in addresses {
+                self.rs.nat.push(
+                    &self.kube_services,
+                    Rule::new(vec![tail_comment.clone(), dst_ip(ip)], jump(&self.kube_nodeports)),
+                );
+            }
+        }
+        Compiled {
+            rules: self.rs,
+            health: self.out_health,
+            no_local_endpoints_internal: self.no_local_internal,
+            no_local_endpoints_external: self.no_local_external,
+            chain_owners: self.chain_owners,
+            udp: self.udp,
+            large_cluster: self.large,
+        }
+    }
+}
+
+struct PortContext<'a> {
+    svc: &'a Service,
+    port: &'a ServicePort,
+    spn: ServicePortName,
+    cluster_ip: IpAddr,
+    external_ips: &'a [IpAddr],
+    lb_ips: &'a [IpAddr],
+    ranges: &'a [IpNet],
+}
+
+fn loopback_net() -> IpNet {
+    IpNet::new(IpAddr::from([127, 0, 0, 0]), 8).unwrap_or_default()
+}
+
+fn proto_port_tcp(port: u16) -> [Match; 2] {
+    [Match::Proto(Protocol::Tcp), Match::DPort(port)]
+}
+
+/// REJECT when there are no endpoints at all, DROP when only local ones are missing.
+fn filter_verdict(has_endpoints: bool, spn_text: &str) -> (Target, String) {
+    if has_endpoints {
+        (Target::Drop, format!("{spn_text} has no local endpoints"))
+    } else {
+        (Target::Reject, format!("{spn_text} has no endpoints"))
+    }
+}

@@ -1,0 +1,167 @@
+//! Destination dispatch for nat KUBE-SERVICES: linear as upstream, or a prefix tree of chains.
+//!
+//! Upstream's KUBE-SERVICES is one rule per service destination, so the first packet of a
+//! connection to the last of 10,000 services is compared against 10,000 rules. The tree groups
+//! destinations by address prefix: a chain holds at most `leaf_size` entries, either rules for
+//! one destination address or `-d PREFIX -j KNAT-DST-<hash>` jumps to a sub-chain. Sibling
+//! prefixes are disjoint, so a packet that matches no rule in a sub-chain falls back to the
+//! parent and on to the NodePort tail rule exactly as it would in the linear list: the verdict
+//! of every packet is unchanged, only the number of rules it is compared with shrinks to about
+//! `leaf_size * log_leaf(n)`.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::chain::{ChainName, dispatch_chain};
+use super::rule::{Addr, Match, Rule, Table, Target};
+use crate::config::Dispatch;
+
+/// A KUBE-SERVICES rule together with the destination address it matches.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub dst: IpAddr,
+    pub rule: Rule,
+}
+
+fn bits(ip: &IpAddr) -> (u128, u8) {
+    match ip {
+        IpAddr::V4(v4) => (u128::from(u32::from(*v4)), 32),
+        IpAddr::V6(v6) => (u128::from(*v6), 128),
+    }
+}
+
+fn common_prefix_len(a: &IpAddr, b: &IpAddr) -> u8 {
+    let (x, width) = bits(a);
+    let (y, _) = bits(b);
+    let diff = (x ^ y) << (128 - u32::from(width));
+    if diff == 0 { width } else { diff.leading_zeros() as u8 }
+}
+
+/// Bits `[from, from+count)` of the address, as a number.
+fn bit_slice(ip: &IpAddr, from: u8, count: u8) -> u128 {
+    let (x, width) = bits(ip);
+    let shift = u32::from(width - from - count);
+    (x >> shift) & ((1u128 << count) - 1)
+}
+
+/// Writes `entries` into `root` (which must already hold nothing that has to come after them
+/// except what the caller appends later), creating sub-chains in `table` for the tree.
+pub fn build(mut entries: Vec<Entry>, dispatch: Dispatch, root: &ChainName, table: &mut Table) {
+    let leaf_size = match dispatch {
+        Dispatch::Tree { leaf_size } => leaf_size,
+        Dispatch::Linear => usize::MAX,
+    };
+    // Groups of entries per destination address, in address order (stable within a group).
+    entries.sort_by_key(|e| bits(&e.dst).0);
+    let mut groups: Vec<Vec<Entry>> = Vec::new();
+    for entry in entries {
+        match groups.last_mut() {
+            Some(group) if group[0].dst == entry.dst => group.push(entry),
+            _ => groups.push(vec![entry]),
+        }
+    }
+    if groups.len() <= leaf_size {
+        let chain = table.chain(root);
+        chain.extend(groups.into_iter().flatten().map(|e| e.rule));
+        return;
+    }
+    let fanout_bits = (usize::BITS - 1 - leaf_size.leading_zeros()).max(1) as u8;
+    fill(root, groups, leaf_size, fanout_bits, table);
+}
+
+fn fill(chain: &ChainName, groups: Vec<Vec<Entry>>, leaf_size: usize, fanout_bits: u8, table: &mut Table) {
+    if groups.len() <= leaf_size {
+        let rules = table.chain(chain);
+        rules.extend(groups.into_iter().flatten().map(|e| e.rule));
+        return;
+    }
+    let first = groups[0][0].dst;
+    let last = groups[groups.len() - 1][0].dst;
+    let width = bits(&first).1;
+    let common = common_prefix_len(&first, &last);
+    let step = fanout_bits.min(width - common);
+    let mut children: Vec<Vec<Vec<Entry>>> = Vec::new();
+    let mut current_key = None;
+    for group in groups {
+        let key = bit_slice(&group[0].dst, common, step);
+        if current_key != Some(key) {
+            children.push(Vec::new());
+            current_key = Some(key);
+        }
+        if let Some(child) = children.last_mut() {
+            child.push(group);
+        }
+    }
+    table.chain(chain);
+    for child in children {
+        if child.len() == 1 {
+            let rules = table.chain(chain);
+            rules.extend(child.into_iter().flatten().map(|e| e.rule));
+            continue;
+        }
+        let lo = child[0][0].dst;
+        let hi = child[child.len() - 1][0].dst;
+        let net = IpNet::new(lo, common_prefix_len(&lo, &hi))
+            .map(|n| n.trunc())
+            .unwrap_or_else(|_| IpNet::from(lo));
+        let sub = dispatch_chain(&net.to_string());
+        table.push(
+            chain,
+            Rule::new(vec![Match::Dst { negated: false, addr: Addr::Net(net) }], Target::Jump(sub.clone())),
+        );
+        fill(&sub, child, leaf_size, fanout_bits, table);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(ip: &str) -> Entry {
+        Entry {
+            dst: ip.parse().unwrap(),
+            rule: Rule::new(
+                vec![Match::Dst { negated: false, addr: Addr::Ip(ip.parse().unwrap()) }],
+                Target::Accept,
+            ),
+        }
+    }
+
+    #[test]
+    fn small_sets_stay_linear() {
+        let mut table = Table::default();
+        let root = ChainName::fixed("KUBE-SERVICES");
+        build(vec![entry("10.0.0.2"), entry("10.0.0.1")], Dispatch::Tree { leaf_size: 4 }, &root, &mut table);
+        assert_eq!(table.chains.len(), 1);
+        assert_eq!(table.chains[&root].len(), 2);
+    }
+
+    #[test]
+    fn large_sets_become_a_bounded_tree_reaching_every_entry() {
+        let mut table = Table::default();
+        let root = ChainName::fixed("KUBE-SERVICES");
+        let entries: Vec<Entry> = (0..1000u32)
+            .map(|i| entry(&format!("10.96.{}.{}", (i * 7) % 256, (i * 13) % 251)))
+            .collect();
+        let distinct: std::collections::BTreeSet<_> = entries.iter().map(|e| e.dst).collect();
+        build(entries, Dispatch::Tree { leaf_size: 16 }, &root, &mut table);
+        let mut leaf_rules = 0;
+        for rules in table.chains.values() {
+            assert!(rules.len() <= 16, "a chain has {} rules", rules.len());
+            leaf_rules += rules.iter().filter(|r| r.target == Target::Accept).count();
+        }
+        assert_eq!(leaf_rules, distinct.len());
+    }
+
+    #[test]
+    fn prefix_math() {
+        let a: IpAddr = "10.96.0.0".parse().unwrap();
+        let b: IpAddr = "10.96.0.255".parse().unwrap();
+        assert_eq!(common_prefix_len(&a, &b), 24);
+        assert_eq!(bit_slice(&b, 24, 4), 0xf);
+        let v6a: IpAddr = "fd00::1".parse().unwrap();
+        let v6b: IpAddr = "fd00::3".parse().unwrap();
+        assert_eq!(common_prefix_len(&v6a, &v6b), 126);
+    }
+}
