@@ -19,6 +19,10 @@ enum Command {
     Render(cli::render::RenderArgs),
     /// Follow one new connection through an iptables-save dump and explain the verdict.
     Trace(cli::trace::TraceArgs),
+    /// Run the proxy agent (the DaemonSet's process): watch the API (or --from-files DIR) and program iptables.
+    Run(cli::run::RunArgs),
+    /// Remove every chain and hook jump knat or kube-proxy (iptables mode) installed.
+    Cleanup(cli::cleanup::CleanupArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,6 +36,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Render(args) => cli::render::run(args),
         Command::Trace(args) => cli::trace::run(args),
+        Command::Run(args) => cli::run::run(args),
+        Command::Cleanup(args) => cli::cleanup::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,7 @@
 //! Subcommand implementations: argument structs and the glue from flags to the library.
 
+pub mod cleanup;
 pub mod common;
 pub mod render;
+pub mod run;
 pub mod trace;

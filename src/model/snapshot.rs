@@ -15,6 +15,9 @@ pub struct Snapshot {
     pub slices: BTreeMap<ServiceName, BTreeMap<String, EndpointSlice>>,
     /// This proxy's own Node, when it is known.
     pub node: Option<NodeInfo>,
+    /// Which Service each slice (namespace, slice name) was filed under. Kept by
+    /// `upsert_slice`/`remove_slice`; mutate `slices` through those methods.
+    pub slice_owners: BTreeMap<(String, String), ServiceName>,
 }
 
 impl Snapshot {
@@ -32,6 +35,8 @@ impl Snapshot {
     /// old one first.
     pub fn upsert_slice(&mut self, namespace: &str, slice: EndpointSlice) {
         self.remove_slice(namespace, &slice.slice_name);
+        self.slice_owners
+            .insert((namespace.to_string(), slice.slice_name.clone()), slice.service.clone());
         self.slices
             .entry(slice.service.clone())
             .or_default()
@@ -41,11 +46,8 @@ impl Snapshot {
     /// Removes a slice by namespace and name; returns the Service it belonged to.
     pub fn remove_slice(&mut self, namespace: &str, slice_name: &str) -> Option<ServiceName> {
         let owner = self
-            .slices
-            .iter()
-            .filter(|(svc, _)| svc.namespace == namespace)
-            .find(|(_, slices)| slices.contains_key(slice_name))
-            .map(|(svc, _)| svc.clone())?;
+            .slice_owners
+            .remove(&(namespace.to_string(), slice_name.to_string()))?;
         if let Some(slices) = self.slices.get_mut(&owner) {
             slices.remove(slice_name);
             if slices.is_empty() {

@@ -554,20 +554,23 @@ impl Compiler<'_> {
         }
         for ep in &cat.all_reachable {
             let sep = endpoint_chain(&spn_text, proto, &ep.key);
-            let mut hairpin = Vec::new();
-            let mut dnat = Vec::new();
+            let mut hairpin = Vec::with_capacity(2);
+            let mut dnat = Vec::with_capacity(3);
             if !self.large {
-                hairpin.push(c(spn_text.clone()));
-                dnat.push(c(spn_text.clone()));
+                hairpin.push(Match::Comment(spn_text.clone()));
+                dnat.push(Match::Comment(spn_text.clone()));
             }
             hairpin.push(Match::Src { negated: false, addr: Addr::Ip(ep.ip) });
-            self.rs.nat.push(&sep, Rule::new(hairpin, jump(&self.kube_mark_masq)));
             if svc.session_affinity_timeout.is_some() {
                 dnat.push(Match::RecentSet { name: sep.clone() });
             }
             dnat.push(Match::Proto(proto));
-            self.rs.nat.push(&sep, Rule::new(dnat, Target::Dnat(ep.key.clone())));
-            self.chain_owners.insert(sep, ctx.spn.clone());
+            let rules = vec![
+                Rule::new(hairpin, jump(&self.kube_mark_masq)),
+                Rule::new(dnat, Target::Dnat(ep.key.clone())),
+            ];
+            self.chain_owners.insert(sep.clone(), ctx.spn.clone());
+            self.rs.nat.set(sep, rules);
         }
         if proto == Protocol::Udp {
             let serving: Vec<IpAddr> = endpoints.iter().filter(|e| e.serving).map(|e| e.ip).collect();
@@ -593,27 +596,26 @@ impl Compiler<'_> {
         affinity: Option<u32>,
         endpoints: &[&EndpointInfo],
     ) {
-        self.rs.nat.chain(chain);
-        let comment = |ep: &EndpointInfo, large: bool| {
-            (!large).then(|| c(format!("{spn_text} -> {}", ep.key)))
-        };
+        let comment = |ep: &EndpointInfo, large: bool| (!large).then(|| c(format!("{spn_text} -> {}", ep.key)));
+        let seps: Vec<ChainName> = endpoints.iter().map(|ep| endpoint_chain(spn_text, proto, &ep.key)).collect();
+        let mut rules = self.rs.nat.chains.remove(chain).unwrap_or_default();
+        rules.reserve(endpoints.len() * if affinity.is_some() { 2 } else { 1 });
         if let Some(seconds) = affinity {
-            for ep in endpoints {
-                let sep = endpoint_chain(spn_text, proto, &ep.key);
+            for (ep, sep) in endpoints.iter().zip(&seps) {
                 let mut matches: Vec<Match> = comment(ep, self.large).into_iter().collect();
                 matches.push(Match::RecentCheck { name: sep.clone(), seconds });
-                self.rs.nat.push(chain, Rule::new(matches, Target::Jump(sep)));
+                rules.push(Rule::new(matches, Target::Jump(sep.clone())));
             }
         }
         let n = endpoints.len();
-        for (i, ep) in endpoints.iter().enumerate() {
-            let sep = endpoint_chain(spn_text, proto, &ep.key);
+        for (i, (ep, sep)) in endpoints.iter().zip(seps).enumerate() {
             let mut matches: Vec<Match> = comment(ep, self.large).into_iter().collect();
             if i + 1 < n {
                 matches.push(Match::Probability(self.probabilities.get(n - i)));
             }
-            self.rs.nat.push(chain, Rule::new(matches, Target::Jump(sep)));
+            rules.push(Rule::new(matches, Target::Jump(sep)));
         }
+        self.rs.nat.set(chain.clone(), rules);
     }
 
     fn finish(mut self) -> Compiled {

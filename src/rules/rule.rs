@@ -223,7 +223,17 @@ impl Table {
 
     /// Appends a rule to a chain, declaring the chain if needed.
     pub fn push(&mut self, chain: &ChainName, rule: Rule) {
-        self.chain(chain).push(rule);
+        match self.chains.get_mut(chain) {
+            Some(rules) => rules.push(rule),
+            None => {
+                self.chains.insert(chain.clone(), vec![rule]);
+            }
+        }
+    }
+
+    /// Declares a chain with all of its rules at once (replacing any previous content).
+    pub fn set(&mut self, chain: ChainName, rules: Vec<Rule>) {
+        self.chains.insert(chain, rules);
     }
 
     /// Number of rules over all chains.

@@ -1,0 +1,212 @@
+//! Render and plan benchmark: prints a table of compile, render and plan costs for synthetic
+//! clusters of 1,000 / 10,000 / 50,000 services with 10 endpoints each.
+//!
+//! Each size runs in a child process of its own so that the peak resident memory reported
+//! (VmHWM) belongs to that size alone. Run with:
+//!     cargo run --release --example render-bench [-- --sizes 1000,10000,50000]
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::Command;
+use std::time::Instant;
+
+use knat::config::{Dispatch, LocalDetector, ProxyConfig};
+use knat::model::*;
+use knat::rules::plan::SyncKind;
+use knat::rules::rule::{Addr, Match, Target};
+use knat::rules::{AppliedState, ChainName, RuleSet, compile, plan, render_standalone};
+
+const ENDPOINTS: usize = 10;
+const NODES: usize = 100;
+
+fn service_ip(i: usize) -> IpAddr {
+    // Spread over 10.96.0.0/12 like an allocator would (a fixed odd stride permutes the range).
+    let offset = ((i as u64 * 2_654_435_761) % (1 << 20)) as u32;
+    IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + offset))
+}
+
+fn endpoint_ip(i: usize, j: usize) -> IpAddr {
+    let n = (i * ENDPOINTS + j) as u32;
+    IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + n))
+}
+
+fn snapshot(services: usize) -> Snapshot {
+    let mut snap = Snapshot::default();
+    for i in 0..services {
+        let name = ServiceName::new(format!("ns{}", i % 50), format!("svc{i}"));
+        snap.upsert_service(Service {
+            name: name.clone(),
+            service_type: ServiceType::ClusterIp,
+            cluster_ips: vec![service_ip(i)],
+            ports: vec![ServicePort { name: "http".into(), protocol: Protocol::Tcp, port: 80, node_port: None }],
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            source_ranges: vec![],
+            external_policy_local: false,
+            internal_policy_local: false,
+            session_affinity_timeout: None,
+            health_check_node_port: None,
+        });
+        let endpoints = (0..ENDPOINTS)
+            .map(|j| Endpoint {
+                ip: endpoint_ip(i, j),
+                ready: true,
+                serving: true,
+                terminating: false,
+                node_name: Some(format!("node-{}", (i + j) % NODES)),
+                zone: None,
+                hint_zones: None,
+                hint_nodes: None,
+            })
+            .collect();
+        let namespace = name.namespace.clone();
+        snap.upsert_slice(
+            &namespace,
+            EndpointSlice {
+                slice_name: format!("svc{i}-abcde"),
+                service: name,
+                family: IpFamily::V4,
+                ports: vec![SlicePort { name: "http".into(), port: 8080, protocol: Protocol::Tcp }],
+                endpoints,
+            },
+        );
+    }
+    snap
+}
+
+/// Number of nat rules a new connection to `dst:80` is compared with in KUBE-SERVICES and the
+/// dispatch chains before it matches its service rule.
+fn rules_walked(rs: &RuleSet, dst: IpAddr) -> usize {
+    fn walk(rs: &RuleSet, chain: &ChainName, dst: IpAddr, count: &mut usize) -> bool {
+        let Some(rules) = rs.nat.chains.get(chain) else { return false };
+        for rule in rules {
+            *count += 1;
+            let matched = rule.matches.iter().all(|m| match m {
+                Match::Dst { negated: false, addr: Addr::Ip(ip) } => *ip == dst,
+                Match::Dst { negated: false, addr: Addr::Net(net) } => net.contains(&dst),
+                Match::DPort(p) => *p == 80,
+                Match::AddrTypeLocal { .. } => false,
+                _ => true,
+            });
+            if matched {
+                match &rule.target {
+                    Target::Jump(next) if next.as_str().starts_with("KNAT-DST-") => {
+                        if walk(rs, next, dst, count) {
+                            return true;
+                        }
+                    }
+                    _ => return true,
+                }
+            }
+        }
+        false
+    }
+    let mut count = 0;
+    walk(rs, &ChainName::fixed(ChainName::KUBE_SERVICES), dst, &mut count);
+    count
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn run_size(services: usize, dispatch: Dispatch) -> String {
+    let build_start = Instant::now();
+    let mut snap = snapshot(services);
+    let build = build_start.elapsed();
+    let mut cfg = ProxyConfig::new("node-1", IpFamily::V4).expect("valid node name");
+    cfg.local_detector = LocalDetector::Cidr("10.128.0.0/9".parse().expect("valid CIDR"));
+    cfg.dispatch = dispatch;
+
+    let t = Instant::now();
+    let compiled = compile(&snap, &cfg);
+    let compile_time = t.elapsed();
+    let t = Instant::now();
+    let standalone = render_standalone(&compiled.rules);
+    let render_time = t.elapsed();
+    let t = Instant::now();
+    let full = plan(&AppliedState::default(), &compiled.rules, SyncKind::Full, &[]);
+    let plan_full_time = t.elapsed();
+
+    // One endpoint changes IP in the middle service.
+    let target = ServiceName::new(format!("ns{}", (services / 2) % 50), format!("svc{}", services / 2));
+    let t = Instant::now();
+    if let Some(slice) = snap.slices.get_mut(&target).and_then(|m| m.values_mut().next()) {
+        slice.endpoints[0].ip = IpAddr::V4(Ipv4Addr::new(10, 127, 255, 254));
+    }
+    let compiled2 = compile(&snap, &cfg);
+    let partial = plan(&full.next, &compiled2.rules, SyncKind::Partial, &[]);
+    let change_time = t.elapsed();
+    let noop = plan(&partial.next, &compiled2.rules, SyncKind::Partial, &[]);
+
+    let first = rules_walked(&compiled.rules, service_ip(0));
+    let worst = (0..services).map(|i| rules_walked(&compiled.rules, service_ip(i))).max().unwrap_or(0);
+    let mode = match dispatch {
+        Dispatch::Linear => "linear",
+        Dispatch::Tree { .. } => "tree",
+    };
+    format!(
+        "| {services} | {mode} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        ms(build),
+        ms(compile_time),
+        ms(render_time),
+        ms(compile_time + render_time),
+        ms(plan_full_time),
+        standalone.len(),
+        full.stats.bytes,
+        partial.stats.bytes,
+        ms(change_time) as u64,
+        noop.stats.bytes,
+        format_args!("{first}/{worst}"),
+        peak_rss_kib() / 1024,
+        compiled.rules.nat.chains.len(),
+    )
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(pos) = args.iter().position(|a| a == "--child") {
+        let size: usize = args.get(pos + 1).and_then(|s| s.parse().ok()).unwrap_or(1000);
+        let dispatch = if args.iter().any(|a| a == "--linear") {
+            Dispatch::Linear
+        } else {
+            Dispatch::Tree { leaf_size: knat::config::DEFAULT_LEAF_SIZE }
+        };
+        println!("{}", run_size(size, dispatch));
+        return;
+    }
+    let sizes: Vec<usize> = args
+        .iter()
+        .position(|a| a == "--sizes")
+        .and_then(|p| args.get(p + 1))
+        .map(|s| s.split(',').filter_map(|v| v.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1000, 10_000, 50_000]);
+    let exe = std::env::current_exe().expect("own path");
+    println!("knat render/plan benchmark: {ENDPOINTS} endpoints per service, {NODES} nodes, one process per row");
+    println!();
+    println!("| services | dispatch | build snapshot ms | compile ms | render ms | compile+render ms | plan full ms | full payload bytes | noflush full bytes | one-endpoint change bytes | change recompile+plan ms | no-op bytes | rules walked first/worst | peak RSS MiB | nat chains |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for size in sizes {
+        for linear in [true, false] {
+            let mut cmd = Command::new(&exe);
+            cmd.arg("--child").arg(size.to_string());
+            if linear {
+                cmd.arg("--linear");
+            }
+            match cmd.output() {
+                Ok(out) => print!("{}", String::from_utf8_lossy(&out.stdout)),
+                Err(e) => println!("| {size} | error: {e} |"),
+            }
+        }
+    }
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the system tools knat's tests and demo need (Debian/Ubuntu): iptables (both the nft
+# and legacy backends), iproute2, conntrack. Runs apt-get only when something is missing.
+set -euo pipefail
+need=()
+for tool in iptables-nft-restore iptables-legacy-restore ip conntrack; do
+  command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+done
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: missing ${need[*]} and not root; install iptables iproute2 conntrack" >&2
+  exit 1
+fi
+echo "install-deps: installing iptables iproute2 conntrack (missing: ${need[*]})"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq iptables iproute2 conntrack >/dev/null

@@ -1,0 +1,16 @@
+//! The agent behind `knat run`: sources (API watchers or files) publish a [`SourceState`], and
+//! one sync loop turns it into iptables rules, health-check servers and metrics.
+//!
+//! - [`node_identity`]: which Node we are, and the loud error when no Node has that name;
+//! - [`index`]: the pure state the sources update (initial-list gating, re-list replacement);
+//! - [`watch`]: kube-rs watchers (the only Kubernetes client code);
+//! - [`files`]: the static `--from-files` source;
+//! - [`sync`]: the scheduler (pure) and the sync loop.
+
+pub mod files;
+pub mod index;
+pub mod node_identity;
+pub mod sync;
+pub mod watch;
+
+pub use index::SourceState;

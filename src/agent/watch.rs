@@ -1,0 +1,394 @@
+//! kube-rs watchers: Services and EndpointSlices (with upstream's label selector) and the own
+//! Node (by field selector). This is the only code that talks to the API server.
+//!
+//! Each watcher uses `kube::runtime::watcher` with the default backoff; its events are applied
+//! to the shared [`SourceState`] with `send_if_modified`, so only real changes wake the sync
+//! loop. The watcher re-lists after errors (410 Gone included) and the index turns a re-list
+//! into a replacement of the kind's state.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Node as K8sNode, Service as K8sService};
+use k8s_openapi::api::discovery::v1::EndpointSlice as K8sEndpointSlice;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event, watcher};
+use kube::{Api, Client};
+use tokio::sync::watch;
+
+use super::index::{Applied, SourceState};
+use crate::metrics::Metrics;
+use crate::model::convert::Skip;
+
+/// Upstream's label selector for Services and EndpointSlices: skip objects handed to another
+/// proxy and headless services.
+pub const LABEL_SELECTOR: &str =
+    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+
+/// Errors creating the API client.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// No usable configuration (kubeconfig unreadable, not in a cluster). Not retryable.
+    #[error("cannot load the Kubernetes client configuration: {0}")]
+    Config(String),
+    /// The client could not be built (TLS setup). Not retryable.
+    #[error("cannot create the Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// A client from `--kubeconfig`, else `KUBECONFIG`/in-cluster inference (in-cluster first when
+/// running in a pod).
+pub async fn client(kubeconfig: Option<PathBuf>) -> Result<Client, WatchError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(&path)
+                .map_err(|e| WatchError::Config(e.to_string()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| WatchError::Config(e.to_string()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| WatchError::Config(e.to_string()))?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+fn report(kind: &'static str, applied: &Applied, metrics: &Metrics) {
+    for (what, skip) in &applied.skipped {
+        let malformed = matches!(skip, Skip::Malformed(_));
+        metrics.skipped(kind, malformed);
+        if malformed {
+            tracing::warn!("{what} skipped: {skip}");
+        } else {
+            tracing::debug!("{what} skipped: {skip}");
+        }
+    }
+}
+
+/// Applies the events of one watcher stream until it ends.
+pub async fn drive<K, S>(
+    stream: S,
+    kind: &'static str,
+    tx: &watch::Sender<SourceState>,
+    apply: fn(&mut SourceState, Event<K>) -> Applied,
+    on_change: impl Fn(),
+    metrics: &Metrics,
+) where
+    S: Stream<Item = Result<Event<K>, watcher::Error>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(event) => {
+                let boundary = match &event {
+                    Event::Init => Some("re-list started"),
+                    Event::InitDone => Some("list complete"),
+                    _ => None,
+                };
+                let mut applied = Applied::default();
+                tx.send_if_modified(|state| {
+                    applied = apply(state, event);
+                    applied.changed
+                });
+                if let Some(what) = boundary {
+                    tracing::debug!(kind, "{what}");
+                }
+                if applied.changed {
+                    on_change();
+                }
+                report(kind, &applied, metrics);
+            }
+            Err(err) => tracing::warn!(kind, %err, "watch error; retrying with backoff"),
+        }
+    }
+}
+
+/// Runs the three watchers until they end (they do not, unless the task is aborted).
+pub async fn run(
+    client: Client,
+    node_name: String,
+    tx: watch::Sender<SourceState>,
+    metrics: Arc<Metrics>,
+) {
+    let labelled = watcher::Config::default().labels(LABEL_SELECTOR);
+    let services =
+        watcher(Api::<K8sService>::all(client.clone()), labelled.clone()).default_backoff();
+    let slices = watcher(Api::<K8sEndpointSlice>::all(client.clone()), labelled).default_backoff();
+    let node_cfg = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
+    let nodes = watcher(Api::<K8sNode>::all(client), node_cfg).default_backoff();
+    let m = &metrics;
+    tokio::join!(
+        drive(
+            services,
+            "Service",
+            &tx,
+            SourceState::service_event,
+            || {
+                m.service_changes_total.inc();
+            },
+            m
+        ),
+        drive(
+            slices,
+            "EndpointSlice",
+            &tx,
+            SourceState::slice_event,
+            || {
+                m.endpoint_changes_total.inc();
+            },
+            m
+        ),
+        drive(nodes, "Node", &tx, SourceState::node_event, || (), m),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    //! The watchers against a mock API server (a tower service behind a real kube `Client`).
+
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::agent::index::Readiness;
+    use crate::agent::node_identity::NodeCheck;
+
+    #[derive(Default)]
+    struct Cluster {
+        services: Vec<Value>,
+        slices: Vec<Value>,
+        nodes: Vec<Value>,
+        queries: Vec<String>,
+        watches: HashMap<&'static str, usize>,
+    }
+
+    fn svc(name: &str, ip: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "ns"},
+               "spec": {"clusterIP": ip, "ports": [{"name": "p", "port": 80}]}})
+    }
+
+    fn slice(name: &str, service: &str) -> Value {
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": name, "namespace": "ns", "labels": {"kubernetes.io/service-name": service}},
+               "addressType": "IPv4", "ports": [{"name": "p", "port": 8080}],
+               "endpoints": [{"addresses": ["10.244.0.1"], "nodeName": "node-1"}]})
+    }
+
+    fn node(name: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+    }
+
+    fn decode(q: &str) -> String {
+        let mut out = Vec::new();
+        let b = q.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' && i + 2 < b.len() + 1 {
+                if let Ok(v) = u8::from_str_radix(&q[i + 1..i + 3], 16) {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(if b[i] == b'+' { b' ' } else { b[i] });
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn respond(body: Value) -> http::Response<kube::client::Body> {
+        http::Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(kube::client::Body::from(
+                serde_json::to_vec(&body).expect("JSON"),
+            ))
+            .expect("response")
+    }
+
+    /// A mock API server: lists come from `cluster`; the first watch of each kind answers
+    /// 410 Gone once `expire` turns true (forcing a re-list), every other watch hangs. Node
+    /// lists wait for `release_nodes`.
+    fn mock(
+        cluster: Arc<Mutex<Cluster>>,
+        expire: tokio::sync::watch::Receiver<bool>,
+        release_nodes: tokio::sync::watch::Receiver<bool>,
+    ) -> Client {
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let cluster = cluster.clone();
+            let mut expire = expire.clone();
+            let mut release_nodes = release_nodes.clone();
+            async move {
+                let path = req.uri().path().to_string();
+                let query = decode(req.uri().query().unwrap_or(""));
+                let (kind, list_kind, api_version) = match path.as_str() {
+                    "/api/v1/services" => ("services", "ServiceList", "v1"),
+                    "/apis/discovery.k8s.io/v1/endpointslices" => {
+                        ("slices", "EndpointSliceList", "discovery.k8s.io/v1")
+                    }
+                    "/api/v1/nodes" => ("nodes", "NodeList", "v1"),
+                    _ => {
+                        return Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .status(404)
+                                .body(kube::client::Body::empty())
+                                .expect("response"),
+                        );
+                    }
+                };
+                let watch_no = {
+                    let mut c = cluster.lock().unwrap_or_else(|p| p.into_inner());
+                    c.queries.push(format!("{path}?{query}"));
+                    if query.contains("watch=true") {
+                        let n = c.watches.entry(kind).or_default();
+                        *n += 1;
+                        Some(*n)
+                    } else {
+                        None
+                    }
+                };
+                match watch_no {
+                    Some(1) => {
+                        let _ = expire.wait_for(|v| *v).await;
+                        let gone = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {},
+                            "status": "Failure", "message": "too old resource version", "reason": "Expired", "code": 410}});
+                        Ok(respond(gone))
+                    }
+                    Some(_) => {
+                        std::future::pending::<()>().await;
+                        unreachable!()
+                    }
+                    None => {
+                        if kind == "nodes" {
+                            let _ = release_nodes.wait_for(|v| *v).await;
+                        }
+                        let c = cluster.lock().unwrap_or_else(|p| p.into_inner());
+                        let items: Vec<Value> = match kind {
+                            "services" => c.services.clone(),
+                            "slices" => c.slices.clone(),
+                            _ => c
+                                .nodes
+                                .iter()
+                                .filter(|n| {
+                                    query.contains(&format!(
+                                        "fieldSelector=metadata.name={}",
+                                        n["metadata"]["name"].as_str().unwrap_or("")
+                                    ))
+                                })
+                                .cloned()
+                                .collect(),
+                        };
+                        Ok(respond(
+                            json!({"apiVersion": api_version, "kind": list_kind, "metadata": {"resourceVersion": "1"}, "items": items}),
+                        ))
+                    }
+                }
+            }
+        });
+        Client::new(service, "default")
+    }
+
+    async fn wait_for(
+        rx: &mut tokio::sync::watch::Receiver<SourceState>,
+        what: &str,
+        f: impl Fn(&SourceState) -> bool,
+    ) {
+        let ok = matches!(
+            tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|s| f(s))).await,
+            Ok(Ok(_))
+        );
+        assert!(ok, "timed out waiting for {what}: {:?}", *rx.borrow());
+    }
+
+    #[tokio::test]
+    async fn initial_lists_gate_writes_relist_replaces_state_and_node_is_checked() {
+        let cluster = Arc::new(Mutex::new(Cluster {
+            services: vec![svc("a", "10.96.0.1"), svc("b", "10.96.0.2")],
+            slices: vec![slice("a-1", "a"), slice("b-1", "b")],
+            nodes: vec![node("other-node")],
+            ..Cluster::default()
+        }));
+        let (expire_tx, expire_rx) = tokio::sync::watch::channel(false);
+        let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+        let client = mock(cluster.clone(), expire_rx, release_rx);
+        let (tx, mut rx) = tokio::sync::watch::channel(SourceState::new("node-1", true));
+        let metrics = Arc::new(Metrics::new());
+        let task = tokio::spawn(run(client, "node-1".into(), tx, metrics.clone()));
+
+        // Services and slices listed, the Node list still pending: still not writable.
+        wait_for(&mut rx, "services and slices listed", |s| {
+            s.listed.services && s.listed.slices
+        })
+        .await;
+        assert_eq!(rx.borrow().readiness(), Readiness::WaitingForLists);
+        assert_eq!(rx.borrow().snapshot.services.len(), 2);
+
+        // The Node list completes without a Node named node-1: unverified, nothing written.
+        release_tx.send_replace(true);
+        wait_for(&mut rx, "node list", |s| s.listed.node).await;
+        assert_eq!(rx.borrow().node, NodeCheck::Missing);
+        assert_eq!(rx.borrow().readiness(), Readiness::NodeUnverified);
+
+        // Meanwhile b is deleted and node-1 registers; the watches expire (410 Gone) and the
+        // re-lists replace the state.
+        {
+            let mut c = cluster.lock().unwrap_or_else(|p| p.into_inner());
+            c.services.retain(|s| s["metadata"]["name"] != "b");
+            c.slices.retain(|s| s["metadata"]["name"] != "b-1");
+            c.nodes.push(node("node-1"));
+        }
+        expire_tx.send_replace(true);
+        wait_for(&mut rx, "re-listed state", |s| {
+            s.readiness() == Readiness::Ready
+                && s.snapshot.services.len() == 1
+                && s.snapshot.slices.len() == 1
+        })
+        .await;
+        let state = rx.borrow().clone();
+        assert_eq!(state.node, NodeCheck::Found);
+        assert!(state.snapshot.services.keys().all(|k| k.name == "a"));
+        assert_eq!(
+            state.snapshot.node.as_ref().map(|n| n.name.as_str()),
+            Some("node-1")
+        );
+
+        let queries = cluster
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .queries
+            .clone();
+        let selector = format!("labelSelector={LABEL_SELECTOR}");
+        assert!(
+            queries
+                .iter()
+                .filter(|q| q.starts_with("/api/v1/services"))
+                .all(|q| q.contains(&selector)),
+            "{queries:?}"
+        );
+        assert!(
+            queries
+                .iter()
+                .filter(|q| q.contains("endpointslices"))
+                .all(|q| q.contains(&selector)),
+            "{queries:?}"
+        );
+        assert!(
+            queries
+                .iter()
+                .filter(|q| q.starts_with("/api/v1/nodes"))
+                .all(|q| q.contains("fieldSelector=metadata.name=node-1")),
+            "{queries:?}"
+        );
+        assert!(
+            metrics
+                .encode()
+                .contains("kubeproxy_sync_proxy_rules_service_changes_total")
+        );
+        task.abort();
+    }
+}

@@ -1,0 +1,696 @@
+//! The iptables backend: the only code that runs `iptables`, `iptables-save` and
+//! `iptables-restore` (and, in [`conntrack`], the `conntrack` binary).
+//!
+//! - [`detect_mode`] chooses between the nft and legacy iptables front-ends the way
+//!   kubernetes-sigs `iptables-wrappers` does, so one image works on any host.
+//! - [`Iptables::restore`] applies one payload atomically with
+//!   `iptables-restore -w 5 -W 100000 --noflush --counters` and, on failure, reports the offending
+//!   line with context.
+//! - [`Iptables::ensure_hooks`] makes sure the builtin-chain jumps exist (`-C`, then `-I`), on
+//!   full syncs only.
+//! - [`Iptables::ensure_canaries`] / [`Iptables::canaries_present`] implement the
+//!   `KUBE-PROXY-CANARY` flush detection.
+//! - [`Iptables::stale_chains`] lists the per-service chains present in the kernel, which full
+//!   syncs delete when they are not wanted any more.
+//!
+//! Text handling (splitting rule arguments, parsing `iptables-save` output, the cleanup
+//! payload) is pure and unit-tested here.
+
+pub mod conntrack;
+
+use std::process::Stdio;
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use crate::model::IpFamily;
+use crate::rules::rule::Hook;
+use crate::rules::{ChainName, TableName};
+
+/// Errors of the iptables backend.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// A binary could not be started (not installed, not executable). Retryable in principle
+    /// (the sync loop retries with backoff), but usually needs the operator to fix the image.
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `iptables-restore` rejected the payload; the kernel is unchanged (one transaction).
+    /// Retryable: the sync loop retries with a full sync and backoff.
+    #[error("{program} failed{}: {stderr}\n{context}", line.map(|l| format!(" at line {l}")).unwrap_or_default())]
+    Restore {
+        program: String,
+        /// The 1-based payload line iptables-restore named, when it named one.
+        line: Option<usize>,
+        /// The offending line with up to three lines of context either side, numbered.
+        context: String,
+        stderr: String,
+    },
+    /// Another iptables command failed. Retryable (transient lock contention, a chain that
+    /// another agent just removed); persistent failures are logged on every attempt.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+}
+
+/// Which iptables front-end to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `iptables-nft` (the nf_tables kernel API with iptables syntax).
+    Nft,
+    /// `iptables-legacy` (the x_tables kernel API).
+    Legacy,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Nft => "nft",
+            Mode::Legacy => "legacy",
+        }
+    }
+}
+
+/// Arguments that make iptables wait for the xtables lock (5 s, polling every 100 ms), as
+/// upstream passes to iptables >= 1.6.2.
+pub const WAIT_ARGS: [&str; 4] = ["-w", "5", "-W", "100000"];
+
+/// True when `program` is an executable file somewhere on `PATH` (or is a path to one).
+fn on_path(program: &str) -> bool {
+    if program.contains('/') {
+        return std::path::Path::new(program).is_file();
+    }
+    std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+/// The three binaries of one family and mode, falling back to the unsuffixed names when the
+/// suffixed ones are not installed (distributions that ship only one front-end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binaries {
+    pub iptables: String,
+    pub save: String,
+    pub restore: String,
+}
+
+impl Binaries {
+    pub fn new(family: IpFamily, mode: Mode) -> Self {
+        let base = match family {
+            IpFamily::V4 => "iptables",
+            IpFamily::V6 => "ip6tables",
+        };
+        let pick = |suffix: &str| {
+            let specific = format!("{base}-{}{suffix}", mode.as_str());
+            if on_path(&specific) {
+                specific
+            } else {
+                format!("{base}{suffix}")
+            }
+        };
+        Binaries {
+            iptables: pick(""),
+            save: pick("-save"),
+            restore: pick("-restore"),
+        }
+    }
+}
+
+/// Output of a finished command.
+#[derive(Debug)]
+struct Finished {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<Finished, BackendError> {
+    let spawn_err = |source| BackendError::Spawn {
+        program: program.to_string(),
+        source,
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).await.map_err(spawn_err)?;
+        drop(pipe);
+    }
+    let out = child.wait_with_output().await.map_err(spawn_err)?;
+    Ok(Finished {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
+}
+
+fn command_error(program: &str, args: &[&str], out: &Finished) -> BackendError {
+    BackendError::Command {
+        command: format!("{program} {}", args.join(" ")),
+        status: out
+            .code
+            .map(|c| format!("exit {c}"))
+            .unwrap_or_else(|| "killed".into()),
+        stderr: out.stderr.clone(),
+    }
+}
+
+/// The iptables front-end of one IP family.
+#[derive(Debug, Clone)]
+pub struct Iptables {
+    pub family: IpFamily,
+    pub mode: Mode,
+    pub bins: Binaries,
+}
+
+impl Iptables {
+    pub fn new(family: IpFamily, mode: Mode) -> Self {
+        Iptables {
+            family,
+            mode,
+            bins: Binaries::new(family, mode),
+        }
+    }
+
+    async fn iptables(&self, args: &[&str]) -> Result<Finished, BackendError> {
+        let mut full: Vec<&str> = WAIT_ARGS.to_vec();
+        full.extend_from_slice(args);
+        run(&self.bins.iptables, &full, None).await
+    }
+
+    /// Applies `payload` in one `iptables-restore --noflush --counters` transaction.
+    pub async fn restore(&self, payload: &str) -> Result<(), BackendError> {
+        let mut args: Vec<&str> = WAIT_ARGS.to_vec();
+        args.extend(["--noflush", "--counters"]);
+        let out = run(&self.bins.restore, &args, Some(payload)).await?;
+        if out.code == Some(0) {
+            return Ok(());
+        }
+        let line = failed_line(&out.stderr);
+        Err(BackendError::Restore {
+            program: self.bins.restore.clone(),
+            line,
+            context: line
+                .map(|l| line_context(payload, l, 3))
+                .unwrap_or_default(),
+            stderr: out.stderr,
+        })
+    }
+
+    /// `iptables-save [-t TABLE]`.
+    pub async fn save(&self, table: Option<&str>) -> Result<String, BackendError> {
+        let args: Vec<&str> = match table {
+            Some(t) => vec!["-t", t],
+            None => vec![],
+        };
+        let out = run(&self.bins.save, &args, None).await?;
+        if out.code != Some(0) {
+            return Err(command_error(&self.bins.save, &args, &out));
+        }
+        Ok(out.stdout)
+    }
+
+    /// Ensures every hook jump exists; returns how many were inserted. Hooks are inserted at
+    /// position 1 in reverse order, so on a pristine chain they end up in `hooks` order.
+    /// Jumps that already exist are not moved, as upstream.
+    pub async fn ensure_hooks(&self, hooks: &[Hook]) -> Result<usize, BackendError> {
+        let mut inserted = 0;
+        for hook in hooks.iter().rev() {
+            let rule_args = split_args(&hook.rule.to_string());
+            let rule: Vec<&str> = rule_args.iter().map(String::as_str).collect();
+            let mut check = vec!["-t", hook.table.as_str(), "-C", hook.chain.as_str()];
+            check.extend(&rule);
+            let out = self.iptables(&check).await?;
+            match out.code {
+                Some(0) => continue,
+                Some(1) => {}
+                _ => return Err(command_error(&self.bins.iptables, &check, &out)),
+            }
+            let mut insert = vec!["-t", hook.table.as_str(), "-I", hook.chain.as_str(), "1"];
+            insert.extend(&rule);
+            let out = self.iptables(&insert).await?;
+            if out.code != Some(0) {
+                return Err(command_error(&self.bins.iptables, &insert, &out));
+            }
+            inserted += 1;
+        }
+        Ok(inserted)
+    }
+
+    /// Creates the empty `KUBE-PROXY-CANARY` chain in mangle, nat and filter.
+    pub async fn ensure_canaries(&self) -> Result<(), BackendError> {
+        for table in CANARY_TABLES {
+            let args = ["-t", table, "-N", ChainName::KUBE_PROXY_CANARY];
+            let out = self.iptables(&args).await?;
+            // Exit 1 with "exists" is fine; anything else we check by listing the chain.
+            if out.code != Some(0)
+                && !self
+                    .chain_exists(table, ChainName::KUBE_PROXY_CANARY)
+                    .await?
+            {
+                return Err(command_error(&self.bins.iptables, &args, &out));
+            }
+        }
+        Ok(())
+    }
+
+    async fn chain_exists(&self, table: &str, chain: &str) -> Result<bool, BackendError> {
+        Ok(self.iptables(&["-t", table, "-S", chain]).await?.code == Some(0))
+    }
+
+    /// True when all canary chains still exist. Unlike upstream (which checks only mangle,
+    /// issue #129128), every table is checked, so a flush of only nat is noticed too.
+    pub async fn canaries_present(&self) -> Result<bool, BackendError> {
+        for table in CANARY_TABLES {
+            if !self
+                .chain_exists(table, ChainName::KUBE_PROXY_CANARY)
+                .await?
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The per-service chains (knat's or upstream's) currently in the nat table.
+    pub async fn stale_chains(&self) -> Result<Vec<(TableName, ChainName)>, BackendError> {
+        let text = self.save(Some("nat")).await?;
+        Ok(saved_chains(&text)
+            .into_iter()
+            .filter(|(t, c)| t == "nat" && ChainName::new(c.as_str()).is_service_chain())
+            .map(|(_, c)| (TableName::Nat, ChainName::new(c)))
+            .collect())
+    }
+}
+
+/// The tables that carry a canary chain, checked in this order.
+pub const CANARY_TABLES: [&str; 3] = ["mangle", "nat", "filter"];
+
+/// Extracts N from iptables-restore's "line N failed" (nft) or "line N:" (legacy) message.
+pub fn failed_line(stderr: &str) -> Option<usize> {
+    let mut rest = stderr;
+    while let Some(pos) = rest.find("line") {
+        rest = rest[pos + 4..].trim_start_matches([':', ' ']);
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if let Ok(n) = digits.parse() {
+            return Some(n);
+        }
+    }
+    None
+}
+
+/// Lines `line - around ..= line + around` of `payload`, numbered, the offending one marked.
+pub fn line_context(payload: &str, line: usize, around: usize) -> String {
+    let first = line.saturating_sub(around).max(1);
+    payload
+        .lines()
+        .enumerate()
+        .map(|(i, text)| (i + 1, text))
+        .filter(|(n, _)| *n >= first && *n <= line + around)
+        .map(|(n, text)| format!("{} {n:>6}: {text}", if n == line { ">>" } else { "  " }))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Splits a rendered rule into arguments: whitespace-separated, double quotes group words
+/// (the only quoting knat's renderer and iptables-save produce).
+pub fn split_args(text: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut current = String::new();
+    let mut in_quotes = false;
+    let mut has_token = false;
+    let mut chars = text.chars();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '"' => {
+                in_quotes = !in_quotes;
+                has_token = true;
+            }
+            '\\' if in_quotes => {
+                if let Some(next) = chars.next() {
+                    current.push(next);
+                }
+            }
+            c if c.is_whitespace() && !in_quotes => {
+                if has_token {
+                    args.push(std::mem::take(&mut current));
+                    has_token = false;
+                }
+            }
+            c => {
+                current.push(c);
+                has_token = true;
+            }
+        }
+    }
+    if has_token {
+        args.push(current);
+    }
+    args
+}
+
+/// `(table, chain)` for every chain declared in `iptables-save` output (builtins included).
+pub fn saved_chains(text: &str) -> Vec<(String, String)> {
+    let mut table = String::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.trim().to_string();
+        } else if let Some(decl) = line.strip_prefix(':')
+            && let Some(name) = decl.split_whitespace().next()
+        {
+            out.push((table.clone(), name.to_string()));
+        }
+    }
+    out
+}
+
+/// Number of rules (`-A` lines) in `iptables-save` output.
+pub fn count_rules(text: &str) -> usize {
+    text.lines().filter(|l| l.starts_with("-A ")).count()
+}
+
+/// Chains kubelet creates to tell kube-proxy which front-end it uses.
+const KUBELET_HINT_CHAINS: [&str; 2] = ["KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY"];
+
+fn has_kubelet_hint(mangle_save: &str) -> bool {
+    saved_chains(mangle_save)
+        .iter()
+        .any(|(_, c)| KUBELET_HINT_CHAINS.contains(&c.as_str()))
+}
+
+/// What [`detect_mode`] saw for one front-end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModeEvidence {
+    pub kubelet_hint: bool,
+    pub rules: usize,
+}
+
+/// The iptables-wrappers decision: a front-end with kubelet's hint chains wins (nft first);
+/// otherwise legacy only if it has strictly more rules than nft; otherwise nft.
+pub fn choose_mode(nft: ModeEvidence, legacy: ModeEvidence) -> Mode {
+    if nft.kubelet_hint {
+        return Mode::Nft;
+    }
+    if legacy.kubelet_hint || legacy.rules > nft.rules {
+        return Mode::Legacy;
+    }
+    Mode::Nft
+}
+
+async fn evidence(mode: Mode) -> ModeEvidence {
+    let mut ev = ModeEvidence::default();
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let bins = Binaries::new(family, mode);
+        // Only the explicitly suffixed binaries count as evidence for a mode.
+        if !bins.save.contains(mode.as_str()) {
+            continue;
+        }
+        if let Ok(out) = run(&bins.save, &["-t", "mangle"], None).await
+            && out.code == Some(0)
+        {
+            ev.kubelet_hint |= has_kubelet_hint(&out.stdout);
+        }
+        if let Ok(out) = run(&bins.save, &[], None).await
+            && out.code == Some(0)
+        {
+            ev.rules += count_rules(&out.stdout);
+        }
+    }
+    ev
+}
+
+/// Detects the front-end the host uses (see [`choose_mode`]).
+pub async fn detect_mode() -> (Mode, ModeEvidence, ModeEvidence) {
+    let nft = evidence(Mode::Nft).await;
+    let legacy = evidence(Mode::Legacy).await;
+    (choose_mode(nft, legacy), nft, legacy)
+}
+
+/// Hook targets knat or kube-proxy installs; jumps to these from builtin chains are removed by
+/// cleanup. `KUBE-FIREWALL` is not in the list: kubelet may own it.
+pub const HOOK_TARGETS: [&str; 6] = [
+    ChainName::KUBE_SERVICES,
+    ChainName::KUBE_EXTERNAL_SERVICES,
+    ChainName::KUBE_NODEPORTS,
+    ChainName::KUBE_FORWARD,
+    ChainName::KUBE_PROXY_FIREWALL,
+    ChainName::KUBE_POSTROUTING,
+];
+
+/// Fixed chains cleanup deletes, per table (upstream `cleanup.go`, never `KUBE-FIREWALL`).
+fn cleanup_fixed(table: &str) -> &'static [&'static str] {
+    match table {
+        "nat" => &[
+            ChainName::KUBE_SERVICES,
+            ChainName::KUBE_NODEPORTS,
+            ChainName::KUBE_POSTROUTING,
+            ChainName::KUBE_MARK_MASQ,
+            ChainName::KUBE_PROXY_CANARY,
+        ],
+        "filter" => &[
+            ChainName::KUBE_SERVICES,
+            ChainName::KUBE_EXTERNAL_SERVICES,
+            ChainName::KUBE_FORWARD,
+            ChainName::KUBE_NODEPORTS,
+            ChainName::KUBE_PROXY_FIREWALL,
+            ChainName::KUBE_PROXY_CANARY,
+        ],
+        "mangle" => &[ChainName::KUBE_PROXY_CANARY],
+        _ => &[],
+    }
+}
+
+/// Older per-service prefix (before SVL/EXT) that cleanup also removes.
+const LEGACY_SERVICE_PREFIXES: [&str; 1] = ["KUBE-XLB-"];
+
+fn cleanup_owned(table: &str, chain: &str) -> bool {
+    cleanup_fixed(table).contains(&chain)
+        || (table == "nat"
+            && (ChainName::new(chain).is_service_chain()
+                || LEGACY_SERVICE_PREFIXES.iter().any(|p| chain.starts_with(p))))
+}
+
+/// The `iptables-restore --noflush` payload that removes everything knat or kube-proxy
+/// (iptables mode) installed, given a full `iptables-save`: per table, first every rule in
+/// another chain that jumps to one of the removed chains (the hook jumps), then the chains
+/// (`:X` flush, `-X X`). Returns an empty string when there is nothing to remove.
+pub fn cleanup_payload(save: &str) -> String {
+    let mut out = String::new();
+    let mut table = String::new();
+    let mut lines: Vec<&str> = Vec::new();
+    let flush = |out: &mut String, table: &str, lines: &[&str]| {
+        if table.is_empty() {
+            return;
+        }
+        let owned: Vec<String> = saved_chains(&lines.join("\n"))
+            .into_iter()
+            .map(|(_, c)| c)
+            .filter(|c| cleanup_owned(table, c))
+            .collect();
+        let mut deletes = Vec::new();
+        for line in lines {
+            let Some(rule) = line.strip_prefix("-A ") else {
+                continue;
+            };
+            let args = split_args(rule);
+            let Some(chain) = args.first() else { continue };
+            if owned.contains(chain) {
+                continue;
+            }
+            let target = args
+                .iter()
+                .position(|a| a == "-j" || a == "-g")
+                .and_then(|i| args.get(i + 1));
+            if target.is_some_and(|t| owned.contains(t)) {
+                deletes.push(format!("-D {rule}"));
+            }
+        }
+        if owned.is_empty() && deletes.is_empty() {
+            return;
+        }
+        out.push_str(&format!("*{table}\n"));
+        for d in &deletes {
+            out.push_str(d);
+            out.push('\n');
+        }
+        for c in &owned {
+            out.push_str(&format!(":{c} - [0:0]\n"));
+        }
+        for c in &owned {
+            out.push_str(&format!("-X {c}\n"));
+        }
+        out.push_str("COMMIT\n");
+    };
+    for line in save.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.trim().to_string();
+            lines.clear();
+        } else if line.trim() == "COMMIT" {
+            flush(&mut out, &table, &lines);
+            table.clear();
+            lines.clear();
+        } else if !line.starts_with('#') {
+            lines.push(line);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_line_from_both_front_ends() {
+        assert_eq!(
+            failed_line("iptables-nft-restore: line 4 failed: No chain/target/match by that name."),
+            Some(4)
+        );
+        assert_eq!(
+            failed_line(
+                "Ignoring deprecated --wait-interval option.\niptables-restore: line 12 failed"
+            ),
+            Some(12)
+        );
+        assert_eq!(
+            failed_line(
+                "iptables-restore v1.8.9 (legacy): Couldn't load target `X':No such file\n\nError occurred at line: 7"
+            ),
+            Some(7)
+        );
+        assert_eq!(failed_line("something else"), None);
+    }
+
+    #[test]
+    fn context_marks_the_offending_line() {
+        let payload = "a\nb\nc\nd\ne\nf\ng\nh\n";
+        let ctx = line_context(payload, 5, 2);
+        assert_eq!(
+            ctx,
+            "        3: c\n        4: d\n>>      5: e\n        6: f\n        7: g"
+        );
+        assert!(line_context(payload, 1, 3).starts_with(">>      1: a"));
+    }
+
+    #[test]
+    fn split_args_handles_quotes() {
+        assert_eq!(
+            split_args("-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"),
+            vec![
+                "-m",
+                "comment",
+                "--comment",
+                "kubernetes service portals",
+                "-j",
+                "KUBE-SERVICES"
+            ]
+        );
+        assert_eq!(
+            split_args("-m comment --comment \"\" -j X"),
+            vec!["-m", "comment", "--comment", "", "-j", "X"]
+        );
+        assert_eq!(split_args("  "), Vec::<String>::new());
+    }
+
+    #[test]
+    fn mode_choice_follows_iptables_wrappers() {
+        let ev = |kubelet_hint, rules| ModeEvidence {
+            kubelet_hint,
+            rules,
+        };
+        assert_eq!(choose_mode(ev(false, 0), ev(false, 0)), Mode::Nft);
+        assert_eq!(choose_mode(ev(false, 3), ev(false, 10)), Mode::Legacy);
+        assert_eq!(choose_mode(ev(false, 10), ev(false, 10)), Mode::Nft);
+        assert_eq!(choose_mode(ev(false, 0), ev(true, 0)), Mode::Legacy);
+        assert_eq!(choose_mode(ev(true, 0), ev(true, 50)), Mode::Nft);
+    }
+
+    const SAVE: &str = "# Generated by iptables-save
+*mangle
+:PREROUTING ACCEPT [0:0]
+:KUBE-PROXY-CANARY - [0:0]
+:KUBE-KUBELET-CANARY - [0:0]
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:KUBE-EXTERNAL-SERVICES - [0:0]
+:KUBE-FIREWALL - [0:0]
+:KUBE-SERVICES - [0:0]
+:CNI-FORWARD - [0:0]
+-A INPUT -j KUBE-FIREWALL
+-A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES
+-A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A FORWARD -j CNI-FORWARD
+-A KUBE-FIREWALL -d 127.0.0.0/8 -j DROP
+-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -j REJECT
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-XPGD46QRK7WJZT7O - [0:0]
+:KUBE-MARK-DROP - [0:0]
+-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A KUBE-SERVICES -d 10.96.0.10/32 -j KUBE-SVC-XPGD46QRK7WJZT7O
+COMMIT
+";
+
+    #[test]
+    fn cleanup_removes_jumps_then_chains_but_never_kube_firewall() {
+        let payload = cleanup_payload(SAVE);
+        let expected = "*mangle
+:KUBE-PROXY-CANARY - [0:0]
+-X KUBE-PROXY-CANARY
+COMMIT
+*filter
+-D INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES
+-D OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+:KUBE-EXTERNAL-SERVICES - [0:0]
+:KUBE-SERVICES - [0:0]
+-X KUBE-EXTERNAL-SERVICES
+-X KUBE-SERVICES
+COMMIT
+*nat
+-D PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-XPGD46QRK7WJZT7O - [0:0]
+-X KUBE-SERVICES
+-X KUBE-SVC-XPGD46QRK7WJZT7O
+COMMIT
+";
+        assert_eq!(payload, expected);
+        assert!(!payload.contains("KUBE-FIREWALL"));
+        assert!(!payload.contains("KUBE-MARK-DROP"));
+        assert!(!payload.contains("KUBELET"));
+        assert_eq!(
+            cleanup_payload("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"),
+            ""
+        );
+    }
+
+    #[test]
+    fn saved_chains_and_rule_count() {
+        assert_eq!(count_rules(SAVE), 8);
+        let chains = saved_chains(SAVE);
+        assert!(chains.contains(&("nat".into(), "KUBE-SVC-XPGD46QRK7WJZT7O".into())));
+        assert!(chains.contains(&("mangle".into(), "KUBE-KUBELET-CANARY".into())));
+        assert!(has_kubelet_hint(SAVE));
+    }
+}

@@ -1,0 +1,328 @@
+//! `knat run`: the agent (the DaemonSet's process), from the API server or from files.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use ipnet::IpNet;
+use knat::agent::index::SourceState;
+use knat::agent::node_identity::{self, MISSING_NODE_FIX, NameSource};
+use knat::agent::sync::{FamilySync, Scheduler, SyncLoop, Timing};
+use knat::agent::{files, watch as kwatch};
+use knat::backend::{self, Iptables, Mode};
+use knat::config::{DEFAULT_LEAF_SIZE, Dispatch, LocalDetector, ProxyConfig};
+use knat::health::{self, AdminState, ProxyHealth, ServiceHealthServers};
+use knat::metrics::Metrics;
+use knat::model::IpFamily;
+
+use super::common::FamilyArg;
+use super::render::DispatchArg;
+
+/// `--iptables-backend` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendArg {
+    /// Detect as kubernetes-sigs iptables-wrappers does (kubelet hint chains, then rule counts).
+    Auto,
+    Nft,
+    Legacy,
+}
+
+/// Parses Go-style durations: `500ms`, `1s`, `30s`, `1m`, `1h`, `1m30s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(digits);
+        let value: f64 = num
+            .parse()
+            .map_err(|_| format!("invalid duration {text:?}"))?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let secs = match unit {
+            "ms" => value / 1000.0,
+            "s" => value,
+            "m" => value * 60.0,
+            "h" => value * 3600.0,
+            _ => {
+                return Err(format!(
+                    "invalid duration {text:?}: unit must be ms, s, m or h"
+                ));
+            }
+        };
+        total += Duration::from_secs_f64(secs);
+        rest = tail;
+    }
+    Ok(total)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The node name (as in the Node object and EndpointSlice nodeName). Default: $NODE_NAME,
+    /// else the host name (with a warning). The DaemonSet passes $(NODE_NAME) from spec.nodeName.
+    #[arg(long)]
+    pub hostname_override: Option<String>,
+    /// kubeconfig file; default: in-cluster configuration (or $KUBECONFIG / ~/.kube/config).
+    #[arg(long, conflicts_with = "from_files")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Program rules from the manifests in DIR (re-read when they change) instead of the API.
+    #[arg(long, value_name = "DIR")]
+    pub from_files: Option<PathBuf>,
+    /// Pod CIDR(s): traffic from them is pod traffic (first one per family is used).
+    #[arg(long = "cluster-cidr", value_delimiter = ',')]
+    pub cluster_cidrs: Vec<IpNet>,
+    /// Masquerade all traffic sent to ClusterIPs.
+    #[arg(long)]
+    pub masquerade_all: bool,
+    /// Accept NodePorts only on local addresses in these CIDRs (default: all local addresses).
+    #[arg(long = "nodeport-addresses", value_delimiter = ',')]
+    pub nodeport_addresses: Vec<IpNet>,
+    /// Minimum interval between two syncs (start to start; a burst of 2 is allowed).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub iptables_min_sync_period: Duration,
+    /// Canary poll interval, maximum retry backoff; health times out after twice this.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub iptables_sync_period: Duration,
+    /// The bit of the packet mark used for masquerading.
+    #[arg(long, default_value_t = 14)]
+    pub iptables_masquerade_bit: u8,
+    /// Address of the /healthz and /livez server.
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    pub healthz_bind_address: SocketAddr,
+    /// Address of the /metrics server.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    pub metrics_bind_address: SocketAddr,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub iptables_backend: BackendArg,
+    /// IP families to program (default: IPv4, plus IPv6 when the host has it).
+    #[arg(long = "ip-families", value_enum, value_delimiter = ',')]
+    pub ip_families: Vec<FamilyArg>,
+    /// Serve NodePorts on 127.0.0.1 (IPv4), as upstream does by default.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub localhost_nodeports: bool,
+    /// Append --random-fully to MASQUERADE.
+    #[arg(long)]
+    pub random_fully: bool,
+    #[arg(long, value_enum, default_value = "tree")]
+    pub dispatch: DispatchArg,
+    /// Maximum entries per dispatch chain.
+    #[arg(long, default_value_t = DEFAULT_LEAF_SIZE)]
+    pub dispatch_leaf_size: usize,
+    /// How often --from-files polls the directory.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub files_poll_interval: Duration,
+}
+
+fn ipv6_available() -> bool {
+    std::path::Path::new("/proc/net/if_inet6").exists()
+}
+
+/// Local interface addresses of a family (for restricted --nodeport-addresses).
+fn local_addresses(family: IpFamily) -> Vec<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    let mut out: Vec<IpAddr> = addrs
+        .filter_map(|a| a.address)
+        .filter_map(|s| {
+            if let Some(v4) = s.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                s.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .filter(|ip| family.contains(ip))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+impl RunArgs {
+    fn families(&self) -> Vec<IpFamily> {
+        if self.ip_families.is_empty() {
+            let mut f = vec![IpFamily::V4];
+            if ipv6_available() {
+                f.push(IpFamily::V6);
+            }
+            f
+        } else {
+            let mut f: Vec<IpFamily> = self.ip_families.iter().map(|a| (*a).into()).collect();
+            f.sort();
+            f.dedup();
+            f
+        }
+    }
+
+    fn config(&self, node_name: &str, family: IpFamily) -> anyhow::Result<ProxyConfig> {
+        let mut cfg = ProxyConfig::new(node_name, family)?;
+        cfg.local_detector = LocalDetector::from_cidrs(&self.cluster_cidrs, family);
+        cfg.masquerade_all = self.masquerade_all;
+        cfg.masquerade_bit = self.iptables_masquerade_bit;
+        cfg.nodeport_addresses = self.nodeport_addresses.clone();
+        if !cfg.nodeports_match_all() {
+            cfg.local_addresses = local_addresses(family);
+        }
+        cfg.localhost_nodeports = self.localhost_nodeports;
+        cfg.random_fully = self.random_fully;
+        cfg.dispatch = match self.dispatch {
+            DispatchArg::Linear => Dispatch::Linear,
+            DispatchArg::Tree => Dispatch::Tree {
+                leaf_size: self.dispatch_leaf_size,
+            },
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run_async(args))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let env_name = std::env::var("NODE_NAME").ok();
+    let (node_name, source) = node_identity::resolve(
+        args.hostname_override.as_deref(),
+        env_name.as_deref(),
+        node_identity::kernel_hostname,
+    )?;
+    if source == NameSource::Hostname {
+        tracing::warn!(node = %node_name, "node name taken from the host name; if it differs from the Node object's name, Local services break: {MISSING_NODE_FIX}");
+    }
+    tracing::info!(node = %node_name, from = source.as_str(), "node name");
+
+    let families = args.families();
+    let mode = match args.iptables_backend {
+        BackendArg::Nft => Mode::Nft,
+        BackendArg::Legacy => Mode::Legacy,
+        BackendArg::Auto => {
+            let (mode, nft, legacy) = backend::detect_mode().await;
+            tracing::info!(
+                mode = mode.as_str(),
+                nft_rules = nft.rules,
+                legacy_rules = legacy.rules,
+                nft_kubelet_hint = nft.kubelet_hint,
+                legacy_kubelet_hint = legacy.kubelet_hint,
+                "iptables backend detected"
+            );
+            mode
+        }
+    };
+    let mut family_syncs = Vec::new();
+    for family in &families {
+        let cfg = args.config(&node_name, *family)?;
+        let ipt = Iptables::new(*family, mode);
+        tracing::info!(family = family.label(), restore = %ipt.bins.restore, "programming family");
+        family_syncs.push(FamilySync::new(cfg, ipt));
+    }
+
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Mutex::new(ProxyHealth::new(
+        2 * args.iptables_sync_period,
+        &families,
+    )));
+    let admin = AdminState {
+        health: health.clone(),
+        metrics: metrics.clone(),
+    };
+    let healthz = health::bind(args.healthz_bind_address).await?;
+    let metrics_listener = health::bind(args.metrics_bind_address).await?;
+    tracing::info!(healthz = %args.healthz_bind_address, metrics = %args.metrics_bind_address, "HTTP servers listening");
+    let healthz_task = health::serve_healthz(healthz, admin.clone());
+    let metrics_task = health::serve_metrics(metrics_listener, admin);
+
+    let (tx, rx) =
+        tokio::sync::watch::channel(SourceState::new(&node_name, args.from_files.is_none()));
+    let source_task = match &args.from_files {
+        Some(dir) => {
+            tracing::info!(dir = %dir.display(), "static source: reading manifests");
+            tokio::spawn(files::run(
+                dir.clone(),
+                node_name.clone(),
+                tx,
+                args.files_poll_interval,
+                metrics.clone(),
+            ))
+        }
+        None => {
+            let client = kwatch::client(args.kubeconfig.clone()).await?;
+            tokio::spawn(kwatch::run(client, node_name.clone(), tx, metrics.clone()))
+        }
+    };
+
+    // Health-check node ports listen on the wildcard, or on the local addresses allowed by
+    // --nodeport-addresses.
+    let hc_addresses: Vec<IpAddr> = if args.nodeport_addresses.is_empty() {
+        Vec::new()
+    } else {
+        families
+            .iter()
+            .flat_map(|f| local_addresses(*f))
+            .filter(|ip| args.nodeport_addresses.iter().any(|n| n.contains(ip)))
+            .collect()
+    };
+    let sync_loop = SyncLoop {
+        families: family_syncs,
+        scheduler: Scheduler::new(Timing::new(
+            args.iptables_min_sync_period,
+            args.iptables_sync_period,
+        )),
+        source: rx,
+        health: health.clone(),
+        servers: ServiceHealthServers::new(health, hc_addresses),
+        metrics,
+        name_source: source,
+    };
+    sync_loop.run(shutdown_signal()).await;
+    source_task.abort();
+    healthz_task.abort();
+    metrics_task.abort();
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("10").is_err());
+    }
+}

@@ -1,0 +1,500 @@
+//! `knat run --from-files` end to end inside a network namespace this test creates.
+//!
+//! Needs root, `ip`, `iptables-save` and `curl`. With `CI=true` missing prerequisites are a
+//! failure; otherwise the test prints SKIPPED and returns. Only the namespace it creates is
+//! touched; it is deleted (and the agent killed by PID) also when the test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const KNAT: &str = env!("CARGO_BIN_EXE_knat");
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+/// True when the test can run; panics under CI when it cannot.
+fn prerequisites(test: &str) -> bool {
+    // /proc/self is owned by the effective uid.
+    let is_root =
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").expect("/proc/self"))
+            == 0;
+    let missing: Vec<&str> = ["ip", "iptables-save", "iptables-restore", "curl"]
+        .into_iter()
+        .filter(|p| !on_path(p))
+        .collect();
+    if is_root && missing.is_empty() {
+        return true;
+    }
+    let why = format!("root: {is_root}, missing tools: {missing:?}");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: prerequisites missing under CI=true ({why})");
+    }
+    eprintln!("\n*** SKIPPED {test}: needs root, ip, iptables and curl ({why}) ***\n");
+    false
+}
+
+/// A network namespace (deleted on drop), the agent running in it (killed on drop) and a
+/// scratch directory.
+struct Lab {
+    ns: String,
+    dir: PathBuf,
+    agent: Option<Child>,
+}
+
+impl Lab {
+    fn new(tag: &str) -> Lab {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let ns = format!("knat-{tag}-{}-{nanos}", std::process::id());
+        let dir = std::env::temp_dir().join(&ns);
+        std::fs::create_dir_all(dir.join("manifests")).expect("scratch dir");
+        let lab = Lab {
+            ns,
+            dir,
+            agent: None,
+        };
+        lab.sh(&["ip", "netns", "add", &lab.ns]);
+        lab.exec(&["ip", "link", "set", "lo", "up"]);
+        lab
+    }
+
+    fn sh(&self, args: &[&str]) -> String {
+        let out = Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .expect("spawn");
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a command inside the namespace; returns (success, stdout).
+    fn try_exec(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .args(args)
+            .output()
+            .expect("spawn");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    fn exec(&self, args: &[&str]) -> String {
+        let (ok, out) = self.try_exec(args);
+        assert!(ok, "{args:?} failed in {}", self.ns);
+        out
+    }
+
+    fn manifests(&self) -> PathBuf {
+        self.dir.join("manifests")
+    }
+
+    /// The agent's log, without ANSI colour codes.
+    fn log(&self) -> String {
+        let raw = std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default();
+        let mut out = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    fn start(&mut self, extra: &[&str]) {
+        let log = std::fs::File::create(self.dir.join("agent.log")).expect("log file");
+        let manifests = self.manifests();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns, KNAT, "run", "--from-files"])
+            .arg(&manifests)
+            .args([
+                "--healthz-bind-address",
+                "127.0.0.1:10256",
+                "--metrics-bind-address",
+                "127.0.0.1:10249",
+            ])
+            .args([
+                "--iptables-min-sync-period",
+                "100ms",
+                "--files-poll-interval",
+                "100ms",
+            ])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn knat run");
+        self.agent = Some(child);
+    }
+
+    fn save(&self) -> String {
+        self.exec(&["iptables-save"])
+    }
+
+    /// Polls until `cond` holds on `iptables-save`, or fails with the last dump and the log.
+    fn wait_rules(&self, what: &str, cond: impl Fn(&str) -> bool) -> String {
+        self.wait(what, || {
+            let dump = self.save();
+            cond(&dump).then_some(dump)
+        })
+    }
+
+    fn wait<T>(&self, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            if let Some(agent) = self.agent.as_ref()
+                && let Ok(out) = Command::new("kill")
+                    .args(["-0", &agent.id().to_string()])
+                    .output()
+                && !out.status.success()
+            {
+                panic!(
+                    "agent exited while waiting for {what}\nlog:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\nrules:\n{}\nlog:\n{}",
+                self.save(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `curl -i` inside the namespace: (status, lower-cased headers, body).
+    fn http(&self, url: &str) -> (u16, String, String) {
+        let (_, out) = self.try_exec(&["curl", "-s", "-i", "--max-time", "5", url]);
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, head.to_ascii_lowercase(), body.to_string())
+    }
+
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let mut agent = self.agent.take().expect("agent running");
+        let pid = nix::unistd::Pid::from_raw(agent.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = agent.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = agent.kill();
+                let _ = agent.wait();
+                panic!("agent did not stop on SIGTERM\nlog:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            let _ = agent.kill();
+            let _ = agent.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const NODE: &str = "apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+status: {addresses: [{type: InternalIP, address: 10.0.0.1}]}
+";
+
+const SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.10
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32000
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30080}]
+status: {loadBalancer: {ingress: [{ip: 203.0.113.10}]}}
+";
+
+fn slice(endpoints: &[(&str, &str)]) -> String {
+    let mut s = String::from(
+        "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: demo, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+",
+    );
+    for (ip, node) in endpoints {
+        s.push_str(&format!("- addresses: [{ip}]\n  nodeName: {node}\n"));
+    }
+    s
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    // Write then rename, as a careful operator (or ConfigMap volume) would.
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).expect("write manifest");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename manifest");
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// "demo/web:http" and its endpoints (chain names from the upstream hash recipe).
+const SVC_CHAIN: &str = "KUBE-SVC-XRY76EGRC3BSCIIJ";
+const SVL_CHAIN: &str = "KUBE-SVL-XRY76EGRC3BSCIIJ";
+const SEP_LOCAL: &str = "KUBE-SEP-NW5VICAF3Z2QABHQ"; // 10.244.1.5:8080
+
+#[test]
+fn run_from_files_programs_follows_changes_survives_sigterm_and_cleans_up() {
+    if !prerequisites("run_from_files_programs_follows_changes_survives_sigterm_and_cleans_up") {
+        return;
+    }
+    let mut lab = Lab::new("agent");
+    let m = lab.manifests();
+    write(&m, "node.yaml", NODE);
+    write(&m, "service.yaml", SERVICE);
+    write(
+        &m,
+        "slice.yaml",
+        &slice(&[("10.244.1.5", "node-1"), ("10.244.2.5", "node-2")]),
+    );
+    lab.start(&[
+        "--hostname-override",
+        "node-1",
+        "--ip-families",
+        "ipv4",
+        "--iptables-sync-period",
+        "1s",
+    ]);
+
+    // 1. Initial full sync: per-service chains, hooks, canaries.
+    // Hook jumps are ensured after the restore, in reverse order: INPUT -> KUBE-FIREWALL is last.
+    let dump = lab.wait_rules("initial rules", |d| {
+        d.contains(SEP_LOCAL) && d.contains("-A INPUT -j KUBE-FIREWALL")
+    });
+    assert!(dump.contains(&format!(":{SVC_CHAIN}")), "{dump}");
+    assert!(dump.contains(&format!(":{SVL_CHAIN}")), "{dump}");
+    assert!(
+        dump.contains(
+            "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"
+        ),
+        "{dump}"
+    );
+    assert!(dump.contains("-A INPUT -m comment --comment \"kubernetes health check service ports\" -j KUBE-NODEPORTS"), "{dump}");
+    assert!(dump.contains(":KUBE-PROXY-CANARY"), "{dump}");
+    let input_hooks: Vec<&str> = dump
+        .lines()
+        .filter(|l| l.starts_with("-A INPUT "))
+        .collect();
+    assert_eq!(input_hooks.len(), 4, "{input_hooks:?}");
+    assert!(
+        input_hooks[0].ends_with("-j KUBE-FIREWALL"),
+        "hooks keep RuleSet.hooks order: {input_hooks:?}"
+    );
+    assert!(
+        input_hooks[3].ends_with("-j KUBE-EXTERNAL-SERVICES"),
+        "{input_hooks:?}"
+    );
+
+    // 2. The health-check node port: one local endpoint -> 200.
+    let (status, head, body) = lab.wait("health check server", || {
+        let r = lab.http("http://127.0.0.1:32000/");
+        (r.0 != 0).then_some(r)
+    });
+    assert_eq!(status, 200, "{head}{body}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+    assert!(
+        head.contains("x-load-balancing-endpoint-weight: 1"),
+        "{head}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+    assert_eq!(json["service"]["namespace"], "demo");
+    assert_eq!(json["service"]["name"], "web");
+    assert_eq!(json["localEndpoints"], 1);
+    assert_eq!(json["serviceProxyHealthy"], true);
+    let (status, _, body) = lab.http("http://127.0.0.1:10256/healthz");
+    assert_eq!(status, 200, "{body}");
+
+    // 3. The local endpoint goes away: a partial sync removes its SEP chain, keeps the rest.
+    write(
+        &m,
+        "slice.yaml",
+        &slice(&[("10.244.2.5", "node-2"), ("10.244.2.6", "node-2")]),
+    );
+    let dump = lab.wait_rules("local endpoint removed", |d| !d.contains(SEP_LOCAL));
+    assert!(dump.contains(&format!(":{SVC_CHAIN}")), "{dump}");
+    assert!(dump.contains("--to-destination 10.244.2.6:8080"), "{dump}");
+    assert!(
+        !dump.contains(&format!(":{SVL_CHAIN}")),
+        "no local endpoints, no SVL chain: {dump}"
+    );
+    assert!(
+        dump.lines()
+            .any(|l| l.starts_with("-A KUBE-EXTERNAL-SERVICES")
+                && l.contains("demo/web:http has no local endpoints")
+                && l.contains("--dport 30080")
+                && l.ends_with("-j DROP")),
+        "external NodePort traffic is dropped without local endpoints:\n{dump}"
+    );
+    let (status, head, body) = lab.wait("health check 503", || {
+        let r = lab.http("http://127.0.0.1:32000/");
+        (r.0 == 503).then_some(r)
+    });
+    assert_eq!(status, 503);
+    assert!(
+        head.contains("x-load-balancing-endpoint-weight: 0"),
+        "{head}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+    assert_eq!(json["localEndpoints"], 0);
+    let log = lab.log();
+    assert!(
+        log.contains("sync done kind=\"partial\""),
+        "the change is applied as a partial sync:\n{log}"
+    );
+    let (_, _, metrics) = lab.http("http://127.0.0.1:10249/metrics");
+    let partial = metric(
+        &metrics,
+        "kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}",
+    );
+    assert!(partial.is_some_and(|n| n >= 1.0), "{metrics}");
+    assert_eq!(
+        metric(&metrics, "knat_node_name_matches"),
+        Some(1.0),
+        "{metrics}"
+    );
+
+    // 4. The local endpoint comes back (partial sync again).
+    write(&m, "slice.yaml", &slice(&[("10.244.1.5", "node-1")]));
+    lab.wait_rules("local endpoint back", |d| {
+        d.contains(SEP_LOCAL) && d.contains(&format!(":{SVL_CHAIN}"))
+    });
+
+    // 5. Someone flushes and deletes every nat chain: the canary check (every
+    // --iptables-sync-period = 1s here) notices and a full sync restores chains and hooks.
+    lab.exec(&["iptables", "-t", "nat", "-F"]);
+    lab.exec(&["iptables", "-t", "nat", "-X"]);
+    assert!(!lab.save().contains(SVC_CHAIN));
+    let dump = lab.wait_rules("rules restored after a flush", |d| {
+        d.contains(&format!(":{SVC_CHAIN}")) && d.contains("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES")
+    });
+    assert!(dump.contains(SEP_LOCAL), "{dump}");
+    assert!(lab.log().contains("canary chain gone"), "{}", lab.log());
+
+    // 6. SIGTERM: clean exit, rules left in place.
+    let status = lab.stop();
+    assert!(
+        status.success(),
+        "exit status {status}\nlog:\n{}",
+        lab.log()
+    );
+    let dump = lab.save();
+    assert!(
+        dump.contains(SEP_LOCAL) && dump.contains("-j KUBE-SERVICES"),
+        "rules must survive SIGTERM:\n{dump}"
+    );
+    assert!(lab.log().contains("rules are left in place"));
+
+    // 7. knat cleanup removes everything but kubelet's KUBE-FIREWALL.
+    lab.exec(&[KNAT, "cleanup", "--ip-families", "ipv4"]);
+    let dump = lab.save();
+    for gone in [
+        "KUBE-SERVICES",
+        "KUBE-NODEPORTS",
+        "KUBE-SVC-",
+        "KUBE-SEP-",
+        "KUBE-EXT-",
+        "KUBE-POSTROUTING",
+        "KUBE-PROXY-CANARY",
+        "KUBE-FORWARD",
+        "KNAT-",
+    ] {
+        assert!(!dump.contains(gone), "{gone} left after cleanup:\n{dump}");
+    }
+}
+
+#[test]
+fn missing_node_is_loud_and_fails_healthz() {
+    if !prerequisites("missing_node_is_loud_and_fails_healthz") {
+        return;
+    }
+    let mut lab = Lab::new("nonode");
+    let m = lab.manifests();
+    write(&m, "node.yaml", NODE);
+    write(&m, "service.yaml", SERVICE);
+    write(&m, "slice.yaml", &slice(&[("10.244.1.5", "node-1")]));
+    // The kubelet registered "node-1", but the agent believes it is "ip-10-0-0-1".
+    lab.start(&[
+        "--hostname-override",
+        "ip-10-0-0-1",
+        "--ip-families",
+        "ipv4",
+    ]);
+    lab.wait_rules("rules from the static source", |d| d.contains(SVC_CHAIN));
+    let (status, _, body) = lab.wait("healthz", || {
+        let r = lab.http("http://127.0.0.1:10256/healthz");
+        (r.0 != 0).then_some(r)
+    });
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"nodeNameMatches\":false"), "{body}");
+    let (status, _, _) = lab.http("http://127.0.0.1:10256/livez");
+    assert_eq!(
+        status, 200,
+        "liveness does not depend on the node name (a restart would not fix it)"
+    );
+    let (_, _, metrics) = lab.http("http://127.0.0.1:10249/metrics");
+    assert_eq!(
+        metric(&metrics, "knat_node_name_matches"),
+        Some(0.0),
+        "{metrics}"
+    );
+    let log = lab.log();
+    assert!(
+        log.contains("set --hostname-override=$(NODE_NAME) with NODE_NAME from the downward API spec.nodeName"),
+        "{log}"
+    );
+    assert!(
+        log.contains("\\\"ip-10-0-0-1\\\"") || log.contains("\"ip-10-0-0-1\""),
+        "{log}"
+    );
+    let status = lab.stop();
+    assert!(status.success());
+}
