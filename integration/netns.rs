@@ -623,6 +623,10 @@ fn demo_behaves_as_expected() {
         "the excerpt shows the DROP:\n{text}"
     );
     assert!(
+        report.trace.as_deref().is_some_and(|t| t.contains("DROP")),
+        "`knat trace` explains the dropped packet:\n{text}"
+    );
+    assert!(
         started.elapsed() < Duration::from_secs(20),
         "the demo took {:?}",
         started.elapsed()

@@ -188,12 +188,14 @@ mod tests {
         let b = q.as_bytes();
         let mut i = 0;
         while i < b.len() {
-            if b[i] == b'%' && i + 2 < b.len() + 1 {
-                if let Ok(v) = u8::from_str_radix(&q[i + 1..i + 3], 16) {
-                    out.push(v);
-                    i += 3;
-                    continue;
-                }
+            if b[i] == b'%'
+                && let Some(v) = q
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
             }
             out.push(if b[i] == b'+' { b' ' } else { b[i] });
             i += 1;

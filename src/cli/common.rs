@@ -50,3 +50,13 @@ impl From<FamilyArg> for knat::model::IpFamily {
         }
     }
 }
+
+/// Writes command output to stdout; a closed pipe (`knat ... | head`) is not an error.
+pub fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other.context("writing to standard output")?),
+    }
+}

@@ -99,6 +99,6 @@ pub fn run(args: RenderArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let compiled = compile(&loaded.snapshot, &cfg);
-    print!("{}", render_standalone(&compiled.rules));
+    super::common::emit(&render_standalone(&compiled.rules))?;
     Ok(ExitCode::SUCCESS)
 }

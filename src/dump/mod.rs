@@ -3,13 +3,13 @@
 //!
 //! Everything here is pure: functions over strings and values, no processes, no I/O.
 //!
-//! - [`parse`]: text (save output or restore input) to table blocks and to a [`Dump`].
+//! - [`parse`](mod@parse): text (save output or restore input) to table blocks and to a [`Dump`].
 //! - [`restore`]: `iptables-restore [--noflush]` semantics ([`apply_restore`]) and a canonical
 //!   rendering ([`to_save_text`]).
-//! - [`trace`]: follow one new connection through a dump ([`trace()`], [`format_text`]).
+//! - [`trace`](mod@trace): follow one new connection through a dump ([`trace()`], [`format_text`]).
 //!
 //! The building blocks: [`words`] (tokenizer and quoting), [`values`] (option values),
-//! [`matches`] and [`target`] (the typed rule model), [`extensions`] (which options each
+//! [`matches`](mod@matches) and [`target`] (the typed rule model), [`extensions`] (which options each
 //! extension takes and how they become typed), [`rule`] (one rule), [`model`] (tables and
 //! chains), [`eval`] (match evaluation) and [`report`] (text output of a trace).
 
