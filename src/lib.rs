@@ -1,8 +1,13 @@
 //! knat: a kube-proxy (iptables mode) replacement built around `externalTrafficPolicy: Local`.
 //!
-//! The library is the pure core: domain model, endpoint categorisation, rule compilation,
-//! planning and rendering, and the `iptables-save` parser and packet tracer. Nothing in here
-//! spawns processes, talks to the Kubernetes API or needs an async runtime.
+//! The pure core (`config`, `model`, `input`, `rules`, `dump`) decides what the rules are:
+//! domain model, endpoint categorisation, compilation, planning and rendering, and the
+//! `iptables-save` parser and packet tracer. Nothing in it spawns processes, talks to the
+//! Kubernetes API or needs an async runtime.
+//!
+//! The shell does only I/O: `agent` (watchers, the sync loop, the static file source),
+//! `backend` (iptables-restore, conntrack), `health`, `metrics`, and `lab` (the
+//! network-namespace cluster behind `knat demo` and the real-kernel tests).
 
 pub mod agent;
 pub mod backend;

@@ -20,7 +20,9 @@
 //!   is local they loop back through filter INPUT. This is what the real kernel does; it matters
 //!   for `-m addrtype --src-type LOCAL` and for which filter chains see the packet.
 //!
-//! Upstream's "" (no rule matched) is verdict ACCEPT with no targets.
+//! Upstream's "" (no rule matched) is verdict ACCEPT with no targets and no `-j ACCEPT` rule on
+//! the way (`Expect::NoMatch`); an explicit accept (the health-check port) is
+//! `Expect::AcceptedBy`. A trace that meets a rule the tracer cannot evaluate fails the row.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;

@@ -78,11 +78,17 @@ pub enum NodeCheck {
 }
 
 /// The error logged while the Node is missing.
-pub fn missing_message(node_name: &str, source: NameSource) -> String {
+/// `frozen` says whether rule updates are suspended (API source) or continue (static source).
+pub fn missing_message(node_name: &str, source: NameSource, frozen: bool) -> String {
+    let effect = if frozen {
+        "rules are not being updated"
+    } else {
+        "rules are programmed with every endpoint treated as remote"
+    };
     format!(
         "no Node named {node_name:?} exists (name taken from {}): endpoints cannot be recognised as local, \
          so externalTrafficPolicy: Local and internalTrafficPolicy: Local services would drop traffic on this node; \
-         rules are not being updated and /healthz fails until this is fixed: {MISSING_NODE_FIX}",
+         {effect} and /healthz fails until this is fixed: {MISSING_NODE_FIX}",
         source.as_str()
     )
 }
@@ -113,7 +119,8 @@ mod tests {
 
     #[test]
     fn message_names_the_fix() {
-        let msg = missing_message("ip-10-0-0-1", NameSource::Hostname);
+        let msg = missing_message("ip-10-0-0-1", NameSource::Hostname, true);
+        assert!(msg.contains("rules are not being updated"));
         assert!(msg.contains("\"ip-10-0-0-1\""));
         assert!(msg.contains("set --hostname-override=$(NODE_NAME) with NODE_NAME from the downward API spec.nodeName"));
     }

@@ -425,8 +425,11 @@ impl SyncLoop {
                 (state.readiness(), self.observe_node(&state))
             };
             if node_missing && now >= alarm_at {
-                let name = self.source.borrow().node_name.clone();
-                tracing::error!(node = %name, "{}", missing_message(&name, self.name_source));
+                let (name, frozen) = {
+                    let state = self.source.borrow();
+                    (state.node_name.clone(), state.require_node)
+                };
+                tracing::error!(node = %name, "{}", missing_message(&name, self.name_source, frozen));
                 alarm_at = now + sync_period;
             }
             if last_readiness != Some(readiness) {

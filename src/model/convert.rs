@@ -115,7 +115,7 @@ pub fn service(svc: &K8sService) -> Result<Service, Skip> {
     if raw_cluster_ips.is_empty() {
         raw_cluster_ips.extend(spec.cluster_ip.as_deref());
     }
-    if raw_cluster_ips.iter().any(|ip| *ip == "None") {
+    if raw_cluster_ips.contains(&"None") {
         return Err(Skip::Ignored("headless (clusterIP None)".into()));
     }
     let raw_cluster_ips: Vec<&str> = raw_cluster_ips.into_iter().filter(|ip| !ip.is_empty()).collect();
