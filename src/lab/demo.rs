@@ -221,7 +221,12 @@ fn judge(
     }
     if let Some(node) = s.node_owning(saw) {
         let ok = expect == Expect::Masqueraded && node == via;
-        return (ok, format!("{saw} (masqueraded to {node})"));
+        let side = if s.node_gateway(node, Family::of(saw)) == Some(saw) {
+            "'s pod-side address"
+        } else {
+            ""
+        };
+        return (ok, format!("{saw} (masqueraded to {node}{side})"));
     }
     (false, format!("{saw} (unexpected)"))
 }
