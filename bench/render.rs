@@ -21,7 +21,9 @@ const NODES: usize = 100;
 fn service_ip(i: usize) -> IpAddr {
     // Spread over 10.96.0.0/12 like an allocator would (a fixed odd stride permutes the range).
     let offset = ((i as u64 * 2_654_435_761) % (1 << 20)) as u32;
-    IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + offset))
+    IpAddr::V4(Ipv4Addr::from(
+        u32::from(Ipv4Addr::new(10, 96, 0, 0)) + offset,
+    ))
 }
 
 fn endpoint_ip(i: usize, j: usize) -> IpAddr {
@@ -37,7 +39,12 @@ fn snapshot(services: usize) -> Snapshot {
             name: name.clone(),
             service_type: ServiceType::ClusterIp,
             cluster_ips: vec![service_ip(i)],
-            ports: vec![ServicePort { name: "http".into(), protocol: Protocol::Tcp, port: 80, node_port: None }],
+            ports: vec![ServicePort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                node_port: None,
+            }],
             external_ips: vec![],
             load_balancer_ips: vec![],
             source_ranges: vec![],
@@ -65,7 +72,11 @@ fn snapshot(services: usize) -> Snapshot {
                 slice_name: format!("svc{i}-abcde"),
                 service: name,
                 family: IpFamily::V4,
-                ports: vec![SlicePort { name: "http".into(), port: 8080, protocol: Protocol::Tcp }],
+                ports: vec![SlicePort {
+                    name: "http".into(),
+                    port: 8080,
+                    protocol: Protocol::Tcp,
+                }],
                 endpoints,
             },
         );
@@ -77,12 +88,20 @@ fn snapshot(services: usize) -> Snapshot {
 /// dispatch chains before it matches its service rule.
 fn rules_walked(rs: &RuleSet, dst: IpAddr) -> usize {
     fn walk(rs: &RuleSet, chain: &ChainName, dst: IpAddr, count: &mut usize) -> bool {
-        let Some(rules) = rs.nat.chains.get(chain) else { return false };
+        let Some(rules) = rs.nat.chains.get(chain) else {
+            return false;
+        };
         for rule in rules {
             *count += 1;
             let matched = rule.matches.iter().all(|m| match m {
-                Match::Dst { negated: false, addr: Addr::Ip(ip) } => *ip == dst,
-                Match::Dst { negated: false, addr: Addr::Net(net) } => net.contains(&dst),
+                Match::Dst {
+                    negated: false,
+                    addr: Addr::Ip(ip),
+                } => *ip == dst,
+                Match::Dst {
+                    negated: false,
+                    addr: Addr::Net(net),
+                } => net.contains(&dst),
                 Match::DPort(p) => *p == 80,
                 Match::AddrTypeLocal { .. } => false,
                 _ => true,
@@ -101,7 +120,12 @@ fn rules_walked(rs: &RuleSet, dst: IpAddr) -> usize {
         false
     }
     let mut count = 0;
-    walk(rs, &ChainName::fixed(ChainName::KUBE_SERVICES), dst, &mut count);
+    walk(
+        rs,
+        &ChainName::fixed(ChainName::KUBE_SERVICES),
+        dst,
+        &mut count,
+    );
     count
 }
 
@@ -135,13 +159,25 @@ fn run_size(services: usize, dispatch: Dispatch) -> String {
     let standalone = render_standalone(&compiled.rules);
     let render_time = t.elapsed();
     let t = Instant::now();
-    let full = plan(&AppliedState::default(), &compiled.rules, SyncKind::Full, &[]);
+    let full = plan(
+        &AppliedState::default(),
+        &compiled.rules,
+        SyncKind::Full,
+        &[],
+    );
     let plan_full_time = t.elapsed();
 
     // One endpoint changes IP in the middle service.
-    let target = ServiceName::new(format!("ns{}", (services / 2) % 50), format!("svc{}", services / 2));
+    let target = ServiceName::new(
+        format!("ns{}", (services / 2) % 50),
+        format!("svc{}", services / 2),
+    );
     let t = Instant::now();
-    if let Some(slice) = snap.slices.get_mut(&target).and_then(|m| m.values_mut().next()) {
+    if let Some(slice) = snap
+        .slices
+        .get_mut(&target)
+        .and_then(|m| m.values_mut().next())
+    {
         slice.endpoints[0].ip = IpAddr::V4(Ipv4Addr::new(10, 127, 255, 254));
     }
     let compiled2 = compile(&snap, &cfg);
@@ -150,7 +186,10 @@ fn run_size(services: usize, dispatch: Dispatch) -> String {
     let noop = plan(&partial.next, &compiled2.rules, SyncKind::Partial, &[]);
 
     let first = rules_walked(&compiled.rules, service_ip(0));
-    let worst = (0..services).map(|i| rules_walked(&compiled.rules, service_ip(i))).max().unwrap_or(0);
+    let worst = (0..services)
+        .map(|i| rules_walked(&compiled.rules, service_ip(i)))
+        .max()
+        .unwrap_or(0);
     let mode = match dispatch {
         Dispatch::Linear => "linear",
         Dispatch::Tree { .. } => "tree",
@@ -176,11 +215,16 @@ fn run_size(services: usize, dispatch: Dispatch) -> String {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(pos) = args.iter().position(|a| a == "--child") {
-        let size: usize = args.get(pos + 1).and_then(|s| s.parse().ok()).unwrap_or(1000);
+        let size: usize = args
+            .get(pos + 1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1000);
         let dispatch = if args.iter().any(|a| a == "--linear") {
             Dispatch::Linear
         } else {
-            Dispatch::Tree { leaf_size: knat::config::DEFAULT_LEAF_SIZE }
+            Dispatch::Tree {
+                leaf_size: knat::config::DEFAULT_LEAF_SIZE,
+            }
         };
         println!("{}", run_size(size, dispatch));
         return;
@@ -192,9 +236,13 @@ fn main() {
         .map(|s| s.split(',').filter_map(|v| v.parse().ok()).collect())
         .unwrap_or_else(|| vec![1000, 10_000, 50_000]);
     let exe = std::env::current_exe().expect("own path");
-    println!("knat render/plan benchmark: {ENDPOINTS} endpoints per service, {NODES} nodes, one process per row");
+    println!(
+        "knat render/plan benchmark: {ENDPOINTS} endpoints per service, {NODES} nodes, one process per row"
+    );
     println!();
-    println!("| services | dispatch | build snapshot ms | compile ms | render ms | compile+render ms | plan full ms | full payload bytes | noflush full bytes | one-endpoint change bytes | change recompile+plan ms | no-op bytes | rules walked first/worst | peak RSS MiB | nat chains |");
+    println!(
+        "| services | dispatch | build snapshot ms | compile ms | render ms | compile+render ms | plan full ms | full payload bytes | noflush full bytes | one-endpoint change bytes | change recompile+plan ms | no-op bytes | rules walked first/worst | peak RSS MiB | nat chains |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for size in sizes {
         for linear in [true, false] {

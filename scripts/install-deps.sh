@@ -3,7 +3,7 @@
 # and legacy backends), iproute2, conntrack. Runs apt-get only when something is missing.
 set -euo pipefail
 need=()
-for tool in iptables-nft-restore iptables-legacy-restore ip conntrack; do
+for tool in iptables-nft-restore iptables-legacy-restore ip conntrack sysctl; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 if [ ${#need[@]} -eq 0 ]; then
@@ -16,4 +16,4 @@ fi
 echo "install-deps: installing iptables iproute2 conntrack (missing: ${need[*]})"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq iptables iproute2 conntrack >/dev/null
+apt-get install -y -qq iptables iproute2 conntrack procps >/dev/null

@@ -16,7 +16,9 @@ use crate::rules::rule::Addr;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     /// The node name is empty after trimming.
-    #[error("the node name is empty: pass --hostname-override (or set NODE_NAME from the downward API spec.nodeName)")]
+    #[error(
+        "the node name is empty: pass --hostname-override (or set NODE_NAME from the downward API spec.nodeName)"
+    )]
     EmptyNodeName,
     /// The masquerade bit is outside 0..=31.
     #[error("--iptables-masquerade-bit {0} is out of range 0-31")]
@@ -56,9 +58,18 @@ impl LocalDetector {
     fn matcher(&self, negated: bool) -> Option<Match> {
         match self {
             LocalDetector::None => None,
-            LocalDetector::Cidr(net) => Some(Match::Src { negated, addr: Addr::Net(*net) }),
-            LocalDetector::Bridge(name) => Some(Match::InIface { negated, name: name.clone() }),
-            LocalDetector::InterfacePrefix(prefix) => Some(Match::InIface { negated, name: format!("{prefix}+") }),
+            LocalDetector::Cidr(net) => Some(Match::Src {
+                negated,
+                addr: Addr::Net(*net),
+            }),
+            LocalDetector::Bridge(name) => Some(Match::InIface {
+                negated,
+                name: name.clone(),
+            }),
+            LocalDetector::InterfacePrefix(prefix) => Some(Match::InIface {
+                negated,
+                name: format!("{prefix}+"),
+            }),
         }
     }
 
@@ -136,7 +147,9 @@ impl ProxyConfig {
             random_fully: false,
             nfacct: false,
             drop_invalid: true,
-            dispatch: Dispatch::Tree { leaf_size: DEFAULT_LEAF_SIZE },
+            dispatch: Dispatch::Tree {
+                leaf_size: DEFAULT_LEAF_SIZE,
+            },
             large_cluster_threshold: 1000,
         })
     }
@@ -181,7 +194,11 @@ impl ProxyConfig {
             return false;
         }
         let loopback: IpAddr = [127, 0, 0, 1].into();
-        self.nodeports_match_all() || self.family_nodeport_addresses().iter().any(|n| n.contains(&loopback))
+        self.nodeports_match_all()
+            || self
+                .family_nodeport_addresses()
+                .iter()
+                .any(|n| n.contains(&loopback))
     }
 }
 
@@ -193,7 +210,10 @@ mod tests {
     fn node_name_is_trimmed_and_lowercased() {
         let cfg = ProxyConfig::new("  Node-A \n", IpFamily::V4).unwrap();
         assert_eq!(cfg.node_name, "node-a");
-        assert_eq!(ProxyConfig::new("  ", IpFamily::V4), Err(ConfigError::EmptyNodeName));
+        assert_eq!(
+            ProxyConfig::new("  ", IpFamily::V4),
+            Err(ConfigError::EmptyNodeName)
+        );
     }
 
     #[test]

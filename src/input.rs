@@ -26,7 +26,12 @@ pub struct Source {
 pub enum InputError {
     /// YAML/JSON syntax error.
     #[error("{file}:{line}:{column}: cannot parse: {message}")]
-    Syntax { file: String, line: usize, column: usize, message: String },
+    Syntax {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
 }
 
 /// How serious a note is.
@@ -66,10 +71,19 @@ pub struct Loaded {
 }
 
 fn describe(value: &Value) -> String {
-    let kind = value.get("kind").and_then(Value::as_str).unwrap_or("<no kind>");
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("<no kind>");
     let meta = value.get("metadata");
-    let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("<no name>");
-    match meta.and_then(|m| m.get("namespace")).and_then(Value::as_str) {
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("<no name>");
+    match meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+    {
         Some(ns) => format!("{kind} {ns}/{name}"),
         None => format!("{kind} {name}"),
     }
@@ -81,8 +95,16 @@ pub fn load(sources: &[Source], node_name: &str) -> Result<Loaded, InputError> {
     for source in sources {
         for (index, document) in serde_yaml_ng::Deserializer::from_str(&source.text).enumerate() {
             let value = Value::deserialize(document).map_err(|e| {
-                let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
-                InputError::Syntax { file: source.name.clone(), line, column, message: e.to_string() }
+                let (line, column) = e
+                    .location()
+                    .map(|l| (l.line(), l.column()))
+                    .unwrap_or((0, 0));
+                InputError::Syntax {
+                    file: source.name.clone(),
+                    line,
+                    column,
+                    message: e.to_string(),
+                }
             })?;
             let place = format!("{} (document {})", source.name, index + 1);
             add_value(&mut loaded, value, &place, node_name);
@@ -95,7 +117,11 @@ fn add_value(loaded: &mut Loaded, value: Value, place: &str, node_name: &str) {
     if value.is_null() {
         return;
     }
-    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     if kind.ends_with("List") {
         if let Some(items) = value.get("items").and_then(Value::as_array) {
             for item in items.clone() {
@@ -110,7 +136,10 @@ fn add_value(loaded: &mut Loaded, value: Value, place: &str, node_name: &str) {
             Skip::Ignored(_) => Severity::Info,
             Skip::Malformed(_) => Severity::Warning,
         };
-        loaded.notes.push(Note { severity, message: format!("{place}: {what} skipped: {reason}") });
+        loaded.notes.push(Note {
+            severity,
+            message: format!("{place}: {what} skipped: {reason}"),
+        });
     };
     match kind.as_str() {
         "Service" => match serde_json::from_value::<K8sService>(value) {
@@ -146,6 +175,87 @@ fn add_value(loaded: &mut Loaded, value: Value, place: &str, node_name: &str) {
         other => loaded.notes.push(Note {
             severity: Severity::Info,
             message: format!("{place}: {what} ignored: knat reads only Services, EndpointSlices and Nodes ({other})"),
+        }),
+    }
+}
+
+/// The raw Kubernetes objects of the sources, before conversion: what `knat doctor` reads, so
+/// it can also see (and explain) the objects that conversion ignores or rejects.
+#[derive(Debug, Clone, Default)]
+pub struct Objects {
+    pub services: Vec<K8sService>,
+    pub slices: Vec<K8sEndpointSlice>,
+    pub nodes: Vec<K8sNode>,
+    /// Objects that are not even valid Kubernetes objects of their kind, and other kinds.
+    pub notes: Vec<Note>,
+}
+
+/// Parses every document of every source into raw Services, EndpointSlices and Nodes.
+pub fn load_objects(sources: &[Source]) -> Result<Objects, InputError> {
+    let mut objects = Objects::default();
+    for source in sources {
+        for (index, document) in serde_yaml_ng::Deserializer::from_str(&source.text).enumerate() {
+            let value = Value::deserialize(document).map_err(|e| {
+                let (line, column) = e
+                    .location()
+                    .map(|l| (l.line(), l.column()))
+                    .unwrap_or((0, 0));
+                InputError::Syntax {
+                    file: source.name.clone(),
+                    line,
+                    column,
+                    message: e.to_string(),
+                }
+            })?;
+            let place = format!("{} (document {})", source.name, index + 1);
+            add_object(&mut objects, value, &place);
+        }
+    }
+    Ok(objects)
+}
+
+fn add_object(objects: &mut Objects, value: Value, place: &str) {
+    if value.is_null() {
+        return;
+    }
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    if kind.ends_with("List") {
+        if let Some(items) = value.get("items").and_then(Value::as_array) {
+            for item in items.clone() {
+                add_object(objects, item, place);
+            }
+        }
+        return;
+    }
+    let what = describe(&value);
+    let bad = |objects: &mut Objects, e: serde_json::Error| {
+        objects.notes.push(Note {
+            severity: Severity::Warning,
+            message: format!("{place}: {what} skipped: malformed: {e}"),
+        })
+    };
+    match kind.as_str() {
+        "Service" => match serde_json::from_value(value) {
+            Ok(o) => objects.services.push(o),
+            Err(e) => bad(objects, e),
+        },
+        "EndpointSlice" => match serde_json::from_value(value) {
+            Ok(o) => objects.slices.push(o),
+            Err(e) => bad(objects, e),
+        },
+        "Node" => match serde_json::from_value(value) {
+            Ok(o) => objects.nodes.push(o),
+            Err(e) => bad(objects, e),
+        },
+        _ => objects.notes.push(Note {
+            severity: Severity::Info,
+            message: format!(
+                "{place}: {what} ignored: knat reads only Services, EndpointSlices and Nodes"
+            ),
         }),
     }
 }
@@ -186,20 +296,46 @@ items:
 
     #[test]
     fn loads_lists_and_skips_bad_objects_with_notes() {
-        let loaded = load(&[Source { name: "x.yaml".into(), text: GOOD.into() }], "node-1").unwrap();
+        let loaded = load(
+            &[Source {
+                name: "x.yaml".into(),
+                text: GOOD.into(),
+            }],
+            "node-1",
+        )
+        .unwrap();
         assert_eq!(loaded.snapshot.services.len(), 1);
         assert_eq!(loaded.snapshot.slices.len(), 1);
-        let warnings: Vec<_> = loaded.notes.iter().filter(|n| n.severity == Severity::Warning).collect();
+        let warnings: Vec<_> = loaded
+            .notes
+            .iter()
+            .filter(|n| n.severity == Severity::Warning)
+            .collect();
         assert_eq!(warnings.len(), 1);
-        assert!(warnings[0].message.contains("Service demo/bad"), "{}", warnings[0].message);
-        assert!(warnings[0].message.contains("10.96.0.300"), "{}", warnings[0].message);
+        assert!(
+            warnings[0].message.contains("Service demo/bad"),
+            "{}",
+            warnings[0].message
+        );
+        assert!(
+            warnings[0].message.contains("10.96.0.300"),
+            "{}",
+            warnings[0].message
+        );
         assert!(loaded.notes.iter().any(|n| n.message.contains("ConfigMap")));
     }
 
     #[test]
     fn syntax_errors_name_file_and_line() {
         let text = "kind: Service\nmetadata: {name: [\n";
-        let err = load(&[Source { name: "broken.yaml".into(), text: text.into() }], "n").unwrap_err();
+        let err = load(
+            &[Source {
+                name: "broken.yaml".into(),
+                text: text.into(),
+            }],
+            "n",
+        )
+        .unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("broken.yaml:"), "{msg}");
     }

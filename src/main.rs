@@ -7,7 +7,11 @@ mod cli;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "knat", version, about = "A kube-proxy (iptables mode) replacement built around externalTrafficPolicy: Local")]
+#[command(
+    name = "knat",
+    version,
+    about = "A kube-proxy (iptables mode) replacement built around externalTrafficPolicy: Local"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -15,6 +19,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Build a small cluster in network namespaces, program it with knat's rules, and show what
+    /// real connections do and how to debug them (needs root, iproute2, iptables).
+    Demo(cli::lab::DemoArgs),
     /// Print the complete iptables-restore payload (filter and nat) for one node from manifests.
     Render(cli::render::RenderArgs),
     /// Follow one new connection through an iptables-save dump and explain the verdict.
@@ -23,6 +30,12 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Remove every chain and hook jump knat or kube-proxy (iptables mode) installed.
     Cleanup(cli::cleanup::CleanupArgs),
+    /// Lab helper: TCP+UDP echo server run inside a pod namespace.
+    #[command(hide = true)]
+    LabEcho(cli::lab::LabEchoArgs),
+    /// Lab helper: connect (or send a datagram) and print the outcome as JSON lines.
+    #[command(hide = true)]
+    LabProbe(cli::lab::LabProbeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +47,9 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => cli::lab::demo(args),
+        Command::LabEcho(args) => cli::lab::lab_echo(args),
+        Command::LabProbe(args) => cli::lab::lab_probe(args),
         Command::Render(args) => cli::render::run(args),
         Command::Trace(args) => cli::trace::run(args),
         Command::Run(args) => cli::run::run(args),

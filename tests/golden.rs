@@ -7,12 +7,27 @@ use knat::input::{Source, load};
 use knat::model::IpFamily;
 use knat::rules::{compile, render_standalone};
 
-fn render(fixture: &str, node: &str, family: IpFamily, tweak: impl FnOnce(&mut ProxyConfig)) -> String {
+fn render(
+    fixture: &str,
+    node: &str,
+    family: IpFamily,
+    tweak: impl FnOnce(&mut ProxyConfig),
+) -> String {
     let path = format!("{}/tests/fixtures/{fixture}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).expect("fixture exists");
-    let loaded = load(&[Source { name: fixture.into(), text }], node).expect("fixture parses");
+    let loaded = load(
+        &[Source {
+            name: fixture.into(),
+            text,
+        }],
+        node,
+    )
+    .expect("fixture parses");
     let mut cfg = ProxyConfig::new(node, family).expect("valid node name");
-    let cidrs = ["10.244.0.0/16".parse().unwrap(), "fd00:10:244::/48".parse().unwrap()];
+    let cidrs = [
+        "10.244.0.0/16".parse().unwrap(),
+        "fd00:10:244::/48".parse().unwrap(),
+    ];
     cfg.local_detector = LocalDetector::from_cidrs(&cidrs, family);
     tweak(&mut cfg);
     render_standalone(&compile(&loaded.snapshot, &cfg).rules)
@@ -47,11 +62,21 @@ fn worked_example_matches_reference_rules() {
     ];
     let lines: Vec<&str> = payload.lines().collect();
     for rule in expected {
-        assert!(lines.contains(&rule), "missing rule:\n{rule}\nin payload:\n{payload}");
+        assert!(
+            lines.contains(&rule),
+            "missing rule:\n{rule}\nin payload:\n{payload}"
+        );
     }
     // The NodePort tail is the last rule of nat KUBE-SERVICES.
-    let services: Vec<&&str> = lines.iter().filter(|l| l.starts_with("-A KUBE-SERVICES ")).collect();
-    assert!(services.last().is_some_and(|l| l.contains("this must be the last rule")));
+    let services: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("-A KUBE-SERVICES "))
+        .collect();
+    assert!(
+        services
+            .last()
+            .is_some_and(|l| l.contains("this must be the last rule"))
+    );
 }
 
 #[test]
@@ -59,18 +84,25 @@ fn worked_example_on_the_node_without_endpoints_drops_external_traffic() {
     let payload = render("worked-example.yaml", "node-3", IpFamily::V4, |_| {});
     assert!(payload.contains(r#"-A KUBE-EXTERNAL-SERVICES -m comment --comment "demo/web:http has no local endpoints" -m tcp -p tcp -d 198.51.100.10 --dport 80 -j DROP"#));
     assert!(payload.contains(r#"-A KUBE-EXTERNAL-SERVICES -m comment --comment "demo/web:http has no local endpoints" -m addrtype --dst-type LOCAL -m tcp -p tcp --dport 30080 -j DROP"#));
-    assert!(!payload.contains("KUBE-SVL-"), "no SVL chain without local endpoints:\n{payload}");
+    assert!(
+        !payload.contains("KUBE-SVL-"),
+        "no SVL chain without local endpoints:\n{payload}"
+    );
     assert!(!payload.contains("-j KUBE-SVL"), "{payload}");
 }
 
 #[test]
 fn mixed_ipv4_linear() {
-    insta::assert_snapshot!(render("mixed.yaml", "node-1", IpFamily::V4, |c| c.dispatch = Dispatch::Linear));
+    insta::assert_snapshot!(render("mixed.yaml", "node-1", IpFamily::V4, |c| c
+        .dispatch =
+        Dispatch::Linear));
 }
 
 #[test]
 fn mixed_ipv6_linear() {
-    insta::assert_snapshot!(render("mixed.yaml", "node-1", IpFamily::V6, |c| c.dispatch = Dispatch::Linear));
+    insta::assert_snapshot!(render("mixed.yaml", "node-1", IpFamily::V6, |c| c
+        .dispatch =
+        Dispatch::Linear));
 }
 
 #[test]

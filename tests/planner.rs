@@ -32,14 +32,16 @@ fn svc_spec() -> impl Strategy<Value = SvcSpec> {
         any::<bool>(),
         prop::collection::vec((1u8..12, any::<bool>(), any::<bool>(), any::<bool>()), 0..5),
     )
-        .prop_map(|(kind, etp_local, itp_local, affinity, udp, endpoints)| SvcSpec {
-            kind,
-            etp_local,
-            itp_local,
-            affinity,
-            udp,
-            endpoints,
-        })
+        .prop_map(
+            |(kind, etp_local, itp_local, affinity, udp, endpoints)| SvcSpec {
+                kind,
+                etp_local,
+                itp_local,
+                affinity,
+                udp,
+                endpoints,
+            },
+        )
 }
 
 fn build(specs: &[Option<SvcSpec>]) -> Snapshot {
@@ -52,7 +54,11 @@ fn build(specs: &[Option<SvcSpec>]) -> Snapshot {
             1 => ServiceType::NodePort,
             _ => ServiceType::LoadBalancer,
         };
-        let protocol = if spec.udp { Protocol::Udp } else { Protocol::Tcp };
+        let protocol = if spec.udp {
+            Protocol::Udp
+        } else {
+            Protocol::Tcp
+        };
         let external = service_type != ServiceType::ClusterIp;
         snap.upsert_service(Service {
             name: name.clone(),
@@ -85,7 +91,11 @@ fn build(specs: &[Option<SvcSpec>]) -> Snapshot {
                 ready,
                 serving: ready || terminating,
                 terminating: !ready && terminating,
-                node_name: Some(if local { "test-node".into() } else { "other".into() }),
+                node_name: Some(if local {
+                    "test-node".into()
+                } else {
+                    "other".into()
+                }),
                 zone: None,
                 hint_zones: None,
                 hint_nodes: None,
@@ -97,7 +107,11 @@ fn build(specs: &[Option<SvcSpec>]) -> Snapshot {
                 slice_name: format!("svc{i}-x"),
                 service: name,
                 family: IpFamily::V4,
-                ports: vec![SlicePort { name: "p".into(), port: 8080, protocol }],
+                ports: vec![SlicePort {
+                    name: "p".into(),
+                    port: 8080,
+                    protocol,
+                }],
                 endpoints,
             },
         );
@@ -108,13 +122,18 @@ fn build(specs: &[Option<SvcSpec>]) -> Snapshot {
 fn config(tree: bool) -> ProxyConfig {
     let mut cfg = ProxyConfig::new("test-node", IpFamily::V4).expect("valid");
     cfg.local_detector = LocalDetector::Cidr("10.0.0.0/8".parse().expect("cidr"));
-    cfg.dispatch = if tree { Dispatch::Tree { leaf_size: 2 } } else { Dispatch::Linear };
+    cfg.dispatch = if tree {
+        Dispatch::Tree { leaf_size: 2 }
+    } else {
+        Dispatch::Linear
+    };
     cfg
 }
 
 /// The kernel state after a `--noflush` restore of `payload` onto `state`.
 fn restored(mut state: Dump, payload: &str) -> Dump {
-    apply_restore(&mut state, payload, true).unwrap_or_else(|e| panic!("restore failed: {e}\n{payload}"));
+    apply_restore(&mut state, payload, true)
+        .unwrap_or_else(|e| panic!("restore failed: {e}\n{payload}"));
     state
 }
 
@@ -174,8 +193,28 @@ fn one_endpoint_change_touches_only_that_service() {
     let partial = plan(&first.next, &new_rules, SyncKind::Partial, &[]);
     assert_eq!(partial.stats.chains_written, 2, "{}", partial.payload);
     assert_eq!(partial.stats.chains_deleted, 1, "{}", partial.payload);
-    assert!(!partial.payload.contains(":KUBE-SERVICES"), "{}", partial.payload);
-    assert!(partial.payload.contains("10.180.2.2:8080"), "{}", partial.payload);
-    assert!(partial.payload.lines().any(|l| l.starts_with("-X KUBE-SEP-")), "{}", partial.payload);
-    assert!(partial.stats.bytes * 5 < first.stats.bytes, "partial {} vs full {}", partial.stats.bytes, first.stats.bytes);
+    assert!(
+        !partial.payload.contains(":KUBE-SERVICES"),
+        "{}",
+        partial.payload
+    );
+    assert!(
+        partial.payload.contains("10.180.2.2:8080"),
+        "{}",
+        partial.payload
+    );
+    assert!(
+        partial
+            .payload
+            .lines()
+            .any(|l| l.starts_with("-X KUBE-SEP-")),
+        "{}",
+        partial.payload
+    );
+    assert!(
+        partial.stats.bytes * 5 < first.stats.bytes,
+        "partial {} vs full {}",
+        partial.stats.bytes,
+        first.stats.bytes
+    );
 }

@@ -2,6 +2,7 @@
 
 pub mod cleanup;
 pub mod common;
+pub mod lab;
 pub mod render;
 pub mod run;
 pub mod trace;

@@ -64,16 +64,19 @@ impl RenderArgs {
         cfg.nodeport_addresses = self.nodeport_addresses.clone();
         cfg.node_ips = self.node_ips.clone();
         cfg.local_addresses = self.node_ips.clone();
-        cfg.local_addresses.push(if family == knat::model::IpFamily::V4 {
-            IpAddr::from([127, 0, 0, 1])
-        } else {
-            IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])
-        });
+        cfg.local_addresses
+            .push(if family == knat::model::IpFamily::V4 {
+                IpAddr::from([127, 0, 0, 1])
+            } else {
+                IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])
+            });
         cfg.localhost_nodeports = self.localhost_nodeports;
         cfg.random_fully = self.random_fully;
         cfg.dispatch = match self.dispatch {
             DispatchArg::Linear => Dispatch::Linear,
-            DispatchArg::Tree => Dispatch::Tree { leaf_size: self.dispatch_leaf_size },
+            DispatchArg::Tree => Dispatch::Tree {
+                leaf_size: self.dispatch_leaf_size,
+            },
         };
         cfg.validate()?;
         Ok(cfg)

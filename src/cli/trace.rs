@@ -54,7 +54,9 @@ pub struct TraceArgs {
 pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let text = if args.dump == "-" {
         let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text).context("reading the dump from standard input")?;
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading the dump from standard input")?;
         text
     } else {
         std::fs::read_to_string(&args.dump).with_context(|| format!("reading {}", args.dump))?
@@ -76,7 +78,9 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let result = trace(&dump, &request);
     match args.output {
         OutputArg::Text => super::common::emit(&format_text(&result))?,
-        OutputArg::Json => super::common::emit(&format!("{}\n", serde_json::to_string_pretty(&result)?))?,
+        OutputArg::Json => {
+            super::common::emit(&format!("{}\n", serde_json::to_string_pretty(&result)?))?
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

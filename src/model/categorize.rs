@@ -36,7 +36,9 @@ fn topology_mode(endpoints: &[EndpointInfo], node: NodeTopology<'_>) -> Topology
     let mut has_for_zone = false;
     for ep in endpoints.iter().filter(|e| e.ready) {
         match &ep.hint_nodes {
-            Some(nodes) if !nodes.is_empty() => has_for_node |= nodes.iter().any(|n| n == node.name),
+            Some(nodes) if !nodes.is_empty() => {
+                has_for_node |= nodes.iter().any(|n| n == node.name)
+            }
             _ => all_node_hints = false,
         }
         match &ep.hint_zones {
@@ -81,7 +83,10 @@ pub fn categorize<'a>(
             .filter(|e| e.ready && available(e, mode, node))
             .collect();
         if out.cluster.is_empty() {
-            out.cluster = endpoints.iter().filter(|e| e.serving && e.terminating).collect();
+            out.cluster = endpoints
+                .iter()
+                .filter(|e| e.serving && e.terminating)
+                .collect();
         }
         out.has_any = !out.cluster.is_empty();
     }
@@ -116,7 +121,8 @@ pub fn categorize<'a>(
         out.all_reachable = endpoints
             .iter()
             .filter(|e| {
-                out.cluster.iter().any(|c| std::ptr::eq(*c, *e)) || out.local.iter().any(|l| std::ptr::eq(*l, *e))
+                out.cluster.iter().any(|c| std::ptr::eq(*c, *e))
+                    || out.local.iter().any(|l| std::ptr::eq(*l, *e))
             })
             .collect();
     }
@@ -141,7 +147,10 @@ mod tests {
         }
     }
 
-    const NODE: NodeTopology<'static> = NodeTopology { name: "test-node", zone: None };
+    const NODE: NodeTopology<'static> = NodeTopology {
+        name: "test-node",
+        zone: None,
+    };
 
     fn keys(v: &[&EndpointInfo]) -> Vec<String> {
         v.iter().map(|e| e.key.clone()).collect()
@@ -159,13 +168,19 @@ mod tests {
         let c = categorize(&eps, true, true, NODE);
         assert_eq!(keys(&c.cluster), ["10.0.1.5:80"]);
         assert_eq!(keys(&c.local), ["10.0.1.2:80", "10.0.1.3:80"]);
-        assert_eq!(keys(&c.all_reachable), ["10.0.1.2:80", "10.0.1.3:80", "10.0.1.5:80"]);
+        assert_eq!(
+            keys(&c.all_reachable),
+            ["10.0.1.2:80", "10.0.1.3:80", "10.0.1.5:80"]
+        );
         assert!(c.has_any);
     }
 
     #[test]
     fn nothing_serving_means_no_endpoints() {
-        let eps = vec![ep("10.0.1.4", true, false, false, true), ep("10.0.1.5", false, false, false, true)];
+        let eps = vec![
+            ep("10.0.1.4", true, false, false, true),
+            ep("10.0.1.5", false, false, false, true),
+        ];
         let c = categorize(&eps, true, true, NODE);
         assert!(!c.has_any);
         assert!(c.cluster.is_empty() && c.local.is_empty());
@@ -178,7 +193,10 @@ mod tests {
         let mut b = ep("10.0.1.2", true, true, true, false);
         b.hint_zones = Some(vec!["z2".into()]);
         let eps = vec![a, b];
-        let node = NodeTopology { name: "test-node", zone: Some("z1") };
+        let node = NodeTopology {
+            name: "test-node",
+            zone: Some("z1"),
+        };
         let c = categorize(&eps, true, true, node);
         assert_eq!(keys(&c.cluster), ["10.0.1.1:80"]);
         assert_eq!(keys(&c.local), ["10.0.1.2:80"]);

@@ -75,7 +75,10 @@ pub fn parse_cidr_sloppy(text: &str) -> Option<IpNet> {
     IpNet::new(ip, len).ok().map(|net| net.trunc())
 }
 
-fn label<'a>(labels: Option<&'a std::collections::BTreeMap<String, String>>, key: &str) -> Option<&'a str> {
+fn label<'a>(
+    labels: Option<&'a std::collections::BTreeMap<String, String>>,
+    key: &str,
+) -> Option<&'a str> {
     labels.and_then(|l| l.get(key)).map(String::as_str)
 }
 
@@ -89,8 +92,14 @@ fn port_u16(value: i32, what: &str) -> Result<u16, Skip> {
 /// Converts a Service. See the module docs for what is ignored and what is malformed.
 pub fn service(svc: &K8sService) -> Result<Service, Skip> {
     let meta = &svc.metadata;
-    let name = meta.name.clone().ok_or_else(|| malformed("metadata.name is missing"))?;
-    let namespace = meta.namespace.clone().unwrap_or_else(|| "default".to_string());
+    let name = meta
+        .name
+        .clone()
+        .ok_or_else(|| malformed("metadata.name is missing"))?;
+    let namespace = meta
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_string());
     let labels = meta.labels.as_ref();
     if let Some(proxy) = label(labels, LABEL_SERVICE_PROXY_NAME) {
         return Err(Skip::Ignored(format!("handled by service proxy {proxy:?}")));
@@ -98,7 +107,10 @@ pub fn service(svc: &K8sService) -> Result<Service, Skip> {
     if label(labels, LABEL_HEADLESS).is_some() {
         return Err(Skip::Ignored("labelled headless".into()));
     }
-    let spec = svc.spec.as_ref().ok_or_else(|| malformed("spec is missing"))?;
+    let spec = svc
+        .spec
+        .as_ref()
+        .ok_or_else(|| malformed("spec is missing"))?;
     let service_type = match spec.type_.as_deref() {
         None | Some("ClusterIP") => ServiceType::ClusterIp,
         Some("NodePort") => ServiceType::NodePort,
@@ -118,7 +130,10 @@ pub fn service(svc: &K8sService) -> Result<Service, Skip> {
     if raw_cluster_ips.contains(&"None") {
         return Err(Skip::Ignored("headless (clusterIP None)".into()));
     }
-    let raw_cluster_ips: Vec<&str> = raw_cluster_ips.into_iter().filter(|ip| !ip.is_empty()).collect();
+    let raw_cluster_ips: Vec<&str> = raw_cluster_ips
+        .into_iter()
+        .filter(|ip| !ip.is_empty())
+        .collect();
     if raw_cluster_ips.is_empty() {
         return Err(malformed("spec.clusterIP is missing"));
     }
@@ -129,8 +144,12 @@ pub fn service(svc: &K8sService) -> Result<Service, Skip> {
 
     let mut ports = Vec::new();
     for port in spec.ports.iter().flatten() {
-        let protocol = Protocol::from_k8s(port.protocol.as_deref())
-            .ok_or_else(|| malformed(format!("unknown protocol {:?}", port.protocol.as_deref().unwrap_or(""))))?;
+        let protocol = Protocol::from_k8s(port.protocol.as_deref()).ok_or_else(|| {
+            malformed(format!(
+                "unknown protocol {:?}",
+                port.protocol.as_deref().unwrap_or("")
+            ))
+        })?;
         let number = port_u16(port.port, "port")?;
         let node_port = match port.node_port {
             None | Some(0) => None,
@@ -152,7 +171,12 @@ pub fn service(svc: &K8sService) -> Result<Service, Skip> {
         .collect::<Result<Vec<_>, _>>()?;
 
     let mut load_balancer_ips = Vec::new();
-    if let Some(ingress) = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref()) {
+    if let Some(ingress) = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+    {
         for entry in ingress {
             if entry.ip_mode.as_deref() == Some("Proxy") {
                 continue;
@@ -160,7 +184,8 @@ pub fn service(svc: &K8sService) -> Result<Service, Skip> {
             let Some(ip) = entry.ip.as_deref().filter(|ip| !ip.is_empty()) else {
                 continue;
             };
-            let ip = parse_ip_sloppy(ip).ok_or_else(|| malformed(format!("bad load balancer ingress IP {ip:?}")))?;
+            let ip = parse_ip_sloppy(ip)
+                .ok_or_else(|| malformed(format!("bad load balancer ingress IP {ip:?}")))?;
             load_balancer_ips.push(ip);
         }
     }
@@ -169,11 +194,16 @@ pub fn service(svc: &K8sService) -> Result<Service, Skip> {
         .load_balancer_source_ranges
         .iter()
         .flatten()
-        .map(|r| parse_cidr_sloppy(r).ok_or_else(|| malformed(format!("bad loadBalancerSourceRange {r:?}"))))
+        .map(|r| {
+            parse_cidr_sloppy(r)
+                .ok_or_else(|| malformed(format!("bad loadBalancerSourceRange {r:?}")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
 
-    let api_externally_accessible = matches!(service_type, ServiceType::NodePort | ServiceType::LoadBalancer)
-        || !external_ips.is_empty();
+    let api_externally_accessible = matches!(
+        service_type,
+        ServiceType::NodePort | ServiceType::LoadBalancer
+    ) || !external_ips.is_empty();
     let external_policy_local =
         api_externally_accessible && spec.external_traffic_policy.as_deref() == Some("Local");
     let internal_policy_local = spec.internal_traffic_policy.as_deref() == Some("Local");
@@ -185,18 +215,22 @@ pub fn service(svc: &K8sService) -> Result<Service, Skip> {
                 .and_then(|c| c.client_ip.as_ref())
                 .and_then(|c| c.timeout_seconds)
                 .unwrap_or(10800);
-            Some(u32::try_from(timeout).map_err(|_| malformed(format!("bad session affinity timeout {timeout}")))?)
+            Some(
+                u32::try_from(timeout)
+                    .map_err(|_| malformed(format!("bad session affinity timeout {timeout}")))?,
+            )
         }
         _ => None,
     };
-    let health_check_node_port = if service_type == ServiceType::LoadBalancer && external_policy_local {
-        match spec.health_check_node_port {
-            None | Some(0) => None,
-            Some(p) => Some(port_u16(p, "healthCheckNodePort")?),
-        }
-    } else {
-        None
-    };
+    let health_check_node_port =
+        if service_type == ServiceType::LoadBalancer && external_policy_local {
+            match spec.health_check_node_port {
+                None | Some(0) => None,
+                Some(p) => Some(port_u16(p, "healthCheckNodePort")?),
+            }
+        } else {
+            None
+        };
 
     Ok(Service {
         name: ServiceName { namespace, name },
@@ -216,8 +250,14 @@ pub fn service(svc: &K8sService) -> Result<Service, Skip> {
 /// Converts an EndpointSlice. Ports without a name or number are dropped as upstream does.
 pub fn endpoint_slice(slice: &K8sEndpointSlice) -> Result<EndpointSlice, Skip> {
     let meta = &slice.metadata;
-    let slice_name = meta.name.clone().ok_or_else(|| malformed("metadata.name is missing"))?;
-    let namespace = meta.namespace.clone().unwrap_or_else(|| "default".to_string());
+    let slice_name = meta
+        .name
+        .clone()
+        .ok_or_else(|| malformed("metadata.name is missing"))?;
+    let namespace = meta
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_string());
     let labels = meta.labels.as_ref();
     if let Some(proxy) = label(labels, LABEL_SERVICE_PROXY_NAME) {
         return Err(Skip::Ignored(format!("handled by service proxy {proxy:?}")));
@@ -240,8 +280,12 @@ pub fn endpoint_slice(slice: &K8sEndpointSlice) -> Result<EndpointSlice, Skip> {
         if number == 0 {
             continue;
         }
-        let protocol = Protocol::from_k8s(port.protocol.as_deref())
-            .ok_or_else(|| malformed(format!("unknown protocol {:?}", port.protocol.as_deref().unwrap_or(""))))?;
+        let protocol = Protocol::from_k8s(port.protocol.as_deref()).ok_or_else(|| {
+            malformed(format!(
+                "unknown protocol {:?}",
+                port.protocol.as_deref().unwrap_or("")
+            ))
+        })?;
         ports.push(SlicePort {
             name: name.clone(),
             port: port_u16(number, "port")?,
@@ -253,9 +297,13 @@ pub fn endpoint_slice(slice: &K8sEndpointSlice) -> Result<EndpointSlice, Skip> {
         let Some(address) = ep.addresses.first() else {
             continue;
         };
-        let ip = parse_ip_sloppy(address).ok_or_else(|| malformed(format!("bad endpoint address {address:?}")))?;
+        let ip = parse_ip_sloppy(address)
+            .ok_or_else(|| malformed(format!("bad endpoint address {address:?}")))?;
         if !family.contains(&ip) {
-            return Err(malformed(format!("endpoint address {address} is not of addressType {}", slice.address_type)));
+            return Err(malformed(format!(
+                "endpoint address {address} is not of addressType {}",
+                slice.address_type
+            )));
         }
         let conditions = ep.conditions.as_ref();
         let hints = ep.hints.as_ref();
@@ -285,7 +333,11 @@ pub fn endpoint_slice(slice: &K8sEndpointSlice) -> Result<EndpointSlice, Skip> {
 
 /// Converts a Node into what the proxy needs from it.
 pub fn node(node: &K8sNode) -> Result<NodeInfo, Skip> {
-    let name = node.metadata.name.clone().ok_or_else(|| malformed("metadata.name is missing"))?;
+    let name = node
+        .metadata
+        .name
+        .clone()
+        .ok_or_else(|| malformed("metadata.name is missing"))?;
     let zone = label(node.metadata.labels.as_ref(), LABEL_ZONE).map(str::to_string);
     let mut addresses = Vec::new();
     if let Some(status_addresses) = node.status.as_ref().and_then(|s| s.addresses.as_ref()) {
@@ -303,7 +355,10 @@ pub fn node(node: &K8sNode) -> Result<NodeInfo, Skip> {
         .map(|c| c.iter().filter_map(|c| parse_cidr_sloppy(c)).collect())
         .unwrap_or_default();
     if pod_cidrs.is_empty() {
-        pod_cidrs.extend(spec.and_then(|s| s.pod_cidr.as_deref()).and_then(parse_cidr_sloppy));
+        pod_cidrs.extend(
+            spec.and_then(|s| s.pod_cidr.as_deref())
+                .and_then(parse_cidr_sloppy),
+        );
     }
     let tainted = spec
         .and_then(|s| s.taints.as_ref())
@@ -323,7 +378,10 @@ mod tests {
 
     #[test]
     fn sloppy_ip_accepts_leading_zeros() {
-        assert_eq!(parse_ip_sloppy("172.30.0.041"), Some("172.30.0.41".parse().unwrap()));
+        assert_eq!(
+            parse_ip_sloppy("172.30.0.041"),
+            Some("172.30.0.41".parse().unwrap())
+        );
         assert_eq!(parse_ip_sloppy("fd00::1"), Some("fd00::1".parse().unwrap()));
         assert_eq!(parse_ip_sloppy("256.0.0.1"), None);
         assert_eq!(parse_ip_sloppy("1.2.3"), None);
@@ -332,9 +390,18 @@ mod tests {
 
     #[test]
     fn sloppy_cidr_accepts_leading_zeros_and_spaces() {
-        assert_eq!(parse_cidr_sloppy("203.0.113.000/025"), Some("203.0.113.0/25".parse().unwrap()));
-        assert_eq!(parse_cidr_sloppy(" 203.0.113.0/25"), Some("203.0.113.0/25".parse().unwrap()));
-        assert_eq!(parse_cidr_sloppy("10.0.0.1/8"), Some("10.0.0.0/8".parse().unwrap()));
+        assert_eq!(
+            parse_cidr_sloppy("203.0.113.000/025"),
+            Some("203.0.113.0/25".parse().unwrap())
+        );
+        assert_eq!(
+            parse_cidr_sloppy(" 203.0.113.0/25"),
+            Some("203.0.113.0/25".parse().unwrap())
+        );
+        assert_eq!(
+            parse_cidr_sloppy("10.0.0.1/8"),
+            Some("10.0.0.0/8".parse().unwrap())
+        );
         assert_eq!(parse_cidr_sloppy("10.0.0.0/33"), None);
     }
 }

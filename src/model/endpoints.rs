@@ -39,7 +39,9 @@ pub fn endpoints_by_port<'a>(
     let mut merged: BTreeMap<(String, Protocol), BTreeMap<String, EndpointInfo>> = BTreeMap::new();
     for slice in slices.filter(|s| s.family == family) {
         for port in &slice.ports {
-            let bucket = merged.entry((port.name.clone(), port.protocol)).or_default();
+            let bucket = merged
+                .entry((port.name.clone(), port.protocol))
+                .or_default();
             for ep in &slice.endpoints {
                 let key = join_host_port(&ep.ip, port.port);
                 let info = EndpointInfo {
@@ -108,14 +110,21 @@ mod tests {
             slice_name: name.into(),
             service: ServiceName::new("ns", "svc"),
             family: IpFamily::V4,
-            ports: vec![SlicePort { name: "p".into(), port: 80, protocol: Protocol::Tcp }],
+            ports: vec![SlicePort {
+                name: "p".into(),
+                port: 80,
+                protocol: Protocol::Tcp,
+            }],
             endpoints: eps,
         }
     }
 
     #[test]
     fn sorted_by_string_and_deduplicated_preferring_non_terminating() {
-        let a = slice("a", vec![ep("10.0.1.2", "n1", true), ep("10.0.1.10", "n2", false)]);
+        let a = slice(
+            "a",
+            vec![ep("10.0.1.2", "n1", true), ep("10.0.1.10", "n2", false)],
+        );
         let b = slice("b", vec![ep("10.0.1.2", "n1", false)]);
         let by_port = endpoints_by_port([&a, &b].into_iter(), IpFamily::V4, "n1");
         let list = &by_port[&("p".to_string(), Protocol::Tcp)];
@@ -128,14 +137,26 @@ mod tests {
 
     #[test]
     fn ipv6_keys_are_bracketed() {
-        assert_eq!(join_host_port(&"fd00::5".parse().unwrap(), 8080), "[fd00::5]:8080");
+        assert_eq!(
+            join_host_port(&"fd00::5".parse().unwrap(), 8080),
+            "[fd00::5]:8080"
+        );
     }
 
     #[test]
     fn local_ready_count_dedups_ips_and_skips_terminating() {
-        let a = slice("a", vec![ep("10.0.1.2", "n1", false), ep("10.0.1.3", "n1", true)]);
+        let a = slice(
+            "a",
+            vec![ep("10.0.1.2", "n1", false), ep("10.0.1.3", "n1", true)],
+        );
         let b = slice("b", vec![ep("10.0.1.2", "n1", false)]);
-        assert_eq!(local_ready_ip_count([&a, &b].into_iter(), IpFamily::V4, "n1"), 1);
-        assert_eq!(local_ready_ip_count([&a, &b].into_iter(), IpFamily::V4, ""), 0);
+        assert_eq!(
+            local_ready_ip_count([&a, &b].into_iter(), IpFamily::V4, "n1"),
+            1
+        );
+        assert_eq!(
+            local_ready_ip_count([&a, &b].into_iter(), IpFamily::V4, ""),
+            0
+        );
     }
 }

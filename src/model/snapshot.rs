@@ -35,8 +35,10 @@ impl Snapshot {
     /// old one first.
     pub fn upsert_slice(&mut self, namespace: &str, slice: EndpointSlice) {
         self.remove_slice(namespace, &slice.slice_name);
-        self.slice_owners
-            .insert((namespace.to_string(), slice.slice_name.clone()), slice.service.clone());
+        self.slice_owners.insert(
+            (namespace.to_string(), slice.slice_name.clone()),
+            slice.service.clone(),
+        );
         self.slices
             .entry(slice.service.clone())
             .or_default()
@@ -59,7 +61,10 @@ impl Snapshot {
 
     /// The slices of one Service.
     pub fn slices_of(&self, service: &ServiceName) -> impl Iterator<Item = &EndpointSlice> {
-        self.slices.get(service).into_iter().flat_map(|m| m.values())
+        self.slices
+            .get(service)
+            .into_iter()
+            .flat_map(|m| m.values())
     }
 
     /// Total number of endpoints over all service ports, as upstream counts for its

@@ -1,6 +1,7 @@
 //! Chain names, including upstream's byte-exact per-service hash recipe.
 
 use std::fmt;
+use std::sync::Arc;
 
 use data_encoding::BASE32;
 use sha2::{Digest, Sha256};
@@ -9,7 +10,7 @@ use crate::model::{Protocol, ServicePortName};
 
 /// An iptables chain name (at most 28 characters).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ChainName(String);
+pub struct ChainName(Arc<str>);
 
 impl ChainName {
     pub const KUBE_SERVICES: &'static str = "KUBE-SERVICES";
@@ -24,12 +25,16 @@ impl ChainName {
 
     /// A fixed, well-known chain.
     pub fn fixed(name: &str) -> Self {
-        ChainName(name.to_string())
+        ChainName(Arc::from(name))
     }
 
     /// Wraps any chain name (for parsing and cleanup).
     pub fn new(name: impl Into<String>) -> Self {
-        ChainName(name.into())
+        ChainName(Arc::from(name.into()))
+    }
+
+    fn from_string(name: String) -> Self {
+        ChainName(Arc::from(name))
     }
 
     pub fn as_str(&self) -> &str {
@@ -38,7 +43,10 @@ impl ChainName {
 
     /// True for the builtin chains of the filter and nat tables.
     pub fn is_builtin(&self) -> bool {
-        matches!(self.0.as_str(), "INPUT" | "FORWARD" | "OUTPUT" | "PREROUTING" | "POSTROUTING")
+        matches!(
+            &*self.0,
+            "INPUT" | "FORWARD" | "OUTPUT" | "PREROUTING" | "POSTROUTING"
+        )
     }
 
     /// True for per-service chains created by knat or upstream kube-proxy, which stale-chain
@@ -49,8 +57,14 @@ impl ChainName {
 }
 
 /// Prefixes of chains that belong to one service (upstream's, plus knat's dispatch chains).
-pub const SERVICE_CHAIN_PREFIXES: [&str; 6] =
-    ["KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-", DISPATCH_PREFIX];
+pub const SERVICE_CHAIN_PREFIXES: [&str; 6] = [
+    "KUBE-SVC-",
+    "KUBE-SVL-",
+    "KUBE-EXT-",
+    "KUBE-FW-",
+    "KUBE-SEP-",
+    DISPATCH_PREFIX,
+];
 
 /// Prefix of knat's destination-dispatch chains (see `rules::dispatch`).
 pub const DISPATCH_PREFIX: &str = "KNAT-DST-";
@@ -86,22 +100,25 @@ impl ServiceChains {
     pub fn new(spn: &ServicePortName) -> Self {
         let h = service_hash(spn);
         ServiceChains {
-            svc: ChainName(format!("KUBE-SVC-{h}")),
-            svl: ChainName(format!("KUBE-SVL-{h}")),
-            ext: ChainName(format!("KUBE-EXT-{h}")),
-            fw: ChainName(format!("KUBE-FW-{h}")),
+            svc: ChainName::from_string(format!("KUBE-SVC-{h}")),
+            svl: ChainName::from_string(format!("KUBE-SVL-{h}")),
+            ext: ChainName::from_string(format!("KUBE-EXT-{h}")),
+            fw: ChainName::from_string(format!("KUBE-FW-{h}")),
         }
     }
 }
 
 /// The SEP chain of one endpoint (`endpoint` is `ip:port`, IPv6 bracketed).
 pub fn endpoint_chain(spn_text: &str, protocol: Protocol, endpoint: &str) -> ChainName {
-    ChainName(format!("KUBE-SEP-{}", hash16(&format!("{spn_text}{protocol}{endpoint}"))))
+    ChainName::from_string(format!(
+        "KUBE-SEP-{}",
+        hash16(&format!("{spn_text}{protocol}{endpoint}"))
+    ))
 }
 
 /// A dispatch chain for a destination prefix.
 pub fn dispatch_chain(prefix: &str) -> ChainName {
-    ChainName(format!("{DISPATCH_PREFIX}{}", hash16(prefix)))
+    ChainName::from_string(format!("{DISPATCH_PREFIX}{}", hash16(prefix)))
 }
 
 #[cfg(test)]
@@ -140,7 +157,11 @@ mod tests {
             endpoint_chain("demo/web:http", Protocol::Tcp, "10.244.1.5:8080").as_str(),
             "KUBE-SEP-NW5VICAF3Z2QABHQ"
         );
-        let unnamed = ServicePortName { port: String::new(), protocol: Protocol::Udp, ..spn };
+        let unnamed = ServicePortName {
+            port: String::new(),
+            protocol: Protocol::Udp,
+            ..spn
+        };
         assert_eq!(service_hash(&unnamed), "E5NSH7HY45DGEAZD");
     }
 }

@@ -16,7 +16,9 @@ use super::rule::*;
 use crate::config::ProxyConfig;
 use crate::model::categorize::{NodeTopology, categorize};
 use crate::model::endpoints::{EndpointInfo, endpoints_by_port, local_ready_ip_count};
-use crate::model::{IpFamily, Protocol, Service, ServiceName, ServicePort, ServicePortName, Snapshot};
+use crate::model::{
+    IpFamily, Protocol, Service, ServiceName, ServicePort, ServicePortName, Snapshot,
+};
 
 /// What the health-check node port of one Service should report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,14 +55,18 @@ pub struct Compiled {
     pub large_cluster: bool,
 }
 
-const COMMENT_NODEPORTS_TAIL: &str = "kubernetes service nodeports; NOTE: this must be the last rule in this chain";
+const COMMENT_NODEPORTS_TAIL: &str =
+    "kubernetes service nodeports; NOTE: this must be the last rule in this chain";
 
 fn c(text: impl Into<Arc<str>>) -> Match {
     Match::Comment(text.into())
 }
 
 fn dst_ip(ip: IpAddr) -> Match {
-    Match::Dst { negated: false, addr: Addr::Ip(ip) }
+    Match::Dst {
+        negated: false,
+        addr: Addr::Ip(ip),
+    }
 }
 
 fn jump(chain: &ChainName) -> Target {
@@ -75,7 +81,9 @@ impl Probabilities {
     fn get(&mut self, n: usize) -> Arc<str> {
         if n >= self.0.len() {
             let start = self.0.len();
-            self.0.extend((start..=n.max(1001)).map(|i| Arc::from(format!("{:.10}", 1.0 / i as f64))));
+            self.0.extend(
+                (start..=n.max(1001)).map(|i| Arc::from(format!("{:.10}", 1.0 / i as f64))),
+            );
         }
         self.0[n].clone()
     }
@@ -171,22 +179,39 @@ impl Compiler<'_> {
         let nat = &mut self.rs.nat;
         nat.push(
             &postrouting,
-            Rule::new(vec![Match::Mark { negated: true, mark: mark.clone() }], Target::Return),
+            Rule::new(
+                vec![Match::Mark {
+                    negated: true,
+                    mark: mark.clone(),
+                }],
+                Target::Return,
+            ),
         );
-        nat.push(&postrouting, Rule::new(vec![], Target::MarkXor(mark.clone())));
+        nat.push(
+            &postrouting,
+            Rule::new(vec![], Target::MarkXor(mark.clone())),
+        );
         nat.push(
             &postrouting,
             Rule::new(
                 vec![c("kubernetes service traffic requiring SNAT")],
-                Target::Masquerade { random_fully: self.cfg.random_fully },
+                Target::Masquerade {
+                    random_fully: self.cfg.random_fully,
+                },
             ),
         );
-        nat.push(&self.kube_mark_masq, Rule::new(vec![], Target::MarkOr(mark.clone())));
+        nat.push(
+            &self.kube_mark_masq,
+            Rule::new(vec![], Target::MarkOr(mark.clone())),
+        );
 
         let forward = ChainName::fixed(ChainName::KUBE_FORWARD);
         let filter = &mut self.rs.filter;
         if self.cfg.drop_invalid {
-            let mut matches = vec![Match::CtState { negated: false, states: "INVALID" }];
+            let mut matches = vec![Match::CtState {
+                negated: false,
+                states: "INVALID",
+            }];
             if self.cfg.nfacct {
                 matches.push(Match::Nfacct("ct_state_invalid_dropped_pkts"));
             }
@@ -195,7 +220,13 @@ impl Compiler<'_> {
         filter.push(
             &forward,
             Rule::new(
-                vec![c("kubernetes forwarding rules"), Match::Mark { negated: false, mark: mark.clone() }],
+                vec![
+                    c("kubernetes forwarding rules"),
+                    Match::Mark {
+                        negated: false,
+                        mark: mark.clone(),
+                    },
+                ],
                 Target::Accept,
             ),
         );
@@ -204,7 +235,10 @@ impl Compiler<'_> {
             Rule::new(
                 vec![
                     c("kubernetes forwarding conntrack rule"),
-                    Match::CtState { negated: false, states: "RELATED,ESTABLISHED" },
+                    Match::CtState {
+                        negated: false,
+                        states: "RELATED,ESTABLISHED",
+                    },
                 ],
                 Target::Accept,
             ),
@@ -216,9 +250,18 @@ impl Compiler<'_> {
                 Rule::new(
                     vec![
                         c("block incoming localnet connections"),
-                        Match::Dst { negated: false, addr: Addr::Net(loopback_net()) },
-                        Match::Src { negated: true, addr: Addr::Net(loopback_net()) },
-                        Match::CtState { negated: true, states: "RELATED,ESTABLISHED,DNAT" },
+                        Match::Dst {
+                            negated: false,
+                            addr: Addr::Net(loopback_net()),
+                        },
+                        Match::Src {
+                            negated: true,
+                            addr: Addr::Net(loopback_net()),
+                        },
+                        Match::CtState {
+                            negated: true,
+                            states: "RELATED,ESTABLISHED,DNAT",
+                        },
                     ],
                     Target::Drop,
                 ),
@@ -228,7 +271,10 @@ impl Compiler<'_> {
     }
 
     fn hooks(&mut self) {
-        let new = || Match::CtState { negated: false, states: "NEW" };
+        let new = || Match::CtState {
+            negated: false,
+            states: "NEW",
+        };
         let hook = |table, chain: &str, matches: Vec<Match>, to: &str| Hook {
             table,
             chain: ChainName::fixed(chain),
@@ -244,21 +290,81 @@ impl Compiler<'_> {
         if kubelet_fw {
             hooks.push(hook(f, "INPUT", vec![], ChainName::KUBE_FIREWALL));
         }
-        hooks.push(hook(f, "INPUT", vec![new(), c(lbfw)], ChainName::KUBE_PROXY_FIREWALL));
-        hooks.push(hook(f, "INPUT", vec![c("kubernetes health check service ports")], ChainName::KUBE_NODEPORTS));
-        hooks.push(hook(f, "INPUT", vec![new(), c(ext)], ChainName::KUBE_EXTERNAL_SERVICES));
-        hooks.push(hook(f, "FORWARD", vec![new(), c(lbfw)], ChainName::KUBE_PROXY_FIREWALL));
-        hooks.push(hook(f, "FORWARD", vec![c("kubernetes forwarding rules")], ChainName::KUBE_FORWARD));
-        hooks.push(hook(f, "FORWARD", vec![new(), c(portals)], ChainName::KUBE_SERVICES));
-        hooks.push(hook(f, "FORWARD", vec![new(), c(ext)], ChainName::KUBE_EXTERNAL_SERVICES));
+        hooks.push(hook(
+            f,
+            "INPUT",
+            vec![new(), c(lbfw)],
+            ChainName::KUBE_PROXY_FIREWALL,
+        ));
+        hooks.push(hook(
+            f,
+            "INPUT",
+            vec![c("kubernetes health check service ports")],
+            ChainName::KUBE_NODEPORTS,
+        ));
+        hooks.push(hook(
+            f,
+            "INPUT",
+            vec![new(), c(ext)],
+            ChainName::KUBE_EXTERNAL_SERVICES,
+        ));
+        hooks.push(hook(
+            f,
+            "FORWARD",
+            vec![new(), c(lbfw)],
+            ChainName::KUBE_PROXY_FIREWALL,
+        ));
+        hooks.push(hook(
+            f,
+            "FORWARD",
+            vec![c("kubernetes forwarding rules")],
+            ChainName::KUBE_FORWARD,
+        ));
+        hooks.push(hook(
+            f,
+            "FORWARD",
+            vec![new(), c(portals)],
+            ChainName::KUBE_SERVICES,
+        ));
+        hooks.push(hook(
+            f,
+            "FORWARD",
+            vec![new(), c(ext)],
+            ChainName::KUBE_EXTERNAL_SERVICES,
+        ));
         if kubelet_fw {
             hooks.push(hook(f, "OUTPUT", vec![], ChainName::KUBE_FIREWALL));
         }
-        hooks.push(hook(f, "OUTPUT", vec![new(), c(lbfw)], ChainName::KUBE_PROXY_FIREWALL));
-        hooks.push(hook(f, "OUTPUT", vec![new(), c(portals)], ChainName::KUBE_SERVICES));
-        hooks.push(hook(n, "PREROUTING", vec![c(portals)], ChainName::KUBE_SERVICES));
-        hooks.push(hook(n, "OUTPUT", vec![c(portals)], ChainName::KUBE_SERVICES));
-        hooks.push(hook(n, "POSTROUTING", vec![c("kubernetes postrouting rules")], ChainName::KUBE_POSTROUTING));
+        hooks.push(hook(
+            f,
+            "OUTPUT",
+            vec![new(), c(lbfw)],
+            ChainName::KUBE_PROXY_FIREWALL,
+        ));
+        hooks.push(hook(
+            f,
+            "OUTPUT",
+            vec![new(), c(portals)],
+            ChainName::KUBE_SERVICES,
+        ));
+        hooks.push(hook(
+            n,
+            "PREROUTING",
+            vec![c(portals)],
+            ChainName::KUBE_SERVICES,
+        ));
+        hooks.push(hook(
+            n,
+            "OUTPUT",
+            vec![c(portals)],
+            ChainName::KUBE_SERVICES,
+        ));
+        hooks.push(hook(
+            n,
+            "POSTROUTING",
+            vec![c("kubernetes postrouting rules")],
+            ChainName::KUBE_POSTROUTING,
+        ));
         self.rs.hooks = hooks;
     }
 
@@ -269,22 +375,43 @@ impl Compiler<'_> {
         };
         let by_port = endpoints_by_port(snapshot.slices_of(&svc.name), family, &self.cfg.node_name);
         if let Some(port) = svc.health_check_node_port {
-            let local = local_ready_ip_count(snapshot.slices_of(&svc.name), family, &self.cfg.node_name);
+            let local =
+                local_ready_ip_count(snapshot.slices_of(&svc.name), family, &self.cfg.node_name);
             self.out_health.insert(
                 svc.name.clone(),
-                ServiceHealth { service: svc.name.clone(), port, local_endpoints: local },
+                ServiceHealth {
+                    service: svc.name.clone(),
+                    port,
+                    local_endpoints: local,
+                },
             );
         }
-        let external_ips: Vec<IpAddr> = svc.external_ips.iter().copied().filter(|ip| family.contains(ip)).collect();
-        let lb_ips: Vec<IpAddr> = svc.load_balancer_ips.iter().copied().filter(|ip| family.contains(ip)).collect();
-        let mut ranges: Vec<IpNet> =
-            svc.source_ranges.iter().copied().filter(|n| IpFamily::of_net(n) == family).collect();
+        let external_ips: Vec<IpAddr> = svc
+            .external_ips
+            .iter()
+            .copied()
+            .filter(|ip| family.contains(ip))
+            .collect();
+        let lb_ips: Vec<IpAddr> = svc
+            .load_balancer_ips
+            .iter()
+            .copied()
+            .filter(|ip| family.contains(ip))
+            .collect();
+        let mut ranges: Vec<IpNet> = svc
+            .source_ranges
+            .iter()
+            .copied()
+            .filter(|n| IpFamily::of_net(n) == family)
+            .collect();
         if ranges.iter().any(|n| n.prefix_len() == 0) {
             ranges.clear();
         }
         let empty = Vec::new();
         for port in &svc.ports {
-            let endpoints = by_port.get(&(port.name.clone(), port.protocol)).unwrap_or(&empty);
+            let endpoints = by_port
+                .get(&(port.name.clone(), port.protocol))
+                .unwrap_or(&empty);
             let ctx = PortContext {
                 svc,
                 port,
@@ -298,34 +425,58 @@ impl Compiler<'_> {
         }
     }
 
-    fn service_port(&mut self, ctx: &PortContext<'_>, endpoints: &[EndpointInfo], topology: NodeTopology<'_>) {
+    fn service_port(
+        &mut self,
+        ctx: &PortContext<'_>,
+        endpoints: &[EndpointInfo],
+        topology: NodeTopology<'_>,
+    ) {
         let svc = ctx.svc;
         let port = ctx.port;
         let proto = port.protocol;
         let spn_text: Arc<str> = ctx.spn.to_string().into();
         let chains = ServiceChains::new(&ctx.spn);
-        let externally_accessible = port.node_port.is_some() || !ctx.lb_ips.is_empty() || !ctx.external_ips.is_empty();
+        let externally_accessible =
+            port.node_port.is_some() || !ctx.lb_ips.is_empty() || !ctx.external_ips.is_empty();
         let uses_cluster = !svc.internal_policy_local || externally_accessible;
-        let uses_local = svc.internal_policy_local || (svc.external_policy_local && externally_accessible);
+        let uses_local =
+            svc.internal_policy_local || (svc.external_policy_local && externally_accessible);
         let cat = categorize(endpoints, uses_cluster, uses_local, topology);
 
         let has_endpoints = cat.has_any;
         let uses_cluster_chain = uses_cluster && !cat.cluster.is_empty();
         let uses_local_chain = uses_local && !cat.local.is_empty();
-        let internal_chain = if svc.internal_policy_local { &chains.svl } else { &chains.svc };
-        let external_chain = if svc.external_policy_local { &chains.svl } else { &chains.svc };
+        let internal_chain = if svc.internal_policy_local {
+            &chains.svl
+        } else {
+            &chains.svc
+        };
+        let external_chain = if svc.external_policy_local {
+            &chains.svl
+        } else {
+            &chains.svc
+        };
         let has_internal = has_endpoints && (!svc.internal_policy_local || !cat.local.is_empty());
         let has_external = has_endpoints && (!svc.external_policy_local || !cat.local.is_empty());
         let uses_ext_chain = has_endpoints && externally_accessible;
         let uses_fw_chain = has_endpoints && !ctx.lb_ips.is_empty() && !ctx.ranges.is_empty();
-        let lb_chain = if uses_fw_chain { &chains.fw } else { &chains.ext };
+        let lb_chain = if uses_fw_chain {
+            &chains.fw
+        } else {
+            &chains.ext
+        };
 
         let (internal_filter, internal_comment) = filter_verdict(has_endpoints, &spn_text);
-        let (external_filter, external_comment) = (internal_filter.clone(), internal_comment.clone());
+        let (external_filter, external_comment) =
+            (internal_filter.clone(), internal_comment.clone());
         if has_endpoints && svc.internal_policy_local && cat.local.is_empty() {
             self.no_local_internal += 1;
         }
-        if has_endpoints && svc.external_policy_local && externally_accessible && cat.local.is_empty() {
+        if has_endpoints
+            && svc.external_policy_local
+            && externally_accessible
+            && cat.local.is_empty()
+        {
             self.no_local_external += 1;
         }
         let proto_port = |p: u16| [Match::Proto(proto), Match::DPort(p)];
@@ -335,7 +486,12 @@ impl Compiler<'_> {
             self.services_entries.push(Entry {
                 dst: ctx.cluster_ip,
                 rule: Rule::new(
-                    vec![c(format!("{spn_text} cluster IP")), Match::Proto(proto), dst_ip(ctx.cluster_ip), Match::DPort(port.port)],
+                    vec![
+                        c(format!("{spn_text} cluster IP")),
+                        Match::Proto(proto),
+                        dst_ip(ctx.cluster_ip),
+                        Match::DPort(port.port),
+                    ],
                     jump(internal_chain),
                 ),
             });
@@ -359,7 +515,12 @@ impl Compiler<'_> {
                 self.services_entries.push(Entry {
                     dst: ip,
                     rule: Rule::new(
-                        vec![c(format!("{spn_text} external IP")), Match::Proto(proto), dst_ip(ip), Match::DPort(port.port)],
+                        vec![
+                            c(format!("{spn_text} external IP")),
+                            Match::Proto(proto),
+                            dst_ip(ip),
+                            Match::DPort(port.port),
+                        ],
                         jump(&chains.ext),
                     ),
                 });
@@ -368,7 +529,12 @@ impl Compiler<'_> {
                 self.rs.filter.push(
                     &self.kube_ext_services,
                     Rule::new(
-                        vec![c(external_comment.clone()), Match::Proto(proto), dst_ip(ip), Match::DPort(port.port)],
+                        vec![
+                            c(external_comment.clone()),
+                            Match::Proto(proto),
+                            dst_ip(ip),
+                            Match::DPort(port.port),
+                        ],
                         external_filter.clone(),
                     ),
                 );
@@ -380,7 +546,12 @@ impl Compiler<'_> {
                 self.services_entries.push(Entry {
                     dst: ip,
                     rule: Rule::new(
-                        vec![c(format!("{spn_text} loadbalancer IP")), Match::Proto(proto), dst_ip(ip), Match::DPort(port.port)],
+                        vec![
+                            c(format!("{spn_text} loadbalancer IP")),
+                            Match::Proto(proto),
+                            dst_ip(ip),
+                            Match::DPort(port.port),
+                        ],
                         jump(lb_chain),
                     ),
                 });
@@ -405,7 +576,12 @@ impl Compiler<'_> {
                 self.rs.filter.push(
                     &self.kube_ext_services,
                     Rule::new(
-                        vec![c(external_comment.clone()), Match::Proto(proto), dst_ip(ip), Match::DPort(port.port)],
+                        vec![
+                            c(external_comment.clone()),
+                            Match::Proto(proto),
+                            dst_ip(ip),
+                            Match::DPort(port.port),
+                        ],
                         external_filter.clone(),
                     ),
                 );
@@ -421,7 +597,10 @@ impl Compiler<'_> {
                             vec![
                                 c(spn_text.clone()),
                                 Match::Proto(proto),
-                                Match::Dst { negated: false, addr: Addr::Net(loopback_net()) },
+                                Match::Dst {
+                                    negated: false,
+                                    addr: Addr::Net(loopback_net()),
+                                },
                                 Match::DPort(node_port),
                                 Match::Nfacct("localhost_nps_accepted_pkts"),
                             ],
@@ -431,22 +610,32 @@ impl Compiler<'_> {
                 }
                 let mut matches = vec![c(spn_text.clone())];
                 matches.extend(proto_port(node_port));
-                self.rs.nat.push(&self.kube_nodeports, Rule::new(matches, jump(&chains.ext)));
+                self.rs
+                    .nat
+                    .push(&self.kube_nodeports, Rule::new(matches, jump(&chains.ext)));
             }
             if !has_external {
                 let mut matches = vec![
                     c(external_comment.clone()),
-                    Match::AddrTypeLocal { dir: AddrTypeDir::Dst, negated: false },
+                    Match::AddrTypeLocal {
+                        dir: AddrTypeDir::Dst,
+                        negated: false,
+                    },
                 ];
                 matches.extend(proto_port(node_port));
-                self.rs.filter.push(&self.kube_ext_services, Rule::new(matches, external_filter.clone()));
+                self.rs.filter.push(
+                    &self.kube_ext_services,
+                    Rule::new(matches, external_filter.clone()),
+                );
             }
         }
         // Health-check node port.
         if let Some(hc) = svc.health_check_node_port {
             let mut matches = vec![c(format!("{spn_text} health check node port"))];
             matches.extend(proto_port_tcp(hc));
-            self.rs.filter.push(&self.kube_nodeports, Rule::new(matches, Target::Accept));
+            self.rs
+                .filter
+                .push(&self.kube_nodeports, Rule::new(matches, Target::Accept));
         }
 
         // Internal traffic masquerade, first rule of the internal chain.
@@ -466,7 +655,10 @@ impl Compiler<'_> {
                 false
             };
             if masq {
-                self.rs.nat.push(internal_chain, Rule::new(matches, jump(&self.kube_mark_masq)));
+                self.rs.nat.push(
+                    internal_chain,
+                    Rule::new(matches, jump(&self.kube_mark_masq)),
+                );
             }
         }
         // External destinations.
@@ -477,7 +669,9 @@ impl Compiler<'_> {
                 self.rs.nat.push(
                     ext,
                     Rule::new(
-                        vec![c(format!("masquerade traffic for {spn_text} external destinations"))],
+                        vec![c(format!(
+                            "masquerade traffic for {spn_text} external destinations"
+                        ))],
                         jump(&self.kube_mark_masq),
                     ),
                 );
@@ -486,29 +680,47 @@ impl Compiler<'_> {
                     self.rs.nat.push(
                         ext,
                         Rule::new(
-                            vec![c(format!("pod traffic for {spn_text} external destinations")), local],
+                            vec![
+                                c(format!("pod traffic for {spn_text} external destinations")),
+                                local,
+                            ],
                             jump(&chains.svc),
                         ),
                     );
                 }
-                let src_local = Match::AddrTypeLocal { dir: AddrTypeDir::Src, negated: false };
+                let src_local = Match::AddrTypeLocal {
+                    dir: AddrTypeDir::Src,
+                    negated: false,
+                };
                 self.rs.nat.push(
                     ext,
                     Rule::new(
-                        vec![c(format!("masquerade LOCAL traffic for {spn_text} external destinations")), src_local.clone()],
+                        vec![
+                            c(format!(
+                                "masquerade LOCAL traffic for {spn_text} external destinations"
+                            )),
+                            src_local.clone(),
+                        ],
                         jump(&self.kube_mark_masq),
                     ),
                 );
                 self.rs.nat.push(
                     ext,
                     Rule::new(
-                        vec![c(format!("route LOCAL traffic for {spn_text} external destinations")), src_local],
+                        vec![
+                            c(format!(
+                                "route LOCAL traffic for {spn_text} external destinations"
+                            )),
+                            src_local,
+                        ],
                         jump(&chains.svc),
                     ),
                 );
             }
             if has_external {
-                self.rs.nat.push(ext, Rule::new(vec![], jump(external_chain)));
+                self.rs
+                    .nat
+                    .push(ext, Rule::new(vec![], jump(external_chain)));
             }
             self.chain_owners.insert(ext.clone(), ctx.spn.clone());
         }
@@ -520,24 +732,43 @@ impl Compiler<'_> {
                 self.rs.nat.push(
                     fw,
                     Rule::new(
-                        vec![comment.clone(), Match::Src { negated: false, addr: Addr::Net(*range) }],
+                        vec![
+                            comment.clone(),
+                            Match::Src {
+                                negated: false,
+                                addr: Addr::Net(*range),
+                            },
+                        ],
                         jump(&chains.ext),
                     ),
                 );
             }
-            let allow_from_node = self.node_ip.is_some_and(|ip| ctx.ranges.iter().any(|r| r.contains(&ip)));
+            let allow_from_node = self
+                .node_ip
+                .is_some_and(|ip| ctx.ranges.iter().any(|r| r.contains(&ip)));
             if allow_from_node {
                 for &vip in ctx.lb_ips {
                     self.rs.nat.push(
                         fw,
-                        Rule::new(vec![comment.clone(), Match::Src { negated: false, addr: Addr::Ip(vip) }], jump(&chains.ext)),
+                        Rule::new(
+                            vec![
+                                comment.clone(),
+                                Match::Src {
+                                    negated: false,
+                                    addr: Addr::Ip(vip),
+                                },
+                            ],
+                            jump(&chains.ext),
+                        ),
                     );
                 }
             }
             self.rs.nat.push(
                 fw,
                 Rule::new(
-                    vec![c(format!("other traffic to {spn_text} will be dropped by KUBE-PROXY-FIREWALL"))],
+                    vec![c(format!(
+                        "other traffic to {spn_text} will be dropped by KUBE-PROXY-FIREWALL"
+                    ))],
                     Target::None,
                 ),
             );
@@ -545,12 +776,26 @@ impl Compiler<'_> {
         }
         // Policy chains and endpoint chains.
         if uses_cluster_chain {
-            self.endpoint_jumps(&chains.svc, &spn_text, proto, svc.session_affinity_timeout, &cat.cluster);
-            self.chain_owners.insert(chains.svc.clone(), ctx.spn.clone());
+            self.endpoint_jumps(
+                &chains.svc,
+                &spn_text,
+                proto,
+                svc.session_affinity_timeout,
+                &cat.cluster,
+            );
+            self.chain_owners
+                .insert(chains.svc.clone(), ctx.spn.clone());
         }
         if uses_local_chain {
-            self.endpoint_jumps(&chains.svl, &spn_text, proto, svc.session_affinity_timeout, &cat.local);
-            self.chain_owners.insert(chains.svl.clone(), ctx.spn.clone());
+            self.endpoint_jumps(
+                &chains.svl,
+                &spn_text,
+                proto,
+                svc.session_affinity_timeout,
+                &cat.local,
+            );
+            self.chain_owners
+                .insert(chains.svl.clone(), ctx.spn.clone());
         }
         for ep in &cat.all_reachable {
             let sep = endpoint_chain(&spn_text, proto, &ep.key);
@@ -560,7 +805,10 @@ impl Compiler<'_> {
                 hairpin.push(Match::Comment(spn_text.clone()));
                 dnat.push(Match::Comment(spn_text.clone()));
             }
-            hairpin.push(Match::Src { negated: false, addr: Addr::Ip(ep.ip) });
+            hairpin.push(Match::Src {
+                negated: false,
+                addr: Addr::Ip(ep.ip),
+            });
             if svc.session_affinity_timeout.is_some() {
                 dnat.push(Match::RecentSet { name: sep.clone() });
             }
@@ -573,10 +821,19 @@ impl Compiler<'_> {
             self.rs.nat.set(sep, rules);
         }
         if proto == Protocol::Udp {
-            let serving: Vec<IpAddr> = endpoints.iter().filter(|e| e.serving).map(|e| e.ip).collect();
+            let serving: Vec<IpAddr> = endpoints
+                .iter()
+                .filter(|e| e.serving)
+                .map(|e| e.ip)
+                .collect();
             if !serving.is_empty() {
                 let mut destinations = vec![(ctx.cluster_ip, port.port)];
-                destinations.extend(ctx.external_ips.iter().chain(ctx.lb_ips).map(|ip| (*ip, port.port)));
+                destinations.extend(
+                    ctx.external_ips
+                        .iter()
+                        .chain(ctx.lb_ips)
+                        .map(|ip| (*ip, port.port)),
+                );
                 self.udp.push(UdpServicePort {
                     spn: ctx.spn.clone(),
                     destinations,
@@ -596,14 +853,22 @@ impl Compiler<'_> {
         affinity: Option<u32>,
         endpoints: &[&EndpointInfo],
     ) {
-        let comment = |ep: &EndpointInfo, large: bool| (!large).then(|| c(format!("{spn_text} -> {}", ep.key)));
-        let seps: Vec<ChainName> = endpoints.iter().map(|ep| endpoint_chain(spn_text, proto, &ep.key)).collect();
+        let comment = |ep: &EndpointInfo, large: bool| {
+            (!large).then(|| c(format!("{spn_text} -> {}", ep.key)))
+        };
+        let seps: Vec<ChainName> = endpoints
+            .iter()
+            .map(|ep| endpoint_chain(spn_text, proto, &ep.key))
+            .collect();
         let mut rules = self.rs.nat.chains.remove(chain).unwrap_or_default();
         rules.reserve(endpoints.len() * if affinity.is_some() { 2 } else { 1 });
         if let Some(seconds) = affinity {
             for (ep, sep) in endpoints.iter().zip(&seps) {
                 let mut matches: Vec<Match> = comment(ep, self.large).into_iter().collect();
-                matches.push(Match::RecentCheck { name: sep.clone(), seconds });
+                matches.push(Match::RecentCheck {
+                    name: sep.clone(),
+                    seconds,
+                });
                 rules.push(Rule::new(matches, Target::Jump(sep.clone())));
             }
         }
@@ -620,22 +885,42 @@ impl Compiler<'_> {
 
     fn finish(mut self) -> Compiled {
         let entries = std::mem::take(&mut self.services_entries);
-        dispatch::build(entries, self.cfg.dispatch, &self.kube_services, &mut self.rs.nat);
+        dispatch::build(
+            entries,
+            self.cfg.dispatch,
+            &self.kube_services,
+            &mut self.rs.nat,
+        );
         // The NodePort tail rule, last in nat KUBE-SERVICES.
         let tail_comment = c(COMMENT_NODEPORTS_TAIL);
         if self.cfg.nodeports_match_all() {
-            let mut matches = vec![tail_comment, Match::AddrTypeLocal { dir: AddrTypeDir::Dst, negated: false }];
+            let mut matches = vec![
+                tail_comment,
+                Match::AddrTypeLocal {
+                    dir: AddrTypeDir::Dst,
+                    negated: false,
+                },
+            ];
             match self.family {
                 IpFamily::V6 => matches.push(Match::Dst {
                     negated: true,
-                    addr: Addr::Net(IpNet::new(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), 128).unwrap_or_default()),
+                    addr: Addr::Net(
+                        IpNet::new(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), 128)
+                            .unwrap_or_default(),
+                    ),
                 }),
                 IpFamily::V4 if !self.cfg.localhost_nodeports_effective() => {
-                    matches.push(Match::Dst { negated: true, addr: Addr::Net(loopback_net()) })
+                    matches.push(Match::Dst {
+                        negated: true,
+                        addr: Addr::Net(loopback_net()),
+                    })
                 }
                 IpFamily::V4 => {}
             }
-            self.rs.nat.push(&self.kube_services, Rule::new(matches, jump(&self.kube_nodeports)));
+            self.rs.nat.push(
+                &self.kube_services,
+                Rule::new(matches, jump(&self.kube_nodeports)),
+            );
         } else {
             let nets = self.cfg.family_nodeport_addresses();
             let localhost = self.cfg.localhost_nodeports_effective();
@@ -652,7 +937,10 @@ impl Compiler<'_> {
             for ip in addresses {
                 self.rs.nat.push(
                     &self.kube_services,
-                    Rule::new(vec![tail_comment.clone(), dst_ip(ip)], jump(&self.kube_nodeports)),
+                    Rule::new(
+                        vec![tail_comment.clone(), dst_ip(ip)],
+                        jump(&self.kube_nodeports),
+                    ),
                 );
             }
         }

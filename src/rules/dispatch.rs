@@ -35,7 +35,11 @@ fn common_prefix_len(a: &IpAddr, b: &IpAddr) -> u8 {
     let (x, width) = bits(a);
     let (y, _) = bits(b);
     let diff = (x ^ y) << (128 - u32::from(width));
-    if diff == 0 { width } else { diff.leading_zeros() as u8 }
+    if diff == 0 {
+        width
+    } else {
+        diff.leading_zeros() as u8
+    }
 }
 
 /// Bits `[from, from+count)` of the address, as a number.
@@ -70,7 +74,13 @@ pub fn build(mut entries: Vec<Entry>, dispatch: Dispatch, root: &ChainName, tabl
     fill(root, groups, leaf_size, fanout_bits, table);
 }
 
-fn fill(chain: &ChainName, groups: Vec<Vec<Entry>>, leaf_size: usize, fanout_bits: u8, table: &mut Table) {
+fn fill(
+    chain: &ChainName,
+    groups: Vec<Vec<Entry>>,
+    leaf_size: usize,
+    fanout_bits: u8,
+    table: &mut Table,
+) {
     if groups.len() <= leaf_size {
         let rules = table.chain(chain);
         rules.extend(groups.into_iter().flatten().map(|e| e.rule));
@@ -108,7 +118,13 @@ fn fill(chain: &ChainName, groups: Vec<Vec<Entry>>, leaf_size: usize, fanout_bit
         let sub = dispatch_chain(&net.to_string());
         table.push(
             chain,
-            Rule::new(vec![Match::Dst { negated: false, addr: Addr::Net(net) }], Target::Jump(sub.clone())),
+            Rule::new(
+                vec![Match::Dst {
+                    negated: false,
+                    addr: Addr::Net(net),
+                }],
+                Target::Jump(sub.clone()),
+            ),
         );
         fill(&sub, child, leaf_size, fanout_bits, table);
     }
@@ -122,7 +138,10 @@ mod tests {
         Entry {
             dst: ip.parse().unwrap(),
             rule: Rule::new(
-                vec![Match::Dst { negated: false, addr: Addr::Ip(ip.parse().unwrap()) }],
+                vec![Match::Dst {
+                    negated: false,
+                    addr: Addr::Ip(ip.parse().unwrap()),
+                }],
                 Target::Accept,
             ),
         }
@@ -132,7 +151,12 @@ mod tests {
     fn small_sets_stay_linear() {
         let mut table = Table::default();
         let root = ChainName::fixed("KUBE-SERVICES");
-        build(vec![entry("10.0.0.2"), entry("10.0.0.1")], Dispatch::Tree { leaf_size: 4 }, &root, &mut table);
+        build(
+            vec![entry("10.0.0.2"), entry("10.0.0.1")],
+            Dispatch::Tree { leaf_size: 4 },
+            &root,
+            &mut table,
+        );
         assert_eq!(table.chains.len(), 1);
         assert_eq!(table.chains[&root].len(), 2);
     }

@@ -60,7 +60,12 @@ fn hash_text(text: &str) -> u64 {
 
 /// Plans the restore that takes the kernel from `applied` to `desired`. `stale` lists chains
 /// found in the kernel that knat owns but did not write (deleted on full syncs).
-pub fn plan(applied: &AppliedState, desired: &RuleSet, kind: SyncKind, stale: &[(TableName, ChainName)]) -> Plan {
+pub fn plan(
+    applied: &AppliedState,
+    desired: &RuleSet,
+    kind: SyncKind,
+    stale: &[(TableName, ChainName)],
+) -> Plan {
     let mut next = AppliedState::default();
     let mut payload = String::new();
     let mut stats = PlanStats::default();
@@ -116,5 +121,9 @@ pub fn plan(applied: &AppliedState, desired: &RuleSet, kind: SyncKind, stale: &[
         payload.push_str("COMMIT\n");
     }
     stats.bytes = payload.len();
-    Plan { payload, next, stats }
+    Plan {
+        payload,
+        next,
+        stats,
+    }
 }

@@ -27,14 +27,19 @@ pub fn rendered_chains(table: &Table) -> impl Iterator<Item = RenderedChain> + '
     table.chains.iter().map(|(name, rules)| {
         let mut text = String::with_capacity(rules.len() * 120);
         render_chain_rules(&mut text, name, rules);
-        RenderedChain { name: name.clone(), text, rules: rules.len() }
+        RenderedChain {
+            name: name.clone(),
+            text,
+            rules: rules.len(),
+        }
     })
 }
 
 /// The complete payload for a plain `iptables-restore` (no `--noflush`) into a node that has
 /// no other rules: builtin chains with ACCEPT policy, the hook jumps, and every knat chain.
 pub fn render_standalone(rs: &RuleSet) -> String {
-    let mut out = String::with_capacity(rs.filter.rule_count() * 100 + rs.nat.rule_count() * 120 + 1024);
+    let mut out =
+        String::with_capacity(rs.filter.rule_count() * 100 + rs.nat.rule_count() * 120 + 1024);
     for table_name in [TableName::Filter, TableName::Nat] {
         let table = rs.table(table_name);
         let _ = writeln!(out, "*{}", table_name.as_str());

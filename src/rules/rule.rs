@@ -11,7 +11,7 @@ use super::chain::ChainName;
 use crate::model::{IpFamily, Protocol};
 
 /// An address argument: a bare address (`-d 10.96.0.10`) or a network (`! -s 10.0.0.0/8`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Addr {
     Ip(IpAddr),
     Net(IpNet),
@@ -27,14 +27,14 @@ impl fmt::Display for Addr {
 }
 
 /// Which address `-m addrtype` looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AddrTypeDir {
     Src,
     Dst,
 }
 
 /// One match clause, rendered with its `-m module` where it needs one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Match {
     /// `-m comment --comment X`, quoted when X has spaces.
     Comment(Arc<str>),
@@ -97,10 +97,15 @@ impl fmt::Display for Match {
             }
             Match::Probability(p) => write!(f, "-m statistic --mode random --probability {p}"),
             Match::RecentCheck { name, seconds } => {
-                write!(f, "-m recent --name {name} --rcheck --seconds {seconds} --reap")
+                write!(
+                    f,
+                    "-m recent --name {name} --rcheck --seconds {seconds} --reap"
+                )
             }
             Match::RecentSet { name } => write!(f, "-m recent --name {name} --set"),
-            Match::Mark { negated, mark } => write!(f, "-m mark {}--mark {mark}/{mark}", bang(*negated)),
+            Match::Mark { negated, mark } => {
+                write!(f, "-m mark {}--mark {mark}/{mark}", bang(*negated))
+            }
             Match::CtState { negated, states } => {
                 write!(f, "-m conntrack {}--ctstate {states}", bang(*negated))
             }
@@ -110,14 +115,16 @@ impl fmt::Display for Match {
 }
 
 /// What a rule does when it matches.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {
     /// `-j CHAIN`.
     Jump(ChainName),
     /// `-j DNAT --to-destination ip:port`.
     Dnat(String),
     /// `-j MASQUERADE [--random-fully]`.
-    Masquerade { random_fully: bool },
+    Masquerade {
+        random_fully: bool,
+    },
     /// `-j MARK --or-mark M`.
     MarkOr(Arc<str>),
     /// `-j MARK --xor-mark M`.
@@ -135,8 +142,12 @@ impl fmt::Display for Target {
         match self {
             Target::Jump(chain) => write!(f, "-j {chain}"),
             Target::Dnat(to) => write!(f, "-j DNAT --to-destination {to}"),
-            Target::Masquerade { random_fully: true } => f.write_str("-j MASQUERADE --random-fully"),
-            Target::Masquerade { random_fully: false } => f.write_str("-j MASQUERADE"),
+            Target::Masquerade { random_fully: true } => {
+                f.write_str("-j MASQUERADE --random-fully")
+            }
+            Target::Masquerade {
+                random_fully: false,
+            } => f.write_str("-j MASQUERADE"),
             Target::MarkOr(mark) => write!(f, "-j MARK --or-mark {mark}"),
             Target::MarkXor(mark) => write!(f, "-j MARK --xor-mark {mark}"),
             Target::Return => f.write_str("-j RETURN"),
@@ -150,7 +161,7 @@ impl fmt::Display for Target {
 
 /// A rule: match clauses in upstream's order, then the target. `Display` renders what follows
 /// `-A CHAIN `.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Rule {
     pub matches: Vec<Match>,
     pub target: Target,
@@ -288,9 +299,15 @@ mod tests {
             vec![
                 Match::Comment("demo/web:http cluster IP".into()),
                 Match::Proto(Protocol::Tcp),
-                Match::Dst { negated: false, addr: Addr::Ip("10.96.0.10".parse().unwrap()) },
+                Match::Dst {
+                    negated: false,
+                    addr: Addr::Ip("10.96.0.10".parse().unwrap()),
+                },
                 Match::DPort(80),
-                Match::Src { negated: true, addr: Addr::Net("10.244.0.0/16".parse().unwrap()) },
+                Match::Src {
+                    negated: true,
+                    addr: Addr::Net("10.244.0.0/16".parse().unwrap()),
+                },
             ],
             Target::Jump(ChainName::fixed("KUBE-MARK-MASQ")),
         );
