@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every knat test: formatting, lints, unit/golden/packet-flow tests, and the real-kernel
-# network-namespace tests (root). Installs what the tests need first.
+# network-namespace tests (root), and the end-to-end tier on a real control plane (etcd,
+# kube-apiserver, kube-controller-manager and upstream kube-proxy, built once by
+# scripts/build-k8s.sh and cached under /var/cache/knat-e2e; see docs/testing.md). Installs what the tests need first.
 # With CI=true a missing tool or missing root privilege fails the run instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +20,13 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
-echo "== cargo test (unit, golden, packet-flow, real-kernel namespace tests)"
+echo "== scripts/build-k8s.sh (etcd, kube-apiserver, kube-controller-manager, kubectl, kube-proxy for the e2e tier; cached)"
+if [ "${CI:-}" = "true" ]; then
+  bash scripts/build-k8s.sh >/dev/null
+elif ! bash scripts/build-k8s.sh >/dev/null; then
+  echo "test.sh: WARNING: could not build the Kubernetes binaries; the e2e tier will report SKIPPED" >&2
+fi
+echo "== cargo test (unit, golden, packet-flow, real-kernel namespace tests, real control plane)"
 cargo test --all-targets 2>&1 | tee /tmp/knat-test-$$.log
 status=${PIPESTATUS[0]}
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' /tmp/knat-test-$$.log | awk '{s+=$4} END {print s+0}')

@@ -12,6 +12,8 @@
 pub mod agent;
 pub mod backend;
 pub mod config;
+pub mod diff;
+pub mod doctor;
 pub mod dump;
 pub mod health;
 pub mod input;

@@ -30,6 +30,10 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Remove every chain and hook jump knat or kube-proxy (iptables mode) installed.
     Cleanup(cli::cleanup::CleanupArgs),
+    /// Check node identity, Local-service spread and Services that cannot work; exit 1 when something is broken.
+    Doctor(cli::doctor::DoctorArgs),
+    /// Compare the live iptables (or saved dumps) with what knat would program; exit 1 on drift.
+    Diff(cli::diff::DiffArgs),
     /// Lab helper: TCP+UDP echo server run inside a pod namespace.
     #[command(hide = true)]
     LabEcho(cli::lab::LabEchoArgs),
@@ -54,6 +58,8 @@ fn main() -> std::process::ExitCode {
         Command::Trace(args) => cli::trace::run(args),
         Command::Run(args) => cli::run::run(args),
         Command::Cleanup(args) => cli::cleanup::run(args),
+        Command::Doctor(args) => cli::doctor::run(args),
+        Command::Diff(args) => cli::diff::run(args),
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,8 @@
 
 pub mod cleanup;
 pub mod common;
+pub mod diff;
+pub mod doctor;
 pub mod lab;
 pub mod render;
 pub mod run;

@@ -249,6 +249,12 @@ impl Lab {
         self.ns("fabric")
     }
 
+    /// The fabric namespace (the segment's bridge and gateway, which holds
+    /// [`Scenario::fabric_gateway`]); the end-to-end tier runs its control plane there.
+    pub fn fabric_namespace(&self) -> String {
+        self.fabric()
+    }
+
     /// The namespace of a client, node or pod.
     pub fn namespace(&self, host: &str) -> Result<String, LabError> {
         match self.scenario.role(host) {

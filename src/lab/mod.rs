@@ -14,6 +14,7 @@
 //! building, and, through a reaper process, when the process dies (Ctrl-C).
 
 pub mod cluster;
+pub mod control_plane;
 pub mod demo;
 pub mod echo;
 pub mod scenario;

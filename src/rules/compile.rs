@@ -4,7 +4,7 @@
 //! deliberate difference is the optional dispatch tree for nat KUBE-SERVICES
 //! (`rules::dispatch`), which keeps every verdict and every per-service chain.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use super::chain::{ChainName, ServiceChains, endpoint_chain};
 use super::dispatch::{self, Entry};
 use super::rule::*;
 use crate::config::ProxyConfig;
+use crate::model::EndpointSlice;
 use crate::model::categorize::{NodeTopology, categorize};
 use crate::model::endpoints::{EndpointInfo, endpoints_by_port, local_ready_ip_count};
 use crate::model::{
@@ -47,8 +48,8 @@ pub struct Compiled {
     pub no_local_endpoints_internal: usize,
     /// Service ports with eTP=Local whose endpoints exist but none is local (DROP).
     pub no_local_endpoints_external: usize,
-    /// Which service port owns each per-service chain (for operator-facing explanations).
-    pub chain_owners: BTreeMap<ChainName, ServicePortName>,
+    /// The per-Service fragments this rule set was assembled from (see `chain_owners`).
+    fragments: Vec<Arc<Fragment>>,
     /// UDP service ports with serving endpoints.
     pub udp: Vec<UdpServicePort>,
     /// Per-endpoint comments were left out (more than the large-cluster threshold).
@@ -101,7 +102,7 @@ struct Compiler<'a> {
     out_health: BTreeMap<ServiceName, ServiceHealth>,
     no_local_internal: usize,
     no_local_external: usize,
-    chain_owners: BTreeMap<ChainName, ServicePortName>,
+    fragments: Vec<Arc<Fragment>>,
     udp: Vec<UdpServicePort>,
     kube_mark_masq: ChainName,
     kube_services: ChainName,
@@ -112,47 +113,101 @@ struct Compiler<'a> {
 
 /// Compiles the snapshot into the rule set for `cfg.family`.
 pub fn compile(snapshot: &Snapshot, cfg: &ProxyConfig) -> Compiled {
-    let family = cfg.family;
-    let node_ip = cfg
-        .node_ips
-        .iter()
-        .copied()
-        .find(|ip| family.contains(ip))
-        .or_else(|| {
-            snapshot
-                .node
-                .as_ref()
-                .and_then(|n| n.addresses.iter().copied().find(|ip| family.contains(ip)))
-        });
-    let mut compiler = Compiler {
-        cfg,
-        family,
-        mark: cfg.masquerade_mark().into(),
-        rs: RuleSet::new(family),
-        services_entries: Vec::new(),
-        probabilities: Probabilities::default(),
-        large: snapshot.endpoint_count() > cfg.large_cluster_threshold,
-        node_ip,
-        out_health: BTreeMap::new(),
-        no_local_internal: 0,
-        no_local_external: 0,
-        chain_owners: BTreeMap::new(),
-        udp: Vec::new(),
-        kube_mark_masq: ChainName::fixed(ChainName::KUBE_MARK_MASQ),
-        kube_services: ChainName::fixed(ChainName::KUBE_SERVICES),
-        kube_ext_services: ChainName::fixed(ChainName::KUBE_EXTERNAL_SERVICES),
-        kube_nodeports: ChainName::fixed(ChainName::KUBE_NODEPORTS),
-        kube_proxy_firewall: ChainName::fixed(ChainName::KUBE_PROXY_FIREWALL),
-    };
-    compiler.fixed_chains();
-    let topology = NodeTopology {
-        name: &cfg.node_name,
-        zone: snapshot.node.as_ref().and_then(|n| n.zone.as_deref()),
-    };
-    for service in snapshot.services.values() {
-        compiler.service(snapshot, service, topology);
+    IncrementalCompiler::default().compile(snapshot, cfg)
+}
+
+impl Compiled {
+    /// Which service port owns each per-service chain (for operator-facing explanations).
+    pub fn chain_owners(&self) -> BTreeMap<ChainName, ServicePortName> {
+        self.fragments
+            .iter()
+            .flat_map(|f| f.owners.iter().cloned())
+            .collect()
     }
-    compiler.finish()
+}
+
+impl IncrementalCompiler {
+    /// Compiles like [`compile`], reusing the fragments of unchanged Services.
+    pub fn compile(&mut self, snapshot: &Snapshot, cfg: &ProxyConfig) -> Compiled {
+        let family = cfg.family;
+        let node_ip = cfg
+            .node_ips
+            .iter()
+            .copied()
+            .find(|ip| family.contains(ip))
+            .or_else(|| {
+                snapshot
+                    .node
+                    .as_ref()
+                    .and_then(|n| n.addresses.iter().copied().find(|ip| family.contains(ip)))
+            });
+        let zone = snapshot.node.as_ref().and_then(|n| n.zone.clone());
+        let large = snapshot.endpoint_count() > cfg.large_cluster_threshold;
+        let key = CacheKey {
+            cfg: cfg.clone(),
+            zone: zone.clone(),
+            node_ip,
+            large,
+        };
+        if self.key.as_ref() != Some(&key) {
+            self.cache.clear();
+            self.key = Some(key);
+        }
+        self.cache
+            .retain(|name, _| snapshot.services.contains_key(name));
+        let mut compiler = Compiler {
+            cfg,
+            family,
+            mark: cfg.masquerade_mark().into(),
+            rs: RuleSet::new(family),
+            services_entries: Vec::new(),
+            probabilities: Probabilities::default(),
+            large,
+            node_ip,
+            out_health: BTreeMap::new(),
+            no_local_internal: 0,
+            no_local_external: 0,
+            fragments: Vec::with_capacity(snapshot.services.len()),
+            udp: Vec::new(),
+            kube_mark_masq: ChainName::fixed(ChainName::KUBE_MARK_MASQ),
+            kube_services: ChainName::fixed(ChainName::KUBE_SERVICES),
+            kube_ext_services: ChainName::fixed(ChainName::KUBE_EXTERNAL_SERVICES),
+            kube_nodeports: ChainName::fixed(ChainName::KUBE_NODEPORTS),
+            kube_proxy_firewall: ChainName::fixed(ChainName::KUBE_PROXY_FIREWALL),
+        };
+        compiler.fixed_chains();
+        let topology = NodeTopology {
+            name: &cfg.node_name,
+            zone: zone.as_deref(),
+        };
+        self.last_recompiled = 0;
+        for service in snapshot.services.values() {
+            let slices = snapshot.slices.get(&service.name);
+            let fresh = self
+                .cache
+                .get(&service.name)
+                .is_some_and(|c| c.service == *service && c.slices.as_ref() == slices);
+            let fragment = if fresh {
+                self.cache[&service.name].fragment.clone()
+            } else {
+                let mut frag = Fragment::default();
+                compiler.service(snapshot, service, topology, &mut frag);
+                let frag = Arc::new(frag);
+                self.cache.insert(
+                    service.name.clone(),
+                    CachedFragment {
+                        service: service.clone(),
+                        slices: slices.cloned(),
+                        fragment: frag.clone(),
+                    },
+                );
+                self.last_recompiled += 1;
+                frag
+            };
+            compiler.merge(fragment);
+        }
+        compiler.finish()
+    }
 }
 
 impl Compiler<'_> {
@@ -368,7 +423,13 @@ impl Compiler<'_> {
         self.rs.hooks = hooks;
     }
 
-    fn service(&mut self, snapshot: &Snapshot, svc: &Service, topology: NodeTopology<'_>) {
+    fn service(
+        &mut self,
+        snapshot: &Snapshot,
+        svc: &Service,
+        topology: NodeTopology<'_>,
+        frag: &mut Fragment,
+    ) {
         let family = self.family;
         let Some(cluster_ip) = svc.cluster_ip(family) else {
             return;
@@ -377,14 +438,11 @@ impl Compiler<'_> {
         if let Some(port) = svc.health_check_node_port {
             let local =
                 local_ready_ip_count(snapshot.slices_of(&svc.name), family, &self.cfg.node_name);
-            self.out_health.insert(
-                svc.name.clone(),
-                ServiceHealth {
-                    service: svc.name.clone(),
-                    port,
-                    local_endpoints: local,
-                },
-            );
+            frag.health = Some(ServiceHealth {
+                service: svc.name.clone(),
+                port,
+                local_endpoints: local,
+            });
         }
         let external_ips: Vec<IpAddr> = svc
             .external_ips
@@ -421,7 +479,7 @@ impl Compiler<'_> {
                 lb_ips: &lb_ips,
                 ranges: &ranges,
             };
-            self.service_port(&ctx, endpoints, topology);
+            self.service_port(&ctx, endpoints, topology, frag);
         }
     }
 
@@ -430,6 +488,7 @@ impl Compiler<'_> {
         ctx: &PortContext<'_>,
         endpoints: &[EndpointInfo],
         topology: NodeTopology<'_>,
+        frag: &mut Fragment,
     ) {
         let svc = ctx.svc;
         let port = ctx.port;
@@ -470,20 +529,20 @@ impl Compiler<'_> {
         let (external_filter, external_comment) =
             (internal_filter.clone(), internal_comment.clone());
         if has_endpoints && svc.internal_policy_local && cat.local.is_empty() {
-            self.no_local_internal += 1;
+            frag.no_local_internal += 1;
         }
         if has_endpoints
             && svc.external_policy_local
             && externally_accessible
             && cat.local.is_empty()
         {
-            self.no_local_external += 1;
+            frag.no_local_external += 1;
         }
         let proto_port = |p: u16| [Match::Proto(proto), Match::DPort(p)];
 
         // ClusterIP.
         if has_internal {
-            self.services_entries.push(Entry {
+            frag.entries.push(Entry {
                 dst: ctx.cluster_ip,
                 rule: Rule::new(
                     vec![
@@ -496,23 +555,20 @@ impl Compiler<'_> {
                 ),
             });
         } else {
-            self.rs.filter.push(
-                &self.kube_services,
-                Rule::new(
-                    vec![
-                        c(internal_comment.clone()),
-                        Match::Proto(proto),
-                        dst_ip(ctx.cluster_ip),
-                        Match::DPort(port.port),
-                    ],
-                    internal_filter.clone(),
-                ),
-            );
+            frag.filter_services.push(Rule::new(
+                vec![
+                    c(internal_comment.clone()),
+                    Match::Proto(proto),
+                    dst_ip(ctx.cluster_ip),
+                    Match::DPort(port.port),
+                ],
+                internal_filter.clone(),
+            ));
         }
         // externalIPs.
         for &ip in ctx.external_ips {
             if has_endpoints {
-                self.services_entries.push(Entry {
+                frag.entries.push(Entry {
                     dst: ip,
                     rule: Rule::new(
                         vec![
@@ -526,24 +582,21 @@ impl Compiler<'_> {
                 });
             }
             if !has_external {
-                self.rs.filter.push(
-                    &self.kube_ext_services,
-                    Rule::new(
-                        vec![
-                            c(external_comment.clone()),
-                            Match::Proto(proto),
-                            dst_ip(ip),
-                            Match::DPort(port.port),
-                        ],
-                        external_filter.clone(),
-                    ),
-                );
+                frag.filter_external.push(Rule::new(
+                    vec![
+                        c(external_comment.clone()),
+                        Match::Proto(proto),
+                        dst_ip(ip),
+                        Match::DPort(port.port),
+                    ],
+                    external_filter.clone(),
+                ));
             }
         }
         // LoadBalancer VIPs.
         for &ip in ctx.lb_ips {
             if has_endpoints {
-                self.services_entries.push(Entry {
+                frag.entries.push(Entry {
                     dst: ip,
                     rule: Rule::new(
                         vec![
@@ -557,62 +610,52 @@ impl Compiler<'_> {
                 });
             }
             if uses_fw_chain {
-                self.rs.filter.push(
-                    &self.kube_proxy_firewall,
-                    Rule::new(
-                        vec![
-                            c(format!("{spn_text} traffic not accepted by {}", chains.fw)),
-                            Match::Proto(proto),
-                            dst_ip(ip),
-                            Match::DPort(port.port),
-                        ],
-                        Target::Drop,
-                    ),
-                );
+                frag.filter_firewall.push(Rule::new(
+                    vec![
+                        c(format!("{spn_text} traffic not accepted by {}", chains.fw)),
+                        Match::Proto(proto),
+                        dst_ip(ip),
+                        Match::DPort(port.port),
+                    ],
+                    Target::Drop,
+                ));
             }
         }
         if !has_external {
             for &ip in ctx.lb_ips {
-                self.rs.filter.push(
-                    &self.kube_ext_services,
-                    Rule::new(
-                        vec![
-                            c(external_comment.clone()),
-                            Match::Proto(proto),
-                            dst_ip(ip),
-                            Match::DPort(port.port),
-                        ],
-                        external_filter.clone(),
-                    ),
-                );
+                frag.filter_external.push(Rule::new(
+                    vec![
+                        c(external_comment.clone()),
+                        Match::Proto(proto),
+                        dst_ip(ip),
+                        Match::DPort(port.port),
+                    ],
+                    external_filter.clone(),
+                ));
             }
         }
         // NodePorts.
         if let Some(node_port) = port.node_port {
             if has_endpoints {
                 if self.cfg.nfacct && self.cfg.localhost_nodeports_effective() {
-                    self.rs.nat.push(
-                        &self.kube_nodeports,
-                        Rule::new(
-                            vec![
-                                c(spn_text.clone()),
-                                Match::Proto(proto),
-                                Match::Dst {
-                                    negated: false,
-                                    addr: Addr::Net(loopback_net()),
-                                },
-                                Match::DPort(node_port),
-                                Match::Nfacct("localhost_nps_accepted_pkts"),
-                            ],
-                            jump(&chains.ext),
-                        ),
-                    );
+                    frag.nat_nodeports.push(Rule::new(
+                        vec![
+                            c(spn_text.clone()),
+                            Match::Proto(proto),
+                            Match::Dst {
+                                negated: false,
+                                addr: Addr::Net(loopback_net()),
+                            },
+                            Match::DPort(node_port),
+                            Match::Nfacct("localhost_nps_accepted_pkts"),
+                        ],
+                        jump(&chains.ext),
+                    ));
                 }
                 let mut matches = vec![c(spn_text.clone())];
                 matches.extend(proto_port(node_port));
-                self.rs
-                    .nat
-                    .push(&self.kube_nodeports, Rule::new(matches, jump(&chains.ext)));
+                frag.nat_nodeports
+                    .push(Rule::new(matches, jump(&chains.ext)));
             }
             if !has_external {
                 let mut matches = vec![
@@ -623,19 +666,16 @@ impl Compiler<'_> {
                     },
                 ];
                 matches.extend(proto_port(node_port));
-                self.rs.filter.push(
-                    &self.kube_ext_services,
-                    Rule::new(matches, external_filter.clone()),
-                );
+                frag.filter_external
+                    .push(Rule::new(matches, external_filter.clone()));
             }
         }
         // Health-check node port.
         if let Some(hc) = svc.health_check_node_port {
             let mut matches = vec![c(format!("{spn_text} health check node port"))];
             matches.extend(proto_port_tcp(hc));
-            self.rs
-                .filter
-                .push(&self.kube_nodeports, Rule::new(matches, Target::Accept));
+            frag.filter_nodeports
+                .push(Rule::new(matches, Target::Accept));
         }
 
         // Internal traffic masquerade, first rule of the internal chain.
@@ -655,7 +695,7 @@ impl Compiler<'_> {
                 false
             };
             if masq {
-                self.rs.nat.push(
+                frag.nat.push(
                     internal_chain,
                     Rule::new(matches, jump(&self.kube_mark_masq)),
                 );
@@ -664,9 +704,9 @@ impl Compiler<'_> {
         // External destinations.
         if uses_ext_chain {
             let ext = &chains.ext;
-            self.rs.nat.chain(ext);
+            frag.nat.chain(ext);
             if !svc.external_policy_local {
-                self.rs.nat.push(
+                frag.nat.push(
                     ext,
                     Rule::new(
                         vec![c(format!(
@@ -677,7 +717,7 @@ impl Compiler<'_> {
                 );
             } else {
                 if let Some(local) = self.cfg.local_detector.if_local() {
-                    self.rs.nat.push(
+                    frag.nat.push(
                         ext,
                         Rule::new(
                             vec![
@@ -692,7 +732,7 @@ impl Compiler<'_> {
                     dir: AddrTypeDir::Src,
                     negated: false,
                 };
-                self.rs.nat.push(
+                frag.nat.push(
                     ext,
                     Rule::new(
                         vec![
@@ -704,7 +744,7 @@ impl Compiler<'_> {
                         jump(&self.kube_mark_masq),
                     ),
                 );
-                self.rs.nat.push(
+                frag.nat.push(
                     ext,
                     Rule::new(
                         vec![
@@ -718,18 +758,16 @@ impl Compiler<'_> {
                 );
             }
             if has_external {
-                self.rs
-                    .nat
-                    .push(ext, Rule::new(vec![], jump(external_chain)));
+                frag.nat.push(ext, Rule::new(vec![], jump(external_chain)));
             }
-            self.chain_owners.insert(ext.clone(), ctx.spn.clone());
+            frag.owners.push((ext.clone(), ctx.spn.clone()));
         }
         // loadBalancerSourceRanges.
         if uses_fw_chain {
             let fw = &chains.fw;
             let comment = c(format!("{spn_text} loadbalancer IP"));
             for range in ctx.ranges {
-                self.rs.nat.push(
+                frag.nat.push(
                     fw,
                     Rule::new(
                         vec![
@@ -748,7 +786,7 @@ impl Compiler<'_> {
                 .is_some_and(|ip| ctx.ranges.iter().any(|r| r.contains(&ip)));
             if allow_from_node {
                 for &vip in ctx.lb_ips {
-                    self.rs.nat.push(
+                    frag.nat.push(
                         fw,
                         Rule::new(
                             vec![
@@ -763,7 +801,7 @@ impl Compiler<'_> {
                     );
                 }
             }
-            self.rs.nat.push(
+            frag.nat.push(
                 fw,
                 Rule::new(
                     vec![c(format!(
@@ -772,30 +810,30 @@ impl Compiler<'_> {
                     Target::None,
                 ),
             );
-            self.chain_owners.insert(fw.clone(), ctx.spn.clone());
+            frag.owners.push((fw.clone(), ctx.spn.clone()));
         }
         // Policy chains and endpoint chains.
         if uses_cluster_chain {
             self.endpoint_jumps(
+                frag,
                 &chains.svc,
                 &spn_text,
                 proto,
                 svc.session_affinity_timeout,
                 &cat.cluster,
             );
-            self.chain_owners
-                .insert(chains.svc.clone(), ctx.spn.clone());
+            frag.owners.push((chains.svc.clone(), ctx.spn.clone()));
         }
         if uses_local_chain {
             self.endpoint_jumps(
+                frag,
                 &chains.svl,
                 &spn_text,
                 proto,
                 svc.session_affinity_timeout,
                 &cat.local,
             );
-            self.chain_owners
-                .insert(chains.svl.clone(), ctx.spn.clone());
+            frag.owners.push((chains.svl.clone(), ctx.spn.clone()));
         }
         for ep in &cat.all_reachable {
             let sep = endpoint_chain(&spn_text, proto, &ep.key);
@@ -817,8 +855,8 @@ impl Compiler<'_> {
                 Rule::new(hairpin, jump(&self.kube_mark_masq)),
                 Rule::new(dnat, Target::Dnat(ep.key.clone())),
             ];
-            self.chain_owners.insert(sep.clone(), ctx.spn.clone());
-            self.rs.nat.set(sep, rules);
+            frag.owners.push((sep.clone(), ctx.spn.clone()));
+            frag.nat.set(sep, rules);
         }
         if proto == Protocol::Udp {
             let serving: Vec<IpAddr> = endpoints
@@ -834,7 +872,7 @@ impl Compiler<'_> {
                         .chain(ctx.lb_ips)
                         .map(|ip| (*ip, port.port)),
                 );
-                self.udp.push(UdpServicePort {
+                frag.udp.push(UdpServicePort {
                     spn: ctx.spn.clone(),
                     destinations,
                     node_port: port.node_port,
@@ -847,6 +885,7 @@ impl Compiler<'_> {
     /// `writeServiceToEndpointRules`: affinity rules, then the probability ladder.
     fn endpoint_jumps(
         &mut self,
+        frag: &mut Fragment,
         chain: &ChainName,
         spn_text: &str,
         proto: Protocol,
@@ -860,7 +899,12 @@ impl Compiler<'_> {
             .iter()
             .map(|ep| endpoint_chain(spn_text, proto, &ep.key))
             .collect();
-        let mut rules = self.rs.nat.chains.remove(chain).unwrap_or_default();
+        let mut rules: Vec<Rule> = frag
+            .nat
+            .chains
+            .remove(chain)
+            .map(|shared| Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone()))
+            .unwrap_or_default();
         rules.reserve(endpoints.len() * if affinity.is_some() { 2 } else { 1 });
         if let Some(seconds) = affinity {
             for (ep, sep) in endpoints.iter().zip(&seps) {
@@ -880,7 +924,56 @@ impl Compiler<'_> {
             }
             rules.push(Rule::new(matches, Target::Jump(sep)));
         }
-        self.rs.nat.set(chain.clone(), rules);
+        frag.nat.set(chain.clone(), rules);
+    }
+
+    /// Adds one Service's fragment to the rule set being assembled.
+    fn merge(&mut self, frag: Arc<Fragment>) {
+        for (name, rules) in &frag.nat.chains {
+            self.rs.nat.set_shared(name.clone(), rules.clone());
+        }
+        self.services_entries.extend(frag.entries.iter().cloned());
+        let tables = [
+            (&frag.nat_nodeports, &self.kube_nodeports, TableName::Nat),
+            (
+                &frag.filter_services,
+                &self.kube_services,
+                TableName::Filter,
+            ),
+            (
+                &frag.filter_external,
+                &self.kube_ext_services,
+                TableName::Filter,
+            ),
+            (
+                &frag.filter_firewall,
+                &self.kube_proxy_firewall,
+                TableName::Filter,
+            ),
+            (
+                &frag.filter_nodeports,
+                &self.kube_nodeports,
+                TableName::Filter,
+            ),
+        ];
+        for (rules, chain, table) in tables {
+            if rules.is_empty() {
+                continue;
+            }
+            let target = match table {
+                TableName::Nat => &mut self.rs.nat,
+                TableName::Filter => &mut self.rs.filter,
+            };
+            target.chain(chain).extend(rules.iter().cloned());
+        }
+        if let Some(health) = &frag.health {
+            self.out_health
+                .insert(health.service.clone(), health.clone());
+        }
+        self.no_local_internal += frag.no_local_internal;
+        self.no_local_external += frag.no_local_external;
+        self.udp.extend(frag.udp.iter().cloned());
+        self.fragments.push(frag);
     }
 
     fn finish(mut self) -> Compiled {
@@ -949,11 +1042,60 @@ impl Compiler<'_> {
             health: self.out_health,
             no_local_endpoints_internal: self.no_local_internal,
             no_local_endpoints_external: self.no_local_external,
-            chain_owners: self.chain_owners,
+            fragments: self.fragments,
             udp: self.udp,
             large_cluster: self.large,
         }
     }
+}
+
+/// Everything one Service contributes: its own chains, and its entries in the shared chains.
+/// Fragments are cached by [`IncrementalCompiler`] and reused while the Service, its slices and
+/// the configuration are unchanged.
+#[derive(Debug, Default)]
+struct Fragment {
+    /// The Service's own nat chains (SVC, SVL, EXT, FW, SEP).
+    nat: Table,
+    /// Destination entries for nat KUBE-SERVICES (dispatched linearly or by the tree).
+    entries: Vec<Entry>,
+    nat_nodeports: Vec<Rule>,
+    filter_services: Vec<Rule>,
+    filter_external: Vec<Rule>,
+    filter_firewall: Vec<Rule>,
+    filter_nodeports: Vec<Rule>,
+    health: Option<ServiceHealth>,
+    no_local_internal: usize,
+    no_local_external: usize,
+    owners: Vec<(ChainName, ServicePortName)>,
+    udp: Vec<UdpServicePort>,
+}
+
+/// What a cached fragment was compiled from.
+#[derive(Debug)]
+struct CachedFragment {
+    service: Service,
+    slices: Option<BTreeMap<String, EndpointSlice>>,
+    fragment: Arc<Fragment>,
+}
+
+/// Inputs shared by every fragment; when any of them changes the cache is dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CacheKey {
+    cfg: ProxyConfig,
+    zone: Option<String>,
+    node_ip: Option<IpAddr>,
+    large: bool,
+}
+
+/// A compiler that remembers each Service's fragment and recompiles only Services whose
+/// object or EndpointSlices changed (compared by value, so callers need not track changes).
+/// The result is identical to [`compile`]; only the work differs.
+#[derive(Debug, Default)]
+pub struct IncrementalCompiler {
+    key: Option<CacheKey>,
+    cache: HashMap<ServiceName, CachedFragment>,
+    /// Services recompiled by the last call (the rest were reused).
+    pub last_recompiled: usize,
 }
 
 struct PortContext<'a> {

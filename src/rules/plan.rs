@@ -1,6 +1,8 @@
 //! Planning `iptables-restore --noflush` payloads: full, or only what changed.
 //!
-//! The planner keeps, per chain, a 64-bit hash of the rendered rules last applied. A partial
+//! The planner keeps, per chain, a 64-bit hash of the typed rules last applied (hashing the
+//! typed rules is much cheaper than rendering them, and only chains that are written get
+//! rendered). A partial
 //! payload declares (and so flushes and rewrites) exactly the chains whose rendering changed or
 //! that are new, and deletes (`:X` then `-X X`) the chains that are no longer wanted. Chains
 //! that did not change are not mentioned, so `--noflush` leaves them alone. Unlike upstream,
@@ -9,19 +11,27 @@
 //! ones, the kernel ends up with exactly the desired chains either way (property-tested against
 //! the restore model in `dump::restore`).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 
 use super::chain::ChainName;
-use super::render::rendered_chains;
-use super::rule::{RuleSet, TableName};
+use super::render::render_chain_rules;
+use super::rule::{ChainRules, Rule, RuleSet, TableName};
 
-/// What knat believes is in the kernel: per table, chain name to rendered-rules hash.
+/// One chain as last applied: its rules (shared, so a chain that was not recompiled is
+/// recognised by pointer without hashing) and their hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedChain {
+    pub hash: u64,
+    pub rules: ChainRules,
+}
+
+/// What knat believes is in the kernel, per table and chain.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppliedState {
-    pub chains: BTreeMap<(TableName, ChainName), u64>,
+    pub chains: HashMap<(TableName, ChainName), AppliedChain>,
 }
 
 /// Full: rewrite every chain (and delete stale ones). Partial: only what changed.
@@ -52,9 +62,9 @@ pub struct Plan {
     pub stats: PlanStats,
 }
 
-fn hash_text(text: &str) -> u64 {
+fn hash_rules(rules: &[Rule]) -> u64 {
     let mut h = DefaultHasher::new();
-    text.hash(&mut h);
+    rules.hash(&mut h);
     h.finish()
 }
 
@@ -73,38 +83,55 @@ pub fn plan(
         let table = desired.table(table_name);
         let mut declare = String::new();
         let mut rules = String::new();
-        let mut deletes = Vec::new();
-        for chain in rendered_chains(table) {
-            let hash = hash_text(&chain.text);
-            let key = (table_name, chain.name.clone());
-            let unchanged = applied.chains.get(&key) == Some(&hash);
+        let mut written = Vec::new();
+        for (name, chain_rules) in &table.chains {
+            let key = (table_name, name.clone());
+            let before = applied.chains.get(&key);
+            let (hash, unchanged) = match before {
+                Some(a) if std::sync::Arc::ptr_eq(&a.rules, chain_rules) => (a.hash, true),
+                _ => {
+                    let hash = hash_rules(chain_rules);
+                    (hash, before.is_some_and(|a| a.hash == hash))
+                }
+            };
             if kind == SyncKind::Full || !unchanged {
-                let _ = writeln!(declare, ":{} - [0:0]", chain.name);
-                rules.push_str(&chain.text);
-                stats.chains_written += 1;
-                stats.rules_written += chain.rules;
+                written.push((name, chain_rules));
             }
             match table_name {
-                TableName::Filter => stats.filter_rules_total += chain.rules,
-                TableName::Nat => stats.nat_rules_total += chain.rules,
+                TableName::Filter => stats.filter_rules_total += chain_rules.len(),
+                TableName::Nat => stats.nat_rules_total += chain_rules.len(),
             }
-            next.chains.insert(key, hash);
+            next.chains.insert(
+                key,
+                AppliedChain {
+                    hash,
+                    rules: chain_rules.clone(),
+                },
+            );
         }
-        let gone = applied
+        written.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (name, chain_rules) in written {
+            let _ = writeln!(declare, ":{name} - [0:0]");
+            render_chain_rules(&mut rules, name, chain_rules);
+            stats.chains_written += 1;
+            stats.rules_written += chain_rules.len();
+        }
+        let mut deletes: Vec<ChainName> = applied
             .chains
             .keys()
             .filter(|(t, name)| *t == table_name && !table.chains.contains_key(name))
-            .map(|(_, name)| name.clone());
-        let stale_here = stale
-            .iter()
-            .filter(|(t, name)| *t == table_name && !table.chains.contains_key(name))
-            .filter(|_| kind == SyncKind::Full)
-            .map(|(_, name)| name.clone());
-        for name in gone.chain(stale_here) {
-            if !deletes.contains(&name) {
-                deletes.push(name);
-            }
+            .map(|(_, name)| name.clone())
+            .collect();
+        if kind == SyncKind::Full {
+            deletes.extend(
+                stale
+                    .iter()
+                    .filter(|(t, name)| *t == table_name && !table.chains.contains_key(name))
+                    .map(|(_, name)| name.clone()),
+            );
         }
+        deletes.sort_unstable();
+        deletes.dedup();
         for name in &deletes {
             let _ = writeln!(declare, ":{name} - [0:0]");
         }

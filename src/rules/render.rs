@@ -24,7 +24,7 @@ pub struct RenderedChain {
 
 /// Every user chain of a table, rendered, in name order.
 pub fn rendered_chains(table: &Table) -> impl Iterator<Item = RenderedChain> + '_ {
-    table.chains.iter().map(|(name, rules)| {
+    table.sorted().into_iter().map(|(name, rules)| {
         let mut text = String::with_capacity(rules.len() * 120);
         render_chain_rules(&mut text, name, rules);
         RenderedChain {
@@ -46,13 +46,14 @@ pub fn render_standalone(rs: &RuleSet) -> String {
         for builtin in table_name.builtin_chains() {
             let _ = writeln!(out, ":{builtin} ACCEPT [0:0]");
         }
-        for name in table.chains.keys() {
+        let chains = table.sorted();
+        for (name, _) in &chains {
             let _ = writeln!(out, ":{name} - [0:0]");
         }
         for hook in rs.hooks.iter().filter(|h| h.table == table_name) {
             let _ = writeln!(out, "-A {} {}", hook.chain, hook.rule);
         }
-        for (name, rules) in &table.chains {
+        for (name, rules) in chains {
             render_chain_rules(&mut out, name, rules);
         }
         out.push_str("COMMIT\n");

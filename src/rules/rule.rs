@@ -1,6 +1,6 @@
 //! Typed iptables rules with a `Display` that reproduces upstream's argument order exactly.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -217,39 +217,57 @@ impl TableName {
     }
 }
 
-/// The user chains of one table; rule order inside a chain is significant.
+/// The rules of one chain, shared between the compiler's cache, the rule set and the
+/// planner's record of what was applied (cloning is a reference-count increment).
+pub type ChainRules = Arc<Vec<Rule>>;
+
+/// The user chains of one table; rule order inside a chain is significant. Chains are kept in
+/// a hash map (assembling 100,000 chains into a sorted map on every sync costs more than
+/// sorting once when rendering); use [`Table::sorted`] for deterministic output.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Table {
-    pub chains: BTreeMap<ChainName, Vec<Rule>>,
+    pub chains: HashMap<ChainName, ChainRules>,
 }
 
 impl Table {
     /// Declares a chain (empty if new) and returns its rules for appending.
     pub fn chain(&mut self, name: &ChainName) -> &mut Vec<Rule> {
         if !self.chains.contains_key(name) {
-            self.chains.insert(name.clone(), Vec::new());
+            self.chains.insert(name.clone(), ChainRules::default());
         }
-        self.chains.get_mut(name).expect("inserted above")
+        Arc::make_mut(self.chains.get_mut(name).expect("inserted above"))
     }
 
     /// Appends a rule to a chain, declaring the chain if needed.
     pub fn push(&mut self, chain: &ChainName, rule: Rule) {
         match self.chains.get_mut(chain) {
-            Some(rules) => rules.push(rule),
+            Some(rules) => Arc::make_mut(rules).push(rule),
             None => {
-                self.chains.insert(chain.clone(), vec![rule]);
+                self.chains.insert(chain.clone(), Arc::new(vec![rule]));
             }
         }
     }
 
     /// Declares a chain with all of its rules at once (replacing any previous content).
     pub fn set(&mut self, chain: ChainName, rules: Vec<Rule>) {
+        self.chains.insert(chain, Arc::new(rules));
+    }
+
+    /// Declares a chain with rules shared with someone else (a cached fragment).
+    pub fn set_shared(&mut self, chain: ChainName, rules: ChainRules) {
         self.chains.insert(chain, rules);
+    }
+
+    /// Chains in name order.
+    pub fn sorted(&self) -> Vec<(&ChainName, &ChainRules)> {
+        let mut chains: Vec<_> = self.chains.iter().collect();
+        chains.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        chains
     }
 
     /// Number of rules over all chains.
     pub fn rule_count(&self) -> usize {
-        self.chains.values().map(Vec::len).sum()
+        self.chains.values().map(|rules| rules.len()).sum()
     }
 }
 
