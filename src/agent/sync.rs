@@ -32,9 +32,10 @@ use crate::config::ProxyConfig;
 use crate::health::{ProxyHealth, ServiceHealthServers};
 use crate::metrics::Metrics;
 use crate::model::{IpFamily, ServiceName, Snapshot};
+use crate::rules::compile::IncrementalCompiler;
 use crate::rules::compile::UdpServicePort;
 use crate::rules::plan::SyncKind;
-use crate::rules::{AppliedState, PlanStats, ServiceHealth, compile, plan};
+use crate::rules::{AppliedState, PlanStats, ServiceHealth, plan};
 
 /// Upstream's `FullSyncPeriod`: a full sync at least this often.
 pub const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
@@ -212,6 +213,8 @@ pub struct FamilySync {
     pub ipt: Iptables,
     pub conntrack: Conntrack,
     applied: AppliedState,
+    /// Recompiles only Services whose object or slices changed since the last sync.
+    compiler: IncrementalCompiler,
     last_udp: Option<Vec<UdpServicePort>>,
 }
 
@@ -223,6 +226,7 @@ impl FamilySync {
             ipt,
             conntrack,
             applied: AppliedState::default(),
+            compiler: IncrementalCompiler::default(),
             last_udp: None,
         }
     }
@@ -235,7 +239,7 @@ impl FamilySync {
         kind: SyncKind,
     ) -> Result<FamilyOutcome, BackendError> {
         let family = self.cfg.family;
-        let compiled = compile(snapshot, &self.cfg);
+        let compiled = self.compiler.compile(snapshot, &self.cfg);
         let full = kind == SyncKind::Full;
         let stale = if full {
             self.ipt.ensure_canaries().await?;
