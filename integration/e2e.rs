@@ -24,7 +24,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use knat::lab::control_plane::{
-    ControlPlane, ControlPlaneOptions, Daemon, K8sBinaries, PodObject, ProxyKind, ProxyOptions,
+    self, ControlPlane, ControlPlaneOptions, Daemon, K8sBinaries, PodObject, ProxyKind,
+    ProxyOptions,
 };
 use knat::lab::{Backend, Family, Lab, LabOptions, ProbeResult, Proto, Scenario, preflight};
 
@@ -631,11 +632,12 @@ fn continuous(
         match cluster.lab.probe_many(from, target, Proto::Tcp, 20) {
             Ok(results) => {
                 total += results.len();
+                let at = control_plane::now_rfc3339();
                 failures.extend(
                     results
                         .iter()
                         .filter(|r| r.reply().is_none())
-                        .map(ProbeResult::describe),
+                        .map(|r| format!("{} (batch ending {at})", r.describe())),
                 );
             }
             Err(e) => failures.push(e.to_string()),
@@ -666,14 +668,16 @@ fn under_traffic(cluster: &Cluster, sides: &[Side], what: &str, during: impl FnO
             .map(|h| h.join().unwrap_or((0, vec!["prober panicked".into()])))
             .collect::<Vec<_>>()
     });
-    for (side, (total, failures)) in sides.iter().zip(results) {
+    for (side, (total, failures)) in sides.iter().zip(&results) {
         eprintln!(
             "e2e:   [{}] {what}: {total} connections, {} failed",
             side.label,
             failures.len()
         );
+    }
+    for (side, (total, failures)) in sides.iter().zip(&results) {
         assert!(
-            failures.is_empty() && total > 0,
+            failures.is_empty() && *total > 0,
             "e2e: [{}] {what}: {} of {total} connections failed: {:?}\n{}",
             side.label,
             failures.len(),

@@ -27,7 +27,7 @@ elif ! bash scripts/build-k8s.sh >/dev/null; then
   echo "test.sh: WARNING: could not build the Kubernetes binaries; the e2e tier will report SKIPPED" >&2
 fi
 echo "== cargo test (unit, golden, packet-flow, real-kernel namespace tests, real control plane)"
-cargo test --all-targets 2>&1 | tee /tmp/knat-test-$$.log
+cargo test --all-targets --no-fail-fast 2>&1 | tee /tmp/knat-test-$$.log
 status=${PIPESTATUS[0]}
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' /tmp/knat-test-$$.log | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' /tmp/knat-test-$$.log | awk '{s+=$1} END {print s+0}')
