@@ -291,6 +291,26 @@ impl Cluster {
             ));
         }
         out.push_str(&self.cp.log_tails(10));
+        // Where ICMP errors and drops come from, for "No route to host" and timeouts.
+        for host in ["node-1", "twin-1", CLIENT] {
+            if let Ok(counters) = self.lab.exec(host, "nstat", &["-az"]) {
+                let wanted: Vec<&str> = counters
+                    .lines()
+                    .filter(|l| {
+                        let name = l.split_whitespace().next().unwrap_or_default();
+                        let value = l.split_whitespace().nth(1).unwrap_or("0");
+                        value != "0" && (name.starts_with("Icmp") || name.contains("Unreach"))
+                    })
+                    .collect();
+                out.push_str(&format!(
+                    "\n--- {host} nstat (ICMP) ---\n{}",
+                    wanted.join("\n")
+                ));
+            }
+        }
+        if let Ok(neigh) = self.lab.exec("node-1", "ip", &["neigh"]) {
+            out.push_str(&format!("\n--- node-1 neighbours ---\n{neigh}"));
+        }
         out
     }
 

@@ -486,13 +486,13 @@ fn local_service(
             Severity::Warning,
             name.clone(),
             format!(
-                "imbalanced: a pod on a node with {min} pod(s) gets {ratio:.1}x the traffic of a pod on a node with {max} \
+                "imbalanced: each pod on a node with {min} pod(s) gets {ratio:.1}x the traffic of each pod on a node with {max} \
                  (load balancer splitting evenly over {} nodes; threshold {:.1})",
                 spread.nodes.len(),
                 options.imbalance_threshold
             ),
             Some(match &advice {
-                Some(a) => format!("spread the pods across nodes (see the snippet below) or use a weighted load balancer; {}", short_rule(a)),
+                Some(a) => format!("spread the pods across nodes (snippet under the service above) or use a weighted load balancer; {}", short_rule(a)),
                 None => "spread the endpoints across nodes, or use a load balancer that reads X-Load-Balancing-Endpoint-Weight".into(),
             }),
         ));
