@@ -308,6 +308,28 @@ impl Cluster {
                 ));
             }
         }
+        let fabric = self.lab.fabric_namespace();
+        if let Ok(counters) = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &fabric,
+                "nstat",
+                "-az",
+                "IcmpOutDestUnreachs",
+            ])
+            .output()
+        {
+            out.push_str(&format!(
+                "\n--- fabric (unreachable for unDNATed packets) ---\n{}",
+                String::from_utf8_lossy(&counters.stdout)
+            ));
+        }
+        for host in ["node-1", "twin-1"] {
+            if let Ok(stats) = self.lab.exec(host, "conntrack", &["-S"]) {
+                out.push_str(&format!("\n--- {host} conntrack -S ---\n{stats}"));
+            }
+        }
         if let Ok(neigh) = self.lab.exec("node-1", "ip", &["neigh"]) {
             out.push_str(&format!("\n--- node-1 neighbours ---\n{neigh}"));
         }

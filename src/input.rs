@@ -89,9 +89,12 @@ fn describe(value: &Value) -> String {
     }
 }
 
-/// Parses every document of every source and builds the snapshot for `node_name`.
-pub fn load(sources: &[Source], node_name: &str) -> Result<Loaded, InputError> {
-    let mut loaded = Loaded::default();
+/// Calls `visit` with every document of every source and where it came from
+/// (`file (document N)`); stops at the first syntax error.
+fn for_each_document(
+    sources: &[Source],
+    mut visit: impl FnMut(Value, &str),
+) -> Result<(), InputError> {
     for source in sources {
         for (index, document) in serde_yaml_ng::Deserializer::from_str(&source.text).enumerate() {
             let value = Value::deserialize(document).map_err(|e| {
@@ -106,10 +109,18 @@ pub fn load(sources: &[Source], node_name: &str) -> Result<Loaded, InputError> {
                     message: e.to_string(),
                 }
             })?;
-            let place = format!("{} (document {})", source.name, index + 1);
-            add_value(&mut loaded, value, &place, node_name);
+            visit(value, &format!("{} (document {})", source.name, index + 1));
         }
     }
+    Ok(())
+}
+
+/// Parses every document of every source and builds the snapshot for `node_name`.
+pub fn load(sources: &[Source], node_name: &str) -> Result<Loaded, InputError> {
+    let mut loaded = Loaded::default();
+    for_each_document(sources, |value, place| {
+        add_value(&mut loaded, value, place, node_name)
+    })?;
     Ok(loaded)
 }
 
@@ -193,24 +204,9 @@ pub struct Objects {
 /// Parses every document of every source into raw Services, EndpointSlices and Nodes.
 pub fn load_objects(sources: &[Source]) -> Result<Objects, InputError> {
     let mut objects = Objects::default();
-    for source in sources {
-        for (index, document) in serde_yaml_ng::Deserializer::from_str(&source.text).enumerate() {
-            let value = Value::deserialize(document).map_err(|e| {
-                let (line, column) = e
-                    .location()
-                    .map(|l| (l.line(), l.column()))
-                    .unwrap_or((0, 0));
-                InputError::Syntax {
-                    file: source.name.clone(),
-                    line,
-                    column,
-                    message: e.to_string(),
-                }
-            })?;
-            let place = format!("{} (document {})", source.name, index + 1);
-            add_object(&mut objects, value, &place);
-        }
-    }
+    for_each_document(sources, |value, place| {
+        add_object(&mut objects, value, place)
+    })?;
     Ok(objects)
 }
 

@@ -89,9 +89,11 @@ fn port_u16(value: i32, what: &str) -> Result<u16, Skip> {
         .ok_or_else(|| malformed(format!("{what} {value} is out of range 1-65535")))
 }
 
-/// Converts a Service. See the module docs for what is ignored and what is malformed.
-pub fn service(svc: &K8sService) -> Result<Service, Skip> {
-    let meta = &svc.metadata;
+/// Namespace and name of a Service or EndpointSlice that this proxy handles: objects claimed by
+/// another proxy (`service.kubernetes.io/service-proxy-name`) or labelled headless are ignored.
+fn proxied_identity(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Result<(String, String), Skip> {
     let name = meta
         .name
         .clone()
@@ -107,6 +109,13 @@ pub fn service(svc: &K8sService) -> Result<Service, Skip> {
     if label(labels, LABEL_HEADLESS).is_some() {
         return Err(Skip::Ignored("labelled headless".into()));
     }
+    Ok((namespace, name))
+}
+
+/// Converts a Service. See the module docs for what is ignored and what is malformed.
+pub fn service(svc: &K8sService) -> Result<Service, Skip> {
+    let meta = &svc.metadata;
+    let (namespace, name) = proxied_identity(meta)?;
     let spec = svc
         .spec
         .as_ref()
@@ -250,21 +259,8 @@ pub fn service(svc: &K8sService) -> Result<Service, Skip> {
 /// Converts an EndpointSlice. Ports without a name or number are dropped as upstream does.
 pub fn endpoint_slice(slice: &K8sEndpointSlice) -> Result<EndpointSlice, Skip> {
     let meta = &slice.metadata;
-    let slice_name = meta
-        .name
-        .clone()
-        .ok_or_else(|| malformed("metadata.name is missing"))?;
-    let namespace = meta
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".to_string());
+    let (namespace, slice_name) = proxied_identity(meta)?;
     let labels = meta.labels.as_ref();
-    if let Some(proxy) = label(labels, LABEL_SERVICE_PROXY_NAME) {
-        return Err(Skip::Ignored(format!("handled by service proxy {proxy:?}")));
-    }
-    if label(labels, LABEL_HEADLESS).is_some() {
-        return Err(Skip::Ignored("labelled headless".into()));
-    }
     let service_name = label(labels, LABEL_SERVICE_NAME)
         .ok_or_else(|| malformed(format!("label {LABEL_SERVICE_NAME} is missing")))?;
     let family = match slice.address_type.as_str() {
