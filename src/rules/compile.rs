@@ -325,102 +325,103 @@ impl Compiler<'_> {
         self.hooks();
     }
 
+    /// The jumps from the builtin chains, in their final top-to-bottom order (upstream inserts
+    /// them one by one at position 1, so its list is the reverse of this one per chain).
     fn hooks(&mut self) {
-        let new = || Match::CtState {
-            negated: false,
-            states: "NEW",
-        };
-        let hook = |table, chain: &str, matches: Vec<Match>, to: &str| Hook {
-            table,
-            chain: ChainName::fixed(chain),
-            rule: Rule::new(matches, Target::Jump(ChainName::fixed(to))),
-        };
-        let ext = "kubernetes externally-visible service portals";
-        let portals = "kubernetes service portals";
-        let lbfw = "kubernetes load balancer firewall";
-        let kubelet_fw = self.cfg.localhost_nodeports_effective();
+        const EXT: &str = "kubernetes externally-visible service portals";
+        const PORTALS: &str = "kubernetes service portals";
+        const LB_FIREWALL: &str = "kubernetes load balancer firewall";
+        const HEALTH: &str = "kubernetes health check service ports";
+        const FORWARDING: &str = "kubernetes forwarding rules";
+        const POSTROUTING: &str = "kubernetes postrouting rules";
+        // (table, builtin chain, only NEW connections, comment, target); a `None` comment is
+        // kubelet's own uncommented jump to KUBE-FIREWALL.
         let f = TableName::Filter;
         let n = TableName::Nat;
-        let mut hooks = Vec::new();
-        if kubelet_fw {
-            hooks.push(hook(f, "INPUT", vec![], ChainName::KUBE_FIREWALL));
-        }
-        hooks.push(hook(
-            f,
-            "INPUT",
-            vec![new(), c(lbfw)],
-            ChainName::KUBE_PROXY_FIREWALL,
-        ));
-        hooks.push(hook(
-            f,
-            "INPUT",
-            vec![c("kubernetes health check service ports")],
-            ChainName::KUBE_NODEPORTS,
-        ));
-        hooks.push(hook(
-            f,
-            "INPUT",
-            vec![new(), c(ext)],
-            ChainName::KUBE_EXTERNAL_SERVICES,
-        ));
-        hooks.push(hook(
-            f,
-            "FORWARD",
-            vec![new(), c(lbfw)],
-            ChainName::KUBE_PROXY_FIREWALL,
-        ));
-        hooks.push(hook(
-            f,
-            "FORWARD",
-            vec![c("kubernetes forwarding rules")],
-            ChainName::KUBE_FORWARD,
-        ));
-        hooks.push(hook(
-            f,
-            "FORWARD",
-            vec![new(), c(portals)],
-            ChainName::KUBE_SERVICES,
-        ));
-        hooks.push(hook(
-            f,
-            "FORWARD",
-            vec![new(), c(ext)],
-            ChainName::KUBE_EXTERNAL_SERVICES,
-        ));
-        if kubelet_fw {
-            hooks.push(hook(f, "OUTPUT", vec![], ChainName::KUBE_FIREWALL));
-        }
-        hooks.push(hook(
-            f,
-            "OUTPUT",
-            vec![new(), c(lbfw)],
-            ChainName::KUBE_PROXY_FIREWALL,
-        ));
-        hooks.push(hook(
-            f,
-            "OUTPUT",
-            vec![new(), c(portals)],
-            ChainName::KUBE_SERVICES,
-        ));
-        hooks.push(hook(
-            n,
-            "PREROUTING",
-            vec![c(portals)],
-            ChainName::KUBE_SERVICES,
-        ));
-        hooks.push(hook(
-            n,
-            "OUTPUT",
-            vec![c(portals)],
-            ChainName::KUBE_SERVICES,
-        ));
-        hooks.push(hook(
-            n,
-            "POSTROUTING",
-            vec![c("kubernetes postrouting rules")],
-            ChainName::KUBE_POSTROUTING,
-        ));
-        self.rs.hooks = hooks;
+        let table: [(TableName, &str, bool, Option<&str>, &str); 14] = [
+            (f, "INPUT", false, None, ChainName::KUBE_FIREWALL),
+            (
+                f,
+                "INPUT",
+                true,
+                Some(LB_FIREWALL),
+                ChainName::KUBE_PROXY_FIREWALL,
+            ),
+            (f, "INPUT", false, Some(HEALTH), ChainName::KUBE_NODEPORTS),
+            (
+                f,
+                "INPUT",
+                true,
+                Some(EXT),
+                ChainName::KUBE_EXTERNAL_SERVICES,
+            ),
+            (
+                f,
+                "FORWARD",
+                true,
+                Some(LB_FIREWALL),
+                ChainName::KUBE_PROXY_FIREWALL,
+            ),
+            (
+                f,
+                "FORWARD",
+                false,
+                Some(FORWARDING),
+                ChainName::KUBE_FORWARD,
+            ),
+            (f, "FORWARD", true, Some(PORTALS), ChainName::KUBE_SERVICES),
+            (
+                f,
+                "FORWARD",
+                true,
+                Some(EXT),
+                ChainName::KUBE_EXTERNAL_SERVICES,
+            ),
+            (f, "OUTPUT", false, None, ChainName::KUBE_FIREWALL),
+            (
+                f,
+                "OUTPUT",
+                true,
+                Some(LB_FIREWALL),
+                ChainName::KUBE_PROXY_FIREWALL,
+            ),
+            (f, "OUTPUT", true, Some(PORTALS), ChainName::KUBE_SERVICES),
+            (
+                n,
+                "PREROUTING",
+                false,
+                Some(PORTALS),
+                ChainName::KUBE_SERVICES,
+            ),
+            (n, "OUTPUT", false, Some(PORTALS), ChainName::KUBE_SERVICES),
+            (
+                n,
+                "POSTROUTING",
+                false,
+                Some(POSTROUTING),
+                ChainName::KUBE_POSTROUTING,
+            ),
+        ];
+        let kubelet_fw = self.cfg.localhost_nodeports_effective();
+        self.rs.hooks = table
+            .into_iter()
+            .filter(|(_, _, _, _, to)| kubelet_fw || *to != ChainName::KUBE_FIREWALL)
+            .map(|(table, chain, new_only, comment, to)| {
+                let mut matches = Vec::new();
+                if new_only {
+                    matches.push(Match::CtState {
+                        negated: false,
+                        states: "NEW",
+                    });
+                }
+                matches.extend(comment.map(c));
+                Hook {
+                    table,
+                    chain: ChainName::fixed(chain),
+                    rule: Rule::new(matches, Target::Jump(ChainName::fixed(to))),
+                }
+            })
+            .collect();
     }
 
     fn service(
