@@ -76,3 +76,64 @@ pub fn emit(text: &str) -> anyhow::Result<()> {
         other => Ok(other.context("writing to standard output")?),
     }
 }
+
+/// Dispatch styles for nat KUBE-SERVICES.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DispatchArg {
+    /// One rule per destination, exactly as upstream kube-proxy.
+    Linear,
+    /// A prefix tree of chains (identical to linear for small clusters).
+    Tree,
+}
+
+/// The flags that shape the rules, shared by `render`, `diff` and `run` so that all three
+/// compile exactly the same rules for the same flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RuleFlags {
+    /// Pod CIDR(s): traffic from them is pod traffic (the first one per family is used).
+    #[arg(long = "cluster-cidr", value_delimiter = ',')]
+    pub cluster_cidrs: Vec<ipnet::IpNet>,
+    /// Masquerade all traffic sent to ClusterIPs.
+    #[arg(long)]
+    pub masquerade_all: bool,
+    /// Accept NodePorts only on local addresses in these CIDRs (default: all local addresses).
+    #[arg(long = "nodeport-addresses", value_delimiter = ',')]
+    pub nodeport_addresses: Vec<ipnet::IpNet>,
+    /// Serve NodePorts on 127.0.0.1 (IPv4), as upstream does by default.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub localhost_nodeports: bool,
+    /// Append --random-fully to MASQUERADE.
+    #[arg(long)]
+    pub random_fully: bool,
+    /// `linear` writes nat KUBE-SERVICES exactly as upstream; `tree` dispatches by prefix.
+    #[arg(long, value_enum, default_value = "tree")]
+    pub dispatch: DispatchArg,
+    /// Maximum entries per dispatch chain.
+    #[arg(long, default_value_t = knat::config::DEFAULT_LEAF_SIZE)]
+    pub dispatch_leaf_size: usize,
+}
+
+impl RuleFlags {
+    /// The compiler configuration for one family (not yet validated: callers may still set
+    /// addresses and the masquerade bit).
+    pub fn config(
+        &self,
+        node_name: &str,
+        family: knat::model::IpFamily,
+    ) -> Result<knat::config::ProxyConfig, knat::config::ConfigError> {
+        use knat::config::{Dispatch, LocalDetector, ProxyConfig};
+        let mut cfg = ProxyConfig::new(node_name, family)?;
+        cfg.local_detector = LocalDetector::from_cidrs(&self.cluster_cidrs, family);
+        cfg.masquerade_all = self.masquerade_all;
+        cfg.nodeport_addresses = self.nodeport_addresses.clone();
+        cfg.localhost_nodeports = self.localhost_nodeports;
+        cfg.random_fully = self.random_fully;
+        cfg.dispatch = match self.dispatch {
+            DispatchArg::Linear => Dispatch::Linear,
+            DispatchArg::Tree => Dispatch::Tree {
+                leaf_size: self.dispatch_leaf_size,
+            },
+        };
+        Ok(cfg)
+    }
+}

@@ -5,17 +5,16 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use ipnet::IpNet;
 use knat::backend::{self, Iptables, Mode};
-use knat::config::DEFAULT_LEAF_SIZE;
 use knat::diff::{self, DiffReport};
 use knat::dump::parse;
 use knat::input::{self, Severity};
 use knat::model::IpFamily;
 use knat::rules::compile;
 
+use super::common::RuleFlags;
 use super::common::{FamilyArg, read_sources};
-use super::render::{DispatchArg, RenderArgs};
+use super::render::RenderArgs;
 use super::run::BackendArg;
 
 /// Output formats.
@@ -44,27 +43,12 @@ pub struct DiffArgs {
     pub iptables_backend: BackendArg,
     #[arg(long, value_enum, default_value = "text")]
     pub output: OutputArg,
-    /// Pod CIDR(s), as given to the agent.
-    #[arg(long = "cluster-cidr", value_delimiter = ',')]
-    pub cluster_cidrs: Vec<IpNet>,
-    /// Masquerade all traffic sent to ClusterIPs (as given to the agent).
-    #[arg(long)]
-    pub masquerade_all: bool,
-    /// NodePort address restriction, as given to the agent.
-    #[arg(long = "nodeport-addresses", value_delimiter = ',')]
-    pub nodeport_addresses: Vec<IpNet>,
+    /// The rule flags given to the agent.
+    #[command(flatten)]
+    pub rules: RuleFlags,
     /// This node's addresses (the primary first).
     #[arg(long = "node-ip")]
     pub node_ips: Vec<IpAddr>,
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub localhost_nodeports: bool,
-    #[arg(long)]
-    pub random_fully: bool,
-    /// Dispatch style of the agent (`linear` to compare with upstream kube-proxy's rules).
-    #[arg(long, value_enum, default_value = "tree")]
-    pub dispatch: DispatchArg,
-    #[arg(long, default_value_t = DEFAULT_LEAF_SIZE)]
-    pub dispatch_leaf_size: usize,
     /// Manifests (YAML or JSON; directories are read for *.yaml, *.yml, *.json); `-` is stdin.
     pub files: Vec<String>,
 }
@@ -73,15 +57,9 @@ impl DiffArgs {
     fn render_args(&self, family: FamilyArg) -> RenderArgs {
         RenderArgs {
             node_name: self.node_name.clone(),
-            cluster_cidrs: self.cluster_cidrs.clone(),
-            masquerade_all: self.masquerade_all,
+            rules: self.rules.clone(),
             ip_family: family,
-            nodeport_addresses: self.nodeport_addresses.clone(),
             node_ips: self.node_ips.clone(),
-            localhost_nodeports: self.localhost_nodeports,
-            random_fully: self.random_fully,
-            dispatch: self.dispatch,
-            dispatch_leaf_size: self.dispatch_leaf_size,
             files: Vec::new(),
         }
     }

@@ -7,19 +7,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use ipnet::IpNet;
 use knat::agent::index::SourceState;
 use knat::agent::node_identity::{self, MISSING_NODE_FIX, NameSource};
 use knat::agent::sync::{FamilySync, Scheduler, SyncLoop, Timing};
 use knat::agent::{files, watch as kwatch};
 use knat::backend::{self, Iptables, Mode};
-use knat::config::{DEFAULT_LEAF_SIZE, Dispatch, LocalDetector, ProxyConfig};
+use knat::config::ProxyConfig;
 use knat::health::{self, AdminState, ProxyHealth, ServiceHealthServers};
 use knat::metrics::Metrics;
 use knat::model::IpFamily;
 
-use super::common::FamilyArg;
-use super::render::DispatchArg;
+use super::common::{FamilyArg, RuleFlags};
 
 /// `--iptables-backend` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -79,15 +77,8 @@ pub struct RunArgs {
     /// Program rules from the manifests in DIR (re-read when they change) instead of the API.
     #[arg(long, value_name = "DIR")]
     pub from_files: Option<PathBuf>,
-    /// Pod CIDR(s): traffic from them is pod traffic (first one per family is used).
-    #[arg(long = "cluster-cidr", value_delimiter = ',')]
-    pub cluster_cidrs: Vec<IpNet>,
-    /// Masquerade all traffic sent to ClusterIPs.
-    #[arg(long)]
-    pub masquerade_all: bool,
-    /// Accept NodePorts only on local addresses in these CIDRs (default: all local addresses).
-    #[arg(long = "nodeport-addresses", value_delimiter = ',')]
-    pub nodeport_addresses: Vec<IpNet>,
+    #[command(flatten)]
+    pub rules: RuleFlags,
     /// Minimum interval between two syncs (start to start; a burst of 2 is allowed).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub iptables_min_sync_period: Duration,
@@ -108,17 +99,6 @@ pub struct RunArgs {
     /// IP families to program (default: IPv4, plus IPv6 when the host has it).
     #[arg(long = "ip-families", value_enum, value_delimiter = ',')]
     pub ip_families: Vec<FamilyArg>,
-    /// Serve NodePorts on 127.0.0.1 (IPv4), as upstream does by default.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub localhost_nodeports: bool,
-    /// Append --random-fully to MASQUERADE.
-    #[arg(long)]
-    pub random_fully: bool,
-    #[arg(long, value_enum, default_value = "tree")]
-    pub dispatch: DispatchArg,
-    /// Maximum entries per dispatch chain.
-    #[arg(long, default_value_t = DEFAULT_LEAF_SIZE)]
-    pub dispatch_leaf_size: usize,
     /// How often --from-files polls the directory.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub files_poll_interval: Duration,
@@ -166,22 +146,11 @@ impl RunArgs {
     }
 
     fn config(&self, node_name: &str, family: IpFamily) -> anyhow::Result<ProxyConfig> {
-        let mut cfg = ProxyConfig::new(node_name, family)?;
-        cfg.local_detector = LocalDetector::from_cidrs(&self.cluster_cidrs, family);
-        cfg.masquerade_all = self.masquerade_all;
+        let mut cfg = self.rules.config(node_name, family)?;
         cfg.masquerade_bit = self.iptables_masquerade_bit;
-        cfg.nodeport_addresses = self.nodeport_addresses.clone();
         if !cfg.nodeports_match_all() {
             cfg.local_addresses = local_addresses(family);
         }
-        cfg.localhost_nodeports = self.localhost_nodeports;
-        cfg.random_fully = self.random_fully;
-        cfg.dispatch = match self.dispatch {
-            DispatchArg::Linear => Dispatch::Linear,
-            DispatchArg::Tree => Dispatch::Tree {
-                leaf_size: self.dispatch_leaf_size,
-            },
-        };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -284,13 +253,13 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     // Health-check node ports listen on the wildcard, or on the local addresses allowed by
     // --nodeport-addresses.
-    let hc_addresses: Vec<IpAddr> = if args.nodeport_addresses.is_empty() {
+    let hc_addresses: Vec<IpAddr> = if args.rules.nodeport_addresses.is_empty() {
         Vec::new()
     } else {
         families
             .iter()
             .flat_map(|f| local_addresses(*f))
-            .filter(|ip| args.nodeport_addresses.iter().any(|n| n.contains(ip)))
+            .filter(|ip| args.rules.nodeport_addresses.iter().any(|n| n.contains(ip)))
             .collect()
     };
     let sync_loop = SyncLoop {
