@@ -10,31 +10,9 @@ use std::time::{Duration, Instant};
 
 const KNAT: &str = env!("CARGO_BIN_EXE_knat");
 
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false)
-}
-
-/// True when the test can run; panics under CI when it cannot.
+/// True when the test can run (see `knat::lab::test_prerequisites`).
 fn prerequisites(test: &str) -> bool {
-    // /proc/self is owned by the effective uid.
-    let is_root =
-        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").expect("/proc/self"))
-            == 0;
-    let missing: Vec<&str> = ["ip", "iptables-save", "iptables-restore", "curl"]
-        .into_iter()
-        .filter(|p| !on_path(p))
-        .collect();
-    if is_root && missing.is_empty() {
-        return true;
-    }
-    let why = format!("root: {is_root}, missing tools: {missing:?}");
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: prerequisites missing under CI=true ({why})");
-    }
-    eprintln!("\n*** SKIPPED {test}: needs root, ip, iptables and curl ({why}) ***\n");
-    false
+    knat::lab::test_prerequisites(test, &["ip", "iptables-save", "iptables-restore", "curl"])
 }
 
 /// A network namespace (deleted on drop), the agent running in it (killed on drop) and a

@@ -18,34 +18,17 @@ const FIXTURE: &str = concat!(
 /// `KUBE-SVL-` + upstream's hash of `demo/web:httptcp` (reference test vector).
 const SVL: &str = "KUBE-SVL-XRY76EGRC3BSCIIJ";
 
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false)
-}
-
+/// True when the test can run (see `knat::lab::test_prerequisites`).
 fn prerequisites(test: &str) -> bool {
-    let is_root =
-        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").expect("/proc/self"))
-            == 0;
-    let missing: Vec<&str> = [
-        "ip",
-        "iptables-nft",
-        "iptables-nft-restore",
-        "iptables-nft-save",
-    ]
-    .into_iter()
-    .filter(|p| !on_path(p))
-    .collect();
-    if is_root && missing.is_empty() {
-        return true;
-    }
-    let why = format!("root: {is_root}, missing tools: {missing:?}");
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: prerequisites missing under CI=true ({why})");
-    }
-    eprintln!("\n*** SKIPPED {test}: needs root, ip and iptables-nft ({why}) ***\n");
-    false
+    knat::lab::test_prerequisites(
+        test,
+        &[
+            "ip",
+            "iptables-nft",
+            "iptables-nft-restore",
+            "iptables-nft-save",
+        ],
+    )
 }
 
 /// A network namespace, deleted on drop.

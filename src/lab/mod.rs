@@ -28,7 +28,7 @@ pub use echo::{
 pub use scenario::{
     EndpointState, Family, Proto, Role, Scenario, ScenarioError, ServiceSpec, ServiceType,
 };
-pub use sys::{preflight, required_programs};
+pub use sys::{preflight, required_programs, test_prerequisites};
 
 /// Everything that can go wrong in the lab.
 #[derive(Debug, thiserror::Error)]
