@@ -16,10 +16,6 @@ use knat::rules::plan::SyncKind;
 use knat::rules::rule::{Addr, Match, Target};
 use knat::rules::{AppliedState, ChainName, RuleSet, compile, plan, render_standalone};
 
-// The same allocator as the knat binary, so the numbers describe what the agent does.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const ENDPOINTS: usize = 10;
 const NODES: usize = 100;
 

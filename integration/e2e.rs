@@ -181,6 +181,25 @@ impl Cluster {
     fn start(binaries: K8sBinaries) -> Cluster {
         let lab = Lab::build(scenario(), LabOptions::new(Path::new(KNAT), Backend::Nft))
             .expect("build the lab namespaces");
+        // A load balancer does not act on ICMP redirects, and nodes in a cloud VPC do not
+        // send them. Here a node that forwards a packet back out of the interface it came in
+        // on (Cluster traffic to a pod on another node) would redirect the client, whose
+        // routing cache would then send later VIP connections straight to another node.
+        for host in lab.scenario().nodes.iter().chain(&lab.scenario().clients) {
+            lab.exec(
+                host,
+                "sysctl",
+                &[
+                    "-q",
+                    "-w",
+                    "net.ipv4.conf.all.send_redirects=0",
+                    "net.ipv4.conf.eth0.send_redirects=0",
+                    "net.ipv4.conf.all.accept_redirects=0",
+                    "net.ipv4.conf.eth0.accept_redirects=0",
+                ],
+            )
+            .expect("disable ICMP redirects");
+        }
         let address = lab.scenario().fabric_gateway(Family::V4);
         let t = Instant::now();
         let cp = ControlPlane::start(ControlPlaneOptions {
