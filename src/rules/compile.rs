@@ -121,7 +121,7 @@ impl Compiled {
     pub fn chain_owners(&self) -> BTreeMap<ChainName, ServicePortName> {
         self.fragments
             .iter()
-            .flat_map(|f| f.owners.iter().cloned())
+            .flat_map(|f| f.owners.iter().map(|(c, s)| (c.clone(), (**s).clone())))
             .collect()
     }
 }
@@ -496,6 +496,7 @@ impl Compiler<'_> {
         let proto = port.protocol;
         let spn_text: Arc<str> = ctx.spn.to_string().into();
         let chains = ServiceChains::new(&ctx.spn);
+        let owner = Arc::new(ctx.spn.clone());
         let externally_accessible =
             port.node_port.is_some() || !ctx.lb_ips.is_empty() || !ctx.external_ips.is_empty();
         let uses_cluster = !svc.internal_policy_local || externally_accessible;
@@ -761,7 +762,7 @@ impl Compiler<'_> {
             if has_external {
                 frag.nat.push(ext, Rule::new(vec![], jump(external_chain)));
             }
-            frag.owners.push((ext.clone(), ctx.spn.clone()));
+            frag.owners.push((ext.clone(), owner.clone()));
         }
         // loadBalancerSourceRanges.
         if uses_fw_chain {
@@ -811,33 +812,37 @@ impl Compiler<'_> {
                     Target::None,
                 ),
             );
-            frag.owners.push((fw.clone(), ctx.spn.clone()));
+            frag.owners.push((fw.clone(), owner.clone()));
         }
-        // Policy chains and endpoint chains.
+        // Policy chains and endpoint chains. SEP names are hashed once per endpoint.
+        let seps: Vec<(&EndpointInfo, ChainName)> = cat
+            .all_reachable
+            .iter()
+            .map(|ep| (*ep, endpoint_chain(&spn_text, proto, &ep.key)))
+            .collect();
         if uses_cluster_chain {
             self.endpoint_jumps(
                 frag,
                 &chains.svc,
                 &spn_text,
-                proto,
+                &seps,
                 svc.session_affinity_timeout,
                 &cat.cluster,
             );
-            frag.owners.push((chains.svc.clone(), ctx.spn.clone()));
+            frag.owners.push((chains.svc.clone(), owner.clone()));
         }
         if uses_local_chain {
             self.endpoint_jumps(
                 frag,
                 &chains.svl,
                 &spn_text,
-                proto,
+                &seps,
                 svc.session_affinity_timeout,
                 &cat.local,
             );
-            frag.owners.push((chains.svl.clone(), ctx.spn.clone()));
+            frag.owners.push((chains.svl.clone(), owner.clone()));
         }
-        for ep in &cat.all_reachable {
-            let sep = endpoint_chain(&spn_text, proto, &ep.key);
+        for (ep, sep) in seps {
             let mut hairpin = Vec::with_capacity(2);
             let mut dnat = Vec::with_capacity(3);
             if !self.large {
@@ -856,7 +861,7 @@ impl Compiler<'_> {
                 Rule::new(hairpin, jump(&self.kube_mark_masq)),
                 Rule::new(dnat, Target::Dnat(ep.key.clone())),
             ];
-            frag.owners.push((sep.clone(), ctx.spn.clone()));
+            frag.owners.push((sep.clone(), owner.clone()));
             frag.nat.set(sep, rules);
         }
         if proto == Protocol::Udp {
@@ -889,16 +894,21 @@ impl Compiler<'_> {
         frag: &mut Fragment,
         chain: &ChainName,
         spn_text: &str,
-        proto: Protocol,
+        seps: &[(&EndpointInfo, ChainName)],
         affinity: Option<u32>,
         endpoints: &[&EndpointInfo],
     ) {
         let comment = |ep: &EndpointInfo, large: bool| {
             (!large).then(|| c(format!("{spn_text} -> {}", ep.key)))
         };
+        // Every endpoint of a policy chain is in `all_reachable`, so it has a SEP name.
         let seps: Vec<ChainName> = endpoints
             .iter()
-            .map(|ep| endpoint_chain(spn_text, proto, &ep.key))
+            .filter_map(|ep| {
+                seps.iter()
+                    .find(|(e, _)| std::ptr::eq(*e, *ep))
+                    .map(|(_, sep)| sep.clone())
+            })
             .collect();
         let mut rules: Vec<Rule> = frag
             .nat
@@ -1067,7 +1077,7 @@ struct Fragment {
     health: Option<ServiceHealth>,
     no_local_internal: usize,
     no_local_external: usize,
-    owners: Vec<(ChainName, ServicePortName)>,
+    owners: Vec<(ChainName, Arc<ServicePortName>)>,
     udp: Vec<UdpServicePort>,
 }
 
