@@ -8,8 +8,11 @@ use super::rule::{Rule, RuleSet, Table, TableName};
 /// Appends `-A CHAIN RULE\n` for every rule of one chain.
 pub fn render_chain_rules(out: &mut String, chain: &ChainName, rules: &[Rule]) {
     for rule in rules {
-        // Writing to a String cannot fail.
-        let _ = writeln!(out, "-A {chain} {rule}");
+        out.push_str("-A ");
+        out.push_str(chain.as_str());
+        out.push(' ');
+        rule.write_to(out);
+        out.push('\n');
     }
 }
 

@@ -17,14 +17,6 @@ pub enum Addr {
     Net(IpNet),
 }
 
-impl fmt::Display for Addr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Addr::Ip(ip) => write!(f, "{ip}"),
-            Addr::Net(net) => write!(f, "{net}"),
-        }
-    }
-}
 
 /// Which address `-m addrtype` looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,53 +58,8 @@ pub enum Match {
     Nfacct(&'static str),
 }
 
-fn write_comment(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
-    if text.chars().any(char::is_whitespace) {
-        write!(f, "-m comment --comment \"{text}\"")
-    } else {
-        write!(f, "-m comment --comment {text}")
-    }
-}
 
-fn bang(negated: bool) -> &'static str {
-    if negated { "! " } else { "" }
-}
 
-impl fmt::Display for Match {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Match::Comment(text) => write_comment(f, text),
-            Match::Proto(p) => write!(f, "-m {p} -p {p}"),
-            Match::Src { negated, addr } => write!(f, "{}-s {addr}", bang(*negated)),
-            Match::Dst { negated, addr } => write!(f, "{}-d {addr}", bang(*negated)),
-            Match::DPort(port) => write!(f, "--dport {port}"),
-            Match::DPortRange(lo, hi) => write!(f, "--dport {lo}:{hi}"),
-            Match::InIface { negated, name } => write!(f, "{}-i {name}", bang(*negated)),
-            Match::AddrTypeLocal { dir, negated } => {
-                let opt = match dir {
-                    AddrTypeDir::Src => "--src-type",
-                    AddrTypeDir::Dst => "--dst-type",
-                };
-                write!(f, "-m addrtype {}{opt} LOCAL", bang(*negated))
-            }
-            Match::Probability(p) => write!(f, "-m statistic --mode random --probability {p}"),
-            Match::RecentCheck { name, seconds } => {
-                write!(
-                    f,
-                    "-m recent --name {name} --rcheck --seconds {seconds} --reap"
-                )
-            }
-            Match::RecentSet { name } => write!(f, "-m recent --name {name} --set"),
-            Match::Mark { negated, mark } => {
-                write!(f, "-m mark {}--mark {mark}/{mark}", bang(*negated))
-            }
-            Match::CtState { negated, states } => {
-                write!(f, "-m conntrack {}--ctstate {states}", bang(*negated))
-            }
-            Match::Nfacct(name) => write!(f, "-m nfacct --nfacct-name {name}"),
-        }
-    }
-}
 
 /// What a rule does when it matches.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -137,27 +84,6 @@ pub enum Target {
     None,
 }
 
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Target::Jump(chain) => write!(f, "-j {chain}"),
-            Target::Dnat(to) => write!(f, "-j DNAT --to-destination {to}"),
-            Target::Masquerade { random_fully: true } => {
-                f.write_str("-j MASQUERADE --random-fully")
-            }
-            Target::Masquerade {
-                random_fully: false,
-            } => f.write_str("-j MASQUERADE"),
-            Target::MarkOr(mark) => write!(f, "-j MARK --or-mark {mark}"),
-            Target::MarkXor(mark) => write!(f, "-j MARK --xor-mark {mark}"),
-            Target::Return => f.write_str("-j RETURN"),
-            Target::Accept => f.write_str("-j ACCEPT"),
-            Target::Drop => f.write_str("-j DROP"),
-            Target::Reject => f.write_str("-j REJECT"),
-            Target::None => Ok(()),
-        }
-    }
-}
 
 /// A rule: match clauses in upstream's order, then the target. `Display` renders what follows
 /// `-A CHAIN `.
@@ -173,25 +99,224 @@ impl Rule {
     }
 }
 
-impl fmt::Display for Rule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+
+// Rendering writes straight into a String: rule sets of 300,000 rules are rendered on every
+// full sync, and `fmt` machinery per argument costs several times more than appending.
+
+/// Appends the decimal form of `n`.
+fn push_num(out: &mut String, n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &b in &buf[i..] {
+        out.push(char::from(b));
+    }
+}
+
+fn push_ip(out: &mut String, ip: &IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_num(out, u64::from(*octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+fn push_bang(out: &mut String, negated: bool) {
+    if negated {
+        out.push_str("! ");
+    }
+}
+
+impl Addr {
+    /// Appends the address as iptables takes it (`10.96.0.10`, `10.0.0.0/8`).
+    pub fn write_to(&self, out: &mut String) {
+        match self {
+            Addr::Ip(ip) => push_ip(out, ip),
+            Addr::Net(net) => {
+                push_ip(out, &net.addr());
+                out.push('/');
+                push_num(out, u64::from(net.prefix_len()));
+            }
+        }
+    }
+}
+
+impl Match {
+    /// Appends the match clause in upstream's spelling.
+    pub fn write_to(&self, out: &mut String) {
+        match self {
+            Match::Comment(text) => {
+                out.push_str("-m comment --comment ");
+                if text.chars().any(char::is_whitespace) {
+                    out.push('"');
+                    out.push_str(text);
+                    out.push('"');
+                } else {
+                    out.push_str(text);
+                }
+            }
+            Match::Proto(p) => {
+                out.push_str("-m ");
+                out.push_str(p.as_str());
+                out.push_str(" -p ");
+                out.push_str(p.as_str());
+            }
+            Match::Src { negated, addr } => {
+                push_bang(out, *negated);
+                out.push_str("-s ");
+                addr.write_to(out);
+            }
+            Match::Dst { negated, addr } => {
+                push_bang(out, *negated);
+                out.push_str("-d ");
+                addr.write_to(out);
+            }
+            Match::DPort(port) => {
+                out.push_str("--dport ");
+                push_num(out, u64::from(*port));
+            }
+            Match::DPortRange(lo, hi) => {
+                out.push_str("--dport ");
+                push_num(out, u64::from(*lo));
+                out.push(':');
+                push_num(out, u64::from(*hi));
+            }
+            Match::InIface { negated, name } => {
+                push_bang(out, *negated);
+                out.push_str("-i ");
+                out.push_str(name);
+            }
+            Match::AddrTypeLocal { dir, negated } => {
+                out.push_str("-m addrtype ");
+                push_bang(out, *negated);
+                out.push_str(match dir {
+                    AddrTypeDir::Src => "--src-type LOCAL",
+                    AddrTypeDir::Dst => "--dst-type LOCAL",
+                });
+            }
+            Match::Probability(p) => {
+                out.push_str("-m statistic --mode random --probability ");
+                out.push_str(p);
+            }
+            Match::RecentCheck { name, seconds } => {
+                out.push_str("-m recent --name ");
+                out.push_str(name.as_str());
+                out.push_str(" --rcheck --seconds ");
+                push_num(out, u64::from(*seconds));
+                out.push_str(" --reap");
+            }
+            Match::RecentSet { name } => {
+                out.push_str("-m recent --name ");
+                out.push_str(name.as_str());
+                out.push_str(" --set");
+            }
+            Match::Mark { negated, mark } => {
+                out.push_str("-m mark ");
+                push_bang(out, *negated);
+                out.push_str("--mark ");
+                out.push_str(mark);
+                out.push('/');
+                out.push_str(mark);
+            }
+            Match::CtState { negated, states } => {
+                out.push_str("-m conntrack ");
+                push_bang(out, *negated);
+                out.push_str("--ctstate ");
+                out.push_str(states);
+            }
+            Match::Nfacct(name) => {
+                out.push_str("-m nfacct --nfacct-name ");
+                out.push_str(name);
+            }
+        }
+    }
+}
+
+impl Target {
+    /// Appends `-j TARGET [options]` (nothing for [`Target::None`]).
+    pub fn write_to(&self, out: &mut String) {
+        match self {
+            Target::Jump(chain) => {
+                out.push_str("-j ");
+                out.push_str(chain.as_str());
+            }
+            Target::Dnat(to) => {
+                out.push_str("-j DNAT --to-destination ");
+                out.push_str(to);
+            }
+            Target::Masquerade { random_fully } => {
+                out.push_str("-j MASQUERADE");
+                if *random_fully {
+                    out.push_str(" --random-fully");
+                }
+            }
+            Target::MarkOr(mark) => {
+                out.push_str("-j MARK --or-mark ");
+                out.push_str(mark);
+            }
+            Target::MarkXor(mark) => {
+                out.push_str("-j MARK --xor-mark ");
+                out.push_str(mark);
+            }
+            Target::Return => out.push_str("-j RETURN"),
+            Target::Accept => out.push_str("-j ACCEPT"),
+            Target::Drop => out.push_str("-j DROP"),
+            Target::Reject => out.push_str("-j REJECT"),
+            Target::None => {}
+        }
+    }
+}
+
+impl Rule {
+    /// Appends what follows `-A CHAIN ` in iptables-restore input.
+    pub fn write_to(&self, out: &mut String) {
         let mut first = true;
         for m in &self.matches {
             if !first {
-                f.write_str(" ")?;
+                out.push(' ');
             }
             first = false;
-            write!(f, "{m}")?;
+            m.write_to(out);
         }
         if self.target != Target::None {
             if !first {
-                f.write_str(" ")?;
+                out.push(' ');
             }
-            write!(f, "{}", self.target)?;
+            self.target.write_to(out);
         }
-        Ok(())
     }
 }
+
+/// `Display` for the typed rule parts: the same text as `write_to`, for messages and tests.
+macro_rules! display_via_write_to {
+    ($($ty:ty),*) => {$(
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let mut text = String::new();
+                self.write_to(&mut text);
+                f.write_str(&text)
+            }
+        }
+    )*};
+}
+display_via_write_to!(Addr, Match, Target, Rule);
 
 /// The two tables knat programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

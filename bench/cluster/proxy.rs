@@ -1,0 +1,152 @@
+//! One proxy under test (knat or upstream kube-proxy) in its node namespace: started through
+//! `env PATH=<wrapper dir>:...` so that its `iptables-restore` calls go through the counting
+//! wrapper, watched through `/proc`, and polled for chains in the kernel.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use knat::lab::control_plane::{Daemon, K8sBinaries, ProxyKind, ProxyOptions};
+
+use crate::sys::{self, BenchError, ProcStats, RestoreCall};
+
+/// Static description of one side.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Side {
+    /// `knat` or `kube-proxy`.
+    pub label: String,
+    /// The Node name (`--hostname-override`).
+    pub node: String,
+    /// The node's network namespace.
+    pub namespace: String,
+    pub kubeconfig: PathBuf,
+}
+
+impl Side {
+    pub fn kind(&self) -> ProxyKind {
+        if self.label == "knat" {
+            ProxyKind::Knat
+        } else {
+            ProxyKind::KubeProxy
+        }
+    }
+}
+
+/// A running proxy.
+pub struct Running {
+    pub side: Side,
+    pub daemon: Daemon,
+    pub started: Instant,
+    pub restore_log: PathBuf,
+}
+
+/// Everything needed to start proxies.
+pub struct Launcher {
+    pub knat: PathBuf,
+    pub binaries: K8sBinaries,
+    pub work: PathBuf,
+    pub cluster_cidr: String,
+    pub min_sync: String,
+}
+
+impl Launcher {
+    /// Starts `side`'s proxy with a fresh restore log.
+    pub fn start(&self, side: &Side, run: &str) -> Result<Running, BenchError> {
+        let wrap = self.work.join(format!("wrap-{}", side.label));
+        let restore_log = self.work.join(format!("{}-{run}.restores", side.label));
+        let _ = std::fs::remove_file(&restore_log);
+        // Each proxy looks up its restore binary by name on PATH: kube-proxy `iptables-restore`,
+        // knat `iptables-nft-restore` (--iptables-backend=nft). Both resolve to iptables-nft.
+        sys::write_restore_wrapper(
+            &wrap,
+            &["iptables-restore", "iptables-nft-restore"],
+            "/usr/sbin/iptables-nft-restore",
+            &restore_log,
+        )?;
+        let options = ProxyOptions {
+            kind: side.kind(),
+            node_name: side.node.clone(),
+            kubeconfig: side.kubeconfig.clone(),
+            cluster_cidr: self.cluster_cidr.clone(),
+            min_sync_period: self.min_sync.clone(),
+            // No periodic full resync during the run (kube-proxy would rewrite KUBE-SERVICES
+            // in a new order every 30 s); the same for both.
+            extra: vec!["--iptables-sync-period=1h".to_string()],
+        };
+        let program = match side.kind() {
+            ProxyKind::Knat => self.knat.clone(),
+            ProxyKind::KubeProxy => self.binaries.path("kube-proxy"),
+        };
+        let mut args = vec![
+            format!(
+                "PATH={}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                wrap.display()
+            ),
+            program.display().to_string(),
+        ];
+        args.extend(options.args());
+        let log = self.work.join(format!("{}-{run}.log", side.label));
+        let started = Instant::now();
+        let daemon = Daemon::spawn(
+            &side.label,
+            &side.namespace,
+            Path::new("/usr/bin/env"),
+            &args,
+            &log,
+        )?;
+        Ok(Running {
+            side: side.clone(),
+            daemon,
+            started,
+            restore_log,
+        })
+    }
+}
+
+impl Running {
+    pub fn stats(&self) -> Result<ProcStats, BenchError> {
+        sys::proc_stats(self.daemon.pid())
+    }
+
+    pub fn restores(&self) -> Vec<RestoreCall> {
+        sys::restore_calls(&self.restore_log)
+    }
+
+    /// Waits until `chain` is in the kernel; returns the time since the proxy started.
+    pub fn wait_chain(&mut self, chain: &str, timeout: Duration) -> Result<Duration, BenchError> {
+        let begin = Instant::now();
+        loop {
+            if sys::chain_exists(&self.side.namespace, chain) {
+                return Ok(self.started.elapsed());
+            }
+            if !self.daemon.is_running() {
+                return Err(BenchError::Command {
+                    command: self.side.label.clone(),
+                    detail: format!("exited; log tail:\n{}", self.daemon.log_tail(20)),
+                });
+            }
+            if begin.elapsed() > timeout {
+                return Err(BenchError::Timeout {
+                    what: format!(
+                        "{} to program {chain}; log tail:\n{}",
+                        self.side.label,
+                        self.daemon.log_tail(20)
+                    ),
+                    waited: timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the proxy and removes every rule from its namespace (`nft flush ruleset` inside
+    /// the node namespace only), so the next start is cold.
+    pub fn stop(mut self) -> Result<(), BenchError> {
+        self.daemon.stop();
+        flush(&self.side.namespace)
+    }
+}
+
+/// Removes every nftables rule in a (lab) namespace.
+pub fn flush(namespace: &str) -> Result<(), BenchError> {
+    sys::netns_run(namespace, "nft", &["flush", "ruleset"]).map(drop)
+}
