@@ -17,7 +17,6 @@ pub enum Addr {
     Net(IpNet),
 }
 
-
 /// Which address `-m addrtype` looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AddrTypeDir {
@@ -58,9 +57,6 @@ pub enum Match {
     Nfacct(&'static str),
 }
 
-
-
-
 /// What a rule does when it matches.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {
@@ -84,7 +80,6 @@ pub enum Target {
     None,
 }
 
-
 /// A rule: match clauses in upstream's order, then the target. `Display` renders what follows
 /// `-A CHAIN `.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -98,7 +93,6 @@ impl Rule {
         Rule { matches, target }
     }
 }
-
 
 // Rendering writes straight into a String: rule sets of 300,000 rules are rendered on every
 // full sync, and `fmt` machinery per argument costs several times more than appending.
