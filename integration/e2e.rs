@@ -41,6 +41,18 @@ const MIN_SYNC: &str = "1s";
 /// controller, watch, one rate-limited sync).
 const CONVERGE: Duration = Duration::from_secs(20);
 const CLIENT: &str = "ext";
+/// The client of the continuous traffic that [`under_traffic`] measures, and of nothing else.
+///
+/// Convergence checks ([`Cluster::expect`]) probe a VIP before the proxy has programmed it,
+/// and the node forwards those SYNs unDNATed (the fabric answers unreachable). Each leaves an
+/// unreplied conntrack entry without NAT on the node (`SYN_SENT`, 120 s, renewed by every SYN
+/// of the same 4-tuple). A failed connect leaves no `TIME_WAIT`, so the client's ephemeral
+/// port allocator hands the same ports out again once it wraps (about 14,000 connections to
+/// one destination), and every such connection follows the stale entry to the fabric: "No
+/// route to host" minutes later, on whichever side `expect` happened to probe first (swap
+/// `SIDES` and kube-proxy's twin fails instead). Measured traffic from its own address never
+/// shares a 4-tuple with those probes, so both proxies are measured on equal terms.
+const LOAD_CLIENT: &str = "load";
 
 /// One side of the differential check: the nodes one proxy programs.
 #[derive(Debug, Clone, Copy)]
@@ -87,7 +99,7 @@ fn scenario() -> Scenario {
     for side in SIDES {
         s = s.node(side.nodes[0]).node(side.nodes[1]);
     }
-    s = s.node(LONE_NODE).client(CLIENT);
+    s = s.node(LONE_NODE).client(CLIENT).client(LOAD_CLIENT);
     for side in SIDES {
         for slot in SLOTS {
             let node = side.nodes[usize::from(slot.starts_with('2'))];
@@ -311,7 +323,7 @@ impl Cluster {
         }
         out.push_str(&self.cp.log_tails(10));
         // Where ICMP errors and drops come from, for "No route to host" and timeouts.
-        for host in ["node-1", "twin-1", CLIENT] {
+        for host in ["node-1", "twin-1", CLIENT, LOAD_CLIENT] {
             if let Ok(counters) = self.lab.exec(host, "nstat", &["-az"]) {
                 let wanted: Vec<&str> = counters
                     .lines()
@@ -716,7 +728,7 @@ fn under_traffic(cluster: &Cluster, sides: &[Side], what: &str, during: impl FnO
             .map(|side| {
                 let target = SocketAddr::new(side.vips[0], SERVICE_PORT);
                 let stop = &stop;
-                scope.spawn(move || continuous(cluster, CLIENT, target, stop))
+                scope.spawn(move || continuous(cluster, LOAD_CLIENT, target, stop))
             })
             .collect();
         // Let the probes run before and after the change.

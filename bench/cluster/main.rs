@@ -73,9 +73,8 @@ impl Options {
                     .cloned()
                     .ok_or_else(|| BenchError::Usage(format!("{name} needs a value")))
             };
-            let bad = |name: &str, e: &dyn std::fmt::Display| {
-                BenchError::Usage(format!("{name}: {e}"))
-            };
+            let bad =
+                |name: &str, e: &dyn std::fmt::Display| BenchError::Usage(format!("{name}: {e}"));
             match flag.as_str() {
                 "--sizes" => {
                     o.sizes = value("--sizes")?
@@ -216,10 +215,14 @@ fn harness(options: &Options) -> Result<(), BenchError> {
         address,
         extra_sans: Vec::new(),
     })?;
-    log(&format!("lab and control plane ready in {:.1?}", t.elapsed()));
+    log(&format!(
+        "lab and control plane ready in {:.1?}",
+        t.elapsed()
+    ));
     for file in ["serviceaccount.yaml", "rbac.yaml"] {
         let path = repo.join("daemonset").join(file);
-        let yaml = std::fs::read_to_string(&path).map_err(io_err(format!("read {}", path.display())))?;
+        let yaml =
+            std::fs::read_to_string(&path).map_err(io_err(format!("read {}", path.display())))?;
         cp.apply(&yaml)?;
     }
     let knat_kubeconfig =
@@ -228,10 +231,16 @@ fn harness(options: &Options) -> Result<(), BenchError> {
     let s = lab.scenario();
     let mut pod_namespaces = Vec::new();
     for (node, pod) in [("kp", "ep"), ("kn", "ek")] {
-        let ip = s.node_ip(node, Family::V4).ok_or_else(|| BenchError::Usage(node.into()))?;
-        let cidr = s.pod_cidr(node, Family::V4).ok_or_else(|| BenchError::Usage(node.into()))?;
+        let ip = s
+            .node_ip(node, Family::V4)
+            .ok_or_else(|| BenchError::Usage(node.into()))?;
+        let cidr = s
+            .pod_cidr(node, Family::V4)
+            .ok_or_else(|| BenchError::Usage(node.into()))?;
         cp.register_node(node, ip, &cidr.to_string())?;
-        let pod_ip = s.pod_ip(pod, Family::V4).ok_or_else(|| BenchError::Usage(pod.into()))?;
+        let pod_ip = s
+            .pod_ip(pod, Family::V4)
+            .ok_or_else(|| BenchError::Usage(pod.into()))?;
         let node_ns = lab.namespace(node)?;
         let pod_ns = lab.namespace(pod)?;
         // The node routes the endpoint range to its pod (over its veth `vp1`); the pod treats
@@ -239,9 +248,21 @@ fn harness(options: &Options) -> Result<(), BenchError> {
         sys::netns_run(
             &node_ns,
             "ip",
-            &["route", "add", ENDPOINT_RANGE, "via", &pod_ip.to_string(), "dev", "vp1"],
+            &[
+                "route",
+                "add",
+                ENDPOINT_RANGE,
+                "via",
+                &pod_ip.to_string(),
+                "dev",
+                "vp1",
+            ],
         )?;
-        sys::netns_run(&pod_ns, "ip", &["route", "add", "local", ENDPOINT_RANGE, "dev", "lo"])?;
+        sys::netns_run(
+            &pod_ns,
+            "ip",
+            &["route", "add", "local", ENDPOINT_RANGE, "dev", "lo"],
+        )?;
         pod_namespaces.push(pod_ns);
     }
     let sides = vec![
@@ -258,9 +279,32 @@ fn harness(options: &Options) -> Result<(), BenchError> {
             kubeconfig: knat_kubeconfig,
         },
     ];
-    let kube_proxy_version = command_text(&binaries.path("kube-proxy").display().to_string(), &["--version"]);
-    let commit = command_text("git", &["-C", &repo.display().to_string(), "rev-parse", "--short", "HEAD"]);
-    let dirty = !command_text("git", &["-C", &repo.display().to_string(), "status", "--porcelain", "--", "src"]).is_empty();
+    let kube_proxy_version = command_text(
+        &binaries.path("kube-proxy").display().to_string(),
+        &["--version"],
+    );
+    let commit = command_text(
+        "git",
+        &[
+            "-C",
+            &repo.display().to_string(),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ],
+    );
+    let dirty = !command_text(
+        "git",
+        &[
+            "-C",
+            &repo.display().to_string(),
+            "status",
+            "--porcelain",
+            "--",
+            "src",
+        ],
+    )
+    .is_empty();
     let work = cp.dir().join("bench");
     std::fs::create_dir_all(&work).map_err(io_err(format!("create {}", work.display())))?;
     let setup = Setup {
@@ -274,11 +318,16 @@ fn harness(options: &Options) -> Result<(), BenchError> {
         machine: machine_description(),
         versions: format!(
             "{kube_proxy_version} (built from source by scripts/build-k8s.sh); knat {commit}{}",
-            if dirty { " with uncommitted changes in src/" } else { "" }
+            if dirty {
+                " with uncommitted changes in src/"
+            } else {
+                ""
+            }
         ),
     };
     let setup_path = work.join("setup.json");
-    let text = serde_json::to_string_pretty(&setup).map_err(|e| BenchError::Usage(e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(&setup).map_err(|e| BenchError::Usage(e.to_string()))?;
     std::fs::write(&setup_path, text).map_err(io_err(format!("write {}", setup_path.display())))?;
     let status = Command::new("ip")
         .args(["netns", "exec", cp.namespace()])
@@ -311,7 +360,9 @@ fn driver(setup_path: &Path) -> Result<(), BenchError> {
         .build()
         .map_err(io_err("start the async runtime"))?;
     let client = runtime
-        .block_on(knat::agent::watch::client(Some(setup.admin_kubeconfig.clone())))
+        .block_on(knat::agent::watch::client(Some(
+            setup.admin_kubeconfig.clone(),
+        )))
         .map_err(|e| BenchError::Api {
             what: "client".into(),
             detail: e.to_string(),
@@ -345,11 +396,16 @@ fn driver(setup_path: &Path) -> Result<(), BenchError> {
     let run_start = Instant::now();
     for &size in &setup.options.sizes {
         let took = runtime.block_on(objects.grow_to(size))?;
-        log(&format!("{size} services x 10 endpoints in the API ({took:.1?} to create)"));
+        log(&format!(
+            "{size} services x 10 endpoints in the API ({took:.1?} to create)"
+        ));
         let mut result = SizeResult::new(size);
         // Cold starts, one proxy at a time (kube-proxy first), each timed to the sentinel:
         // the SEP chain of the last Service's last endpoint (restores are atomic).
-        let sentinel = api::sep_chain(size - 1, api::initial_endpoint(size - 1, api::ENDPOINTS - 1));
+        let sentinel = api::sep_chain(
+            size - 1,
+            api::initial_endpoint(size - 1, api::ENDPOINTS - 1),
+        );
         let mut running = Vec::new();
         for side in &setup.sides {
             proxy::flush(&side.namespace)?;
@@ -385,11 +441,14 @@ fn driver(setup_path: &Path) -> Result<(), BenchError> {
                     "{}: {which} service (svc-{svc}) at {size}: p50 {:.0} us p99 {:.0} us ({} failed)",
                     side.label, lat.p50, lat.p99, lat.failed
                 ));
-                result.latency.push((which.to_string(), side.label.clone(), svc, lat));
+                result
+                    .latency
+                    .push((which.to_string(), side.label.clone(), svc, lat));
             }
         }
         let order_after = upstream_order(&setup.sides[0].namespace)?;
-        result.order_stable = order_after.last() == Some(&last) && order_after.first() == Some(&first);
+        result.order_stable =
+            order_after.last() == Some(&last) && order_after.first() == Some(&first);
         if size == largest {
             single_changes(&runtime, &objects, &mut running, &setup, size, &mut result)?;
             churn(&runtime, &objects, &running, &setup, size, &mut result)?;
@@ -425,24 +484,38 @@ fn driver(setup_path: &Path) -> Result<(), BenchError> {
 
 /// The bench Services in the order of kube-proxy's nat KUBE-SERVICES.
 fn upstream_order(namespace: &str) -> Result<Vec<usize>, BenchError> {
-    let out = sys::netns_run(namespace, "iptables-nft", &["-t", "nat", "-S", "KUBE-SERVICES"])?;
+    let out = sys::netns_run(
+        namespace,
+        "iptables-nft",
+        &["-t", "nat", "-S", "KUBE-SERVICES"],
+    )?;
     let prefix = format!("\"{}/svc-", api::NS);
     Ok(out
         .lines()
         .filter_map(|l| {
             let rest = &l[l.find(&prefix)? + prefix.len()..];
             let (n, tail) = rest.split_once(':')?;
-            tail.starts_with("http cluster IP").then(|| n.parse().ok())?
+            tail.starts_with("http cluster IP")
+                .then(|| n.parse().ok())?
         })
         .collect())
 }
 
-fn connect_latency(me: &Path, namespace: &str, svc: usize, samples: u32) -> Result<Latency, BenchError> {
+fn connect_latency(
+    me: &Path,
+    namespace: &str,
+    svc: usize,
+    samples: u32,
+) -> Result<Latency, BenchError> {
     let target = format!("{}:{}", api::cluster_ip(svc), api::SERVICE_PORT);
     let me = me.display().to_string();
     // Warm-up (neighbour caches, page cache), then the measured samples.
     sys::netns_run(namespace, &me, &["helper-connect", &target, "20"])?;
-    let out = sys::netns_run(namespace, &me, &["helper-connect", &target, &samples.to_string()])?;
+    let out = sys::netns_run(
+        namespace,
+        &me,
+        &["helper-connect", &target, &samples.to_string()],
+    )?;
     let mut values: Vec<f64> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
     let failed = out.lines().filter(|l| l.trim() == "fail").count();
     values.sort_by(f64::total_cmp);
@@ -489,9 +562,8 @@ fn single_changes(
             handles
                 .into_iter()
                 .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(BenchError::Usage("a poller panicked".into()))
-                    })
+                    h.join()
+                        .unwrap_or_else(|_| Err(BenchError::Usage("a poller panicked".into())))
                 })
                 .collect()
         });
@@ -534,7 +606,10 @@ fn churn(
         return Ok(());
     }
     std::thread::sleep(Duration::from_secs(3));
-    let before: Vec<_> = running.iter().map(Running::stats).collect::<Result<_, _>>()?;
+    let before: Vec<_> = running
+        .iter()
+        .map(Running::stats)
+        .collect::<Result<_, _>>()?;
     let total = secs * CHURN_RATE;
     let mut senders = Vec::new();
     let mut pollers = Vec::new();
@@ -544,7 +619,9 @@ fn churn(
         let (tx, rx) = mpsc::channel::<Pending>();
         senders.push(tx);
         let ns = r.side.namespace.clone();
-        pollers.push(std::thread::spawn(move || poll_pending(&ns, &rx, begin + deadline_after)));
+        pollers.push(std::thread::spawn(move || {
+            poll_pending(&ns, &rx, begin + deadline_after)
+        }));
     }
     let errors = runtime.block_on(async {
         let mut ticker = tokio::time::interval(Duration::from_millis(1000 / CHURN_RATE));
@@ -587,7 +664,10 @@ fn churn(
     for handle in pollers {
         lat.push(handle.join().unwrap_or_default());
     }
-    let after: Vec<_> = running.iter().map(Running::stats).collect::<Result<_, _>>()?;
+    let after: Vec<_> = running
+        .iter()
+        .map(Running::stats)
+        .collect::<Result<_, _>>()?;
     let window = begin.elapsed();
     log(&format!(
         "churn: {total} changes issued in {issued:.1?} ({errors} failed); measured over {window:.1?}"
@@ -620,7 +700,11 @@ fn churn(
 
 /// Polls a node for the pending chains until the channel closes and nothing is pending (or
 /// the deadline passes); returns the latencies in milliseconds and how many were never seen.
-fn poll_pending(namespace: &str, rx: &mpsc::Receiver<Pending>, deadline: Instant) -> (Vec<f64>, usize) {
+fn poll_pending(
+    namespace: &str,
+    rx: &mpsc::Receiver<Pending>,
+    deadline: Instant,
+) -> (Vec<f64>, usize) {
     let mut pending: Vec<Pending> = Vec::new();
     let mut done = Vec::new();
     let mut closed = false;

@@ -13,6 +13,7 @@
 //! `tokio::sync::watch` channel with `send_if_modified`.
 
 use std::collections::BTreeMap;
+use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{Node as K8sNode, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice as K8sEndpointSlice;
@@ -74,10 +75,20 @@ pub struct SourceState {
     pub require_node: bool,
     /// This proxy's node name.
     pub node_name: String,
+    /// `endpoints.kubernetes.io/last-change-trigger-time` of the slice changes seen, with a
+    /// sequence number (the newest [`MAX_TRIGGERS`] only), for the network programming
+    /// latency metric.
+    pub triggers: Vec<(u64, SystemTime)>,
+    next_trigger: u64,
     relist_services: Option<BTreeMap<ServiceName, Service>>,
     relist_slices: Option<BTreeMap<(String, String), EndpointSlice>>,
     relist_node: Option<Option<NodeInfo>>,
 }
+
+/// The annotation the EndpointSlice controller sets to the time of the change that caused it.
+pub const ANNOTATION_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+/// How many trigger times are kept between two syncs.
+pub const MAX_TRIGGERS: usize = 1000;
 
 fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
     (
@@ -94,9 +105,31 @@ impl SourceState {
             node: NodeCheck::Unknown,
             require_node,
             node_name: node_name.to_string(),
+            triggers: Vec::new(),
+            next_trigger: 0,
             relist_services: None,
             relist_slices: None,
             relist_node: None,
+        }
+    }
+
+    /// Records the change-trigger time of a slice that changed (if it carries one).
+    fn record_trigger(&mut self, slice: &K8sEndpointSlice) {
+        let Some(time) = slice
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_TRIGGER_TIME))
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .and_then(|t| SystemTime::try_from(t).ok())
+        else {
+            return;
+        };
+        self.next_trigger += 1;
+        self.triggers.push((self.next_trigger, time));
+        if self.triggers.len() > MAX_TRIGGERS {
+            let excess = self.triggers.len() - MAX_TRIGGERS;
+            self.triggers.drain(..excess);
         }
     }
 
@@ -205,6 +238,7 @@ impl SourceState {
                     Some(s) => {
                         if self.find_slice(&ns, &name) != Some(&s) {
                             self.snapshot.upsert_slice(&ns, s);
+                            self.record_trigger(&slice);
                             applied.changed = true;
                         }
                     }
@@ -319,6 +353,29 @@ mod tests {
 
     fn node(name: &str) -> K8sNode {
         serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap()
+    }
+
+    #[test]
+    fn changed_slices_record_their_trigger_time_once() {
+        let mut s = SourceState::new("node-1", true);
+        let mut with_trigger = slice("a", "svc", "10.0.0.1", "node-1");
+        with_trigger.metadata.annotations = Some(
+            [(
+                ANNOTATION_TRIGGER_TIME.to_string(),
+                "2026-11-25T01:00:00Z".to_string(),
+            )]
+            .into(),
+        );
+        assert!(s.slice_event(Event::Apply(with_trigger.clone())).changed);
+        assert!(!s.slice_event(Event::Apply(with_trigger)).changed);
+        let expected = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_568_400);
+        assert_eq!(s.triggers, vec![(1, expected)]);
+        // A change without the annotation changes the snapshot but records no trigger.
+        assert!(
+            s.slice_event(Event::Apply(slice("a", "svc", "10.0.0.2", "node-1")))
+                .changed
+        );
+        assert_eq!(s.triggers.len(), 1);
     }
 
     #[test]

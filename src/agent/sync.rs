@@ -311,6 +311,8 @@ pub struct SyncLoop {
     pub servers: ServiceHealthServers,
     pub metrics: Arc<Metrics>,
     pub name_source: NameSource,
+    /// The newest change trigger already observed in the programming-latency metric.
+    pub observed_trigger: u64,
 }
 
 fn with_health<R>(health: &Mutex<ProxyHealth>, f: impl FnOnce(&mut ProxyHealth) -> R) -> R {
@@ -323,6 +325,24 @@ fn with_health<R>(health: &Mutex<ProxyHealth>, f: impl FnOnce(&mut ProxyHealth) 
 impl SyncLoop {
     fn family_list(&self) -> Vec<IpFamily> {
         self.families.iter().map(|f| f.cfg.family).collect()
+    }
+
+    /// Observes the network programming latency (change trigger to rules in the kernel) of every
+    /// slice change not observed yet, as upstream's metric does after a successful restore.
+    fn observe_programming(&mut self, triggers: &[(u64, std::time::SystemTime)]) {
+        let now = std::time::SystemTime::now();
+        let seen = self.observed_trigger;
+        for (seq, time) in triggers.iter().filter(|(seq, _)| *seq > seen) {
+            if let Ok(latency) = now.duration_since(*time) {
+                for family in self.family_list() {
+                    self.metrics
+                        .network_programming
+                        .get_or_create(&vec![("ip_family", family.label())])
+                        .observe(latency.as_secs_f64());
+                }
+            }
+            self.observed_trigger = *seq;
+        }
     }
 
     /// Publishes the node-name check to metrics and health; returns whether it is missing.
@@ -454,12 +474,16 @@ impl SyncLoop {
             match self.scheduler.decide(now, readiness == Readiness::Ready) {
                 Decision::Sync(kind) => {
                     self.scheduler.started(now);
-                    let snapshot = self.source.borrow_and_update().snapshot.clone();
+                    let (snapshot, triggers) = {
+                        let state = self.source.borrow_and_update();
+                        (state.snapshot.clone(), state.triggers.clone())
+                    };
                     let result = self.sync_all(&snapshot, kind).await;
                     let ok = result.is_ok();
                     match result {
                         Ok(outcomes) => {
                             synced_once = true;
+                            self.observe_programming(&triggers);
                             let merged = merge_health(&outcomes);
                             for (svc, err) in self.servers.sync(&merged).await {
                                 tracing::error!(service = %svc, %err, "FailedToStartServiceHealthcheck; retried on the next sync");

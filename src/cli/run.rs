@@ -273,6 +273,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
         servers: ServiceHealthServers::new(health, hc_addresses),
         metrics,
         name_source: source,
+        observed_trigger: 0,
     };
     sync_loop.run(shutdown_signal()).await;
     source_task.abort();
