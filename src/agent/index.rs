@@ -121,7 +121,7 @@ impl SourceState {
             .as_ref()
             .and_then(|a| a.get(ANNOTATION_TRIGGER_TIME))
             .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-            .and_then(|t| SystemTime::try_from(t).ok())
+            .map(SystemTime::from)
         else {
             return;
         };
