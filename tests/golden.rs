@@ -120,3 +120,43 @@ fn mixed_ipv4_masquerade_all_without_localhost_nodeports() {
         c.random_fully = true;
     }));
 }
+
+/// Upstream's large-cluster mode: above the endpoint threshold, SEP rules and the SVC/SVL jumps
+/// to them lose their comments; KUBE-SERVICES, EXT and FW rules and the SVC masquerade rule
+/// keep theirs.
+#[test]
+fn large_cluster_mode_drops_per_endpoint_comments_only() {
+    let payload = render("mixed.yaml", "node-1", IpFamily::V4, |c| {
+        c.large_cluster_threshold = 1
+    });
+    let sep_rules: Vec<&str> = payload
+        .lines()
+        .filter(|l| l.starts_with("-A KUBE-SEP-"))
+        .collect();
+    assert!(!sep_rules.is_empty());
+    assert!(
+        sep_rules.iter().all(|l| !l.contains("--comment")),
+        "{payload}"
+    );
+    let jumps: Vec<&str> = payload
+        .lines()
+        .filter(|l| l.starts_with("-A KUBE-SVC-") && l.contains("-j KUBE-SEP-"))
+        .collect();
+    assert!(!jumps.is_empty());
+    assert!(jumps.iter().all(|l| !l.contains("--comment")), "{payload}");
+    assert!(
+        payload.contains(r#"-A KUBE-SERVICES -m comment --comment "shop/api:https cluster IP""#)
+    );
+    assert!(payload.contains(r#"-m comment --comment "shop/api:https cluster IP" -m tcp -p tcp -d 10.96.1.1 --dport 443 ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ"#));
+    assert!(payload.contains(
+        r#"-m comment --comment "masquerade traffic for shop/api:https external destinations""#
+    ));
+    // Below the threshold the same rules carry comments.
+    let normal = render("mixed.yaml", "node-1", IpFamily::V4, |_| {});
+    assert!(
+        normal
+            .lines()
+            .filter(|l| l.starts_with("-A KUBE-SEP-"))
+            .all(|l| l.contains("--comment"))
+    );
+}
