@@ -49,7 +49,7 @@ const CLIENT: &str = "ext";
 /// of the same 4-tuple). A failed connect leaves no `TIME_WAIT`, so the client's ephemeral
 /// port allocator hands the same ports out again once it wraps (about 14,000 connections to
 /// one destination), and every such connection follows the stale entry to the fabric: "No
-/// route to host" minutes later, on whichever side `expect` happened to probe first (swap
+/// route to host" seconds or minutes later, on whichever side `expect` happened to probe first (swap
 /// `SIDES` and kube-proxy's twin fails instead). Measured traffic from its own address never
 /// shares a 4-tuple with those probes, so both proxies are measured on equal terms.
 const LOAD_CLIENT: &str = "load";

@@ -135,7 +135,7 @@ mod tests {
 
     fn ep(ip: &str, local: bool, ready: bool, serving: bool, terminating: bool) -> EndpointInfo {
         EndpointInfo {
-            key: format!("{ip}:80"),
+            key: format!("{ip}:80").into(),
             ip: ip.parse().unwrap(),
             port: 80,
             ready,
@@ -153,7 +153,7 @@ mod tests {
     };
 
     fn keys(v: &[&EndpointInfo]) -> Vec<String> {
-        v.iter().map(|e| e.key.clone()).collect()
+        v.iter().map(|e| e.key.to_string()).collect()
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::types::*;
 
@@ -9,7 +10,7 @@ use super::types::*;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointInfo {
     /// `ip:port`, IPv6 bracketed: the sort key, the SEP hash input and the DNAT target.
-    pub key: String,
+    pub key: Arc<str>,
     pub ip: IpAddr,
     pub port: u16,
     pub ready: bool,
@@ -45,7 +46,7 @@ pub fn endpoints_by_port<'a>(
             for ep in &slice.endpoints {
                 let key = join_host_port(&ep.ip, port.port);
                 let info = EndpointInfo {
-                    key: key.clone(),
+                    key: Arc::from(key.as_str()),
                     ip: ep.ip,
                     port: port.port,
                     ready: ep.ready,
@@ -128,7 +129,7 @@ mod tests {
         let b = slice("b", vec![ep("10.0.1.2", "n1", false)]);
         let by_port = endpoints_by_port([&a, &b].into_iter(), IpFamily::V4, "n1");
         let list = &by_port[&("p".to_string(), Protocol::Tcp)];
-        let keys: Vec<_> = list.iter().map(|e| e.key.as_str()).collect();
+        let keys: Vec<&str> = list.iter().map(|e| &*e.key).collect();
         assert_eq!(keys, ["10.0.1.10:80", "10.0.1.2:80"]);
         assert!(!list[1].terminating);
         assert!(list[1].is_local);

@@ -77,9 +77,32 @@ impl fmt::Display for ChainName {
 
 /// First 16 characters of base32(sha256(input)): upstream's chain-name hash.
 pub fn hash16(input: &str) -> String {
-    let digest = Sha256::digest(input.as_bytes());
+    let mut out = [0u8; 16];
+    hash16_parts(&[input], &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `hash16` of the concatenation of `parts`, written into `out` (no allocation).
+fn hash16_parts(parts: &[&str], out: &mut [u8; 16]) {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part.as_bytes());
+    }
+    let digest = hasher.finalize();
     // 10 bytes encode to exactly 16 base32 characters, no padding.
-    BASE32.encode(&digest[..10])
+    BASE32.encode_mut(&digest[..10], out);
+}
+
+/// `PREFIX` followed by the hash of `parts`, as a chain name (one allocation).
+fn hashed_chain(prefix: &str, parts: &[&str]) -> ChainName {
+    let mut hash = [0u8; 16];
+    hash16_parts(parts, &mut hash);
+    let mut name = [0u8; 32];
+    let len = prefix.len() + hash.len();
+    name[..prefix.len()].copy_from_slice(prefix.as_bytes());
+    name[prefix.len()..len].copy_from_slice(&hash);
+    // Prefix and base32 alphabet are ASCII, so this is valid UTF-8.
+    ChainName(Arc::from(String::from_utf8_lossy(&name[..len]).as_ref()))
 }
 
 /// The hash shared by a service port's SVC, SVL, EXT and FW chains.
@@ -110,10 +133,7 @@ impl ServiceChains {
 
 /// The SEP chain of one endpoint (`endpoint` is `ip:port`, IPv6 bracketed).
 pub fn endpoint_chain(spn_text: &str, protocol: Protocol, endpoint: &str) -> ChainName {
-    ChainName::from_string(format!(
-        "KUBE-SEP-{}",
-        hash16(&format!("{spn_text}{protocol}{endpoint}"))
-    ))
+    hashed_chain("KUBE-SEP-", &[spn_text, protocol.as_str(), endpoint])
 }
 
 /// A dispatch chain for a destination prefix.

@@ -893,13 +893,16 @@ impl Compiler<'_> {
         &mut self,
         frag: &mut Fragment,
         chain: &ChainName,
-        spn_text: &str,
+        spn_text: &Arc<str>,
         seps: &[(&EndpointInfo, ChainName)],
         affinity: Option<u32>,
         endpoints: &[&EndpointInfo],
     ) {
         let comment = |ep: &EndpointInfo, large: bool| {
-            (!large).then(|| c(format!("{spn_text} -> {}", ep.key)))
+            (!large).then(|| Match::EndpointComment {
+                spn: spn_text.clone(),
+                endpoint: ep.key.clone(),
+            })
         };
         // Every endpoint of a policy chain is in `all_reachable`, so it has a SEP name.
         let seps: Vec<ChainName> = endpoints

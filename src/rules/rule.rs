@@ -29,6 +29,9 @@ pub enum AddrTypeDir {
 pub enum Match {
     /// `-m comment --comment X`, quoted when X has spaces.
     Comment(Arc<str>),
+    /// `-m comment --comment "SPN -> ip:port"` (the per-endpoint comment, built without
+    /// allocating a string per rule).
+    EndpointComment { spn: Arc<str>, endpoint: Arc<str> },
     /// `-m P -p P`.
     Proto(Protocol),
     /// `[!] -s ADDR`.
@@ -63,7 +66,7 @@ pub enum Target {
     /// `-j CHAIN`.
     Jump(ChainName),
     /// `-j DNAT --to-destination ip:port`.
-    Dnat(String),
+    Dnat(Arc<str>),
     /// `-j MASQUERADE [--random-fully]`.
     Masquerade {
         random_fully: bool,
@@ -165,6 +168,13 @@ impl Match {
                 } else {
                     out.push_str(text);
                 }
+            }
+            Match::EndpointComment { spn, endpoint } => {
+                out.push_str("-m comment --comment \"");
+                out.push_str(spn);
+                out.push_str(" -> ");
+                out.push_str(endpoint);
+                out.push('"');
             }
             Match::Proto(p) => {
                 out.push_str("-m ");
