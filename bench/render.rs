@@ -16,6 +16,10 @@ use knat::rules::plan::SyncKind;
 use knat::rules::rule::{Addr, Match, Target};
 use knat::rules::{AppliedState, ChainName, RuleSet, compile, plan, render_standalone};
 
+// The same allocator as the knat binary, so the numbers describe what the agent does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ENDPOINTS: usize = 10;
 const NODES: usize = 100;
 
@@ -221,6 +225,22 @@ fn run_size(services: usize, dispatch: Dispatch) -> String {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(pos) = args.iter().position(|a| a == "--profile-compile") {
+        // Compile (and render) the same snapshot repeatedly, for a profiler.
+        let size: usize = args.get(pos + 1).and_then(|s| s.parse().ok()).unwrap_or(10_000);
+        let snap = snapshot(size);
+        let mut cfg = ProxyConfig::new("node-1", IpFamily::V4).expect("valid node name");
+        cfg.local_detector = LocalDetector::Cidr("10.128.0.0/9".parse().expect("valid CIDR"));
+        for _ in 0..5 {
+            let t = Instant::now();
+            let compiled = compile(&snap, &cfg);
+            let c = t.elapsed();
+            let t = Instant::now();
+            let text = render_standalone(&compiled.rules);
+            println!("compile {:.1} ms, render {:.1} ms ({} bytes)", ms(c), ms(t.elapsed()), text.len());
+        }
+        return;
+    }
     if let Some(pos) = args.iter().position(|a| a == "--child") {
         let size: usize = args
             .get(pos + 1)
