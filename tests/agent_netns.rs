@@ -476,3 +476,128 @@ fn missing_node_is_loud_and_fails_healthz() {
     let status = lab.stop();
     assert!(status.success());
 }
+
+const DNS_SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: demo}
+spec:
+  clusterIP: 10.96.0.53
+  ports: [{name: dns, port: 53, protocol: UDP}]
+";
+
+fn dns_slice(ip: &str) -> String {
+    format!(
+        "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: dns-1, namespace: demo, labels: {{kubernetes.io/service-name: dns}}}}
+addressType: IPv4
+ports: [{{name: dns, port: 53, protocol: UDP}}]
+endpoints:
+- addresses: [{ip}]
+  nodeName: node-1
+"
+    )
+}
+
+/// The UDP conntrack reconciler against the real `conntrack` tool: a flow DNATed to an endpoint
+/// that goes away is deleted after the next sync (so the client's next datagram is DNATed to the
+/// new endpoint), while an unrelated UDP flow is left alone (never a blanket flush).
+#[test]
+fn udp_flows_to_a_removed_endpoint_are_deleted_and_others_kept() {
+    let test = "udp_flows_to_a_removed_endpoint_are_deleted_and_others_kept";
+    if !knat::lab::test_prerequisites(test, &["ip", "iptables-save", "conntrack"]) {
+        return;
+    }
+    let mut lab = Lab::new("ct");
+    // Two "pods" as local addresses of the namespace, so DNATed datagrams are delivered locally.
+    // (A veth pair with both ends inside: the dummy module is not available everywhere.)
+    lab.exec(&[
+        "ip",
+        "link",
+        "add",
+        "pods",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "pods-peer",
+    ]);
+    lab.exec(&["ip", "link", "set", "pods", "up"]);
+    lab.exec(&["ip", "link", "set", "pods-peer", "up"]);
+    lab.exec(&["ip", "addr", "add", "10.244.1.5/32", "dev", "pods"]);
+    lab.exec(&["ip", "addr", "add", "10.244.1.6/32", "dev", "pods"]);
+    // A route for the service range, as a node has (otherwise the socket fails before NAT).
+    lab.exec(&["ip", "route", "add", "10.96.0.0/16", "dev", "pods"]);
+    let m = lab.manifests();
+    write(&m, "node.yaml", NODE);
+    write(&m, "dns.yaml", DNS_SERVICE);
+    write(&m, "slice.yaml", &dns_slice("10.244.1.5"));
+    lab.start(&["--hostname-override", "node-1", "--ip-families", "ipv4"]);
+    lab.wait_rules("the DNS service DNATs to 10.244.1.5", |d| {
+        d.contains("--to-destination 10.244.1.5:53")
+    });
+
+    let send = |to: &str| {
+        lab.exec(&[
+            KNAT,
+            "lab-probe",
+            "--udp",
+            "--connect",
+            to,
+            "--timeout-ms",
+            "100",
+        ]);
+    };
+    let flows = || lab.exec(&["conntrack", "-L", "-p", "udp"]);
+    send("10.96.0.53:53");
+    send("10.244.1.6:9999");
+    let before = flows();
+    assert!(
+        before.contains("dst=10.96.0.53") && before.contains("src=10.244.1.5"),
+        "the service flow was DNATed to the first endpoint:\n{before}"
+    );
+    assert!(
+        before.contains("dport=9999"),
+        "the unrelated flow exists:\n{before}"
+    );
+
+    write(&m, "slice.yaml", &dns_slice("10.244.1.6"));
+    lab.wait_rules("the DNS service DNATs to 10.244.1.6", |d| {
+        d.contains("--to-destination 10.244.1.6:53") && !d.contains("10.244.1.5:53")
+    });
+    let after = lab.wait("the stale flow is deleted", || {
+        let now = flows();
+        (!now.contains("dst=10.96.0.53")).then_some(now)
+    });
+    assert!(
+        after.contains("dport=9999"),
+        "the unrelated flow must survive:\n{after}"
+    );
+    assert!(
+        lab.log().contains("conntrack") || metric_present(&lab),
+        "the deletion is visible in the log or metrics:\n{}",
+        lab.log()
+    );
+    // The next datagram goes to the new endpoint.
+    send("10.96.0.53:53");
+    let fresh = flows();
+    assert!(
+        fresh.contains("dst=10.96.0.53") && fresh.contains("src=10.244.1.6"),
+        "a new flow is DNATed to the new endpoint:\n{fresh}"
+    );
+    let status = lab.stop();
+    assert!(
+        status.success(),
+        "knat run exits cleanly on SIGTERM: {status:?}"
+    );
+}
+
+/// Whether the agent's metrics report deleted conntrack entries.
+fn metric_present(lab: &Lab) -> bool {
+    let (_, _, body) = lab.http("http://127.0.0.1:10249/metrics");
+    metric(
+        &body,
+        "kubeproxy_conntrack_reconciler_deleted_entries_total",
+    )
+    .is_some_and(|v| v >= 1.0)
+}
