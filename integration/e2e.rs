@@ -385,6 +385,65 @@ impl Cluster {
         (code.trim().parse().unwrap_or(0), body.to_string())
     }
 
+    /// Runs `knat doctor` (live mode, knat's own kubeconfig and RBAC) from a node namespace;
+    /// returns the exit code and the JSON report.
+    fn doctor(&self, node_name: &str) -> (i32, serde_json::Value) {
+        let ns = self.lab.namespace("node-1").expect("node-1 namespace");
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, KNAT, "doctor", "--kubeconfig"])
+            .arg(&self.knat_kubeconfig)
+            .args(["--node-name", node_name, "--output", "json"])
+            .output()
+            .expect("run knat doctor");
+        let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "knat doctor printed no JSON ({e}): {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code().unwrap_or(-1), report)
+    }
+
+    /// `knat doctor` reads the same cluster the proxies program: node-1 exists and has the
+    /// Local service's ready endpoints; a misspelt node name is reported as broken (exit 1).
+    fn doctor_checks(&self) {
+        let (code, report) = self.doctor("node-1");
+        assert_eq!(
+            report["node"]["exists"],
+            serde_json::json!(true),
+            "{report:#}"
+        );
+        let services = report["local_services"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let node1_ready: u64 = services
+            .iter()
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["node"] == "node-1")
+            .filter_map(|e| e["ready"].as_u64())
+            .sum();
+        assert!(
+            node1_ready >= 1,
+            "doctor sees node-1's ready endpoints: {report:#}"
+        );
+        assert!(
+            code == 0 || code == 1,
+            "doctor exit code {code}: {report:#}"
+        );
+        let (code, report) = self.doctor("node-3-typo");
+        assert_eq!(
+            report["node"]["exists"],
+            serde_json::json!(false),
+            "{report:#}"
+        );
+        assert_eq!(
+            code, 1,
+            "a node name matching no Node is broken: {report:#}"
+        );
+    }
+
     /// Waits until every proxy answers /healthz 200.
     fn wait_proxies_healthy(&self, nodes: &[&str]) {
         for node in nodes {
@@ -937,6 +996,9 @@ fn e2e_real_control_plane() {
         vip_own,
         &[Outcome::Local(Source::Preserved)],
     );
+
+    step("knat doctor against the live API server");
+    c.doctor_checks();
 
     step("wrong node name: reported loudly");
     c.start_proxy(ProxyKind::Knat, LONE_NODE, "node-3-typo");
