@@ -227,7 +227,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(pos) = args.iter().position(|a| a == "--profile-compile") {
         // Compile (and render) the same snapshot repeatedly, for a profiler.
-        let size: usize = args.get(pos + 1).and_then(|s| s.parse().ok()).unwrap_or(10_000);
+        let size: usize = args
+            .get(pos + 1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10_000);
         let snap = snapshot(size);
         let mut cfg = ProxyConfig::new("node-1", IpFamily::V4).expect("valid node name");
         cfg.local_detector = LocalDetector::Cidr("10.128.0.0/9".parse().expect("valid CIDR"));
@@ -237,7 +240,12 @@ fn main() {
             let c = t.elapsed();
             let t = Instant::now();
             let text = render_standalone(&compiled.rules);
-            println!("compile {:.1} ms, render {:.1} ms ({} bytes)", ms(c), ms(t.elapsed()), text.len());
+            println!(
+                "compile {:.1} ms, render {:.1} ms ({} bytes)",
+                ms(c),
+                ms(t.elapsed()),
+                text.len()
+            );
         }
         return;
     }

@@ -411,10 +411,19 @@ fn driver(setup_path: &Path) -> Result<(), BenchError> {
             proxy::flush(&side.namespace)?;
             let mut r = launcher.start(side, &format!("{size}"))?;
             let took = r.wait_chain(&sentinel, PROGRAM_TIMEOUT)?;
-            let bytes: u64 = r.restores().iter().map(|c| c.bytes).sum();
+            // The wrapper logs a call after iptables-restore returns, a moment after the
+            // rules became visible.
+            let logged = Instant::now();
+            while r.restores().is_empty() && logged.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let calls = r.restores();
+            let bytes: u64 = calls.iter().map(|c| c.bytes).sum();
+            let failed = calls.iter().filter(|c| c.exit != 0).count();
             log(&format!(
-                "{}: {size} services programmed {took:.2?} after start ({} restore bytes)",
-                side.label, bytes
+                "{}: {size} services programmed {took:.2?} after start ({bytes} restore bytes, {} calls, {failed} failed)",
+                side.label,
+                calls.len()
             ));
             result.programming.push((took, bytes));
             running.push(r);

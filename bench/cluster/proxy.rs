@@ -141,8 +141,21 @@ impl Running {
     /// Stops the proxy and removes every rule from its namespace (`nft flush ruleset` inside
     /// the node namespace only), so the next start is cold.
     pub fn stop(mut self) -> Result<(), BenchError> {
+        if self.daemon.is_running() {
+            sys::kill_descendants(self.daemon.pid());
+        }
         self.daemon.stop();
         flush(&self.side.namespace)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // On an error path: no wrapper or iptables-restore may outlive the run. Only while
+        // the proxy is our unreaped child, so its PID cannot belong to anyone else.
+        if self.daemon.is_running() {
+            sys::kill_descendants(self.daemon.pid());
+        }
     }
 }
 

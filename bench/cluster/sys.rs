@@ -98,13 +98,6 @@ pub struct ProcStats {
     pub hwm: u64,
 }
 
-impl ProcStats {
-    /// Self plus children.
-    pub fn cpu_total(&self) -> f64 {
-        self.cpu_self + self.cpu_children
-    }
-}
-
 fn clock_ticks() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
@@ -147,6 +140,45 @@ pub fn proc_stats(pid: u32) -> Result<ProcStats, BenchError> {
         rss: kb("VmRSS:"),
         hwm: kb("VmHWM:"),
     })
+}
+
+/// Ends (SIGKILL, by PID) every descendant of `pid`: the wrapper shells and the
+/// `iptables-restore` they run outlive a proxy that is killed in the middle of a sync.
+pub fn kill_descendants(pid: u32) {
+    let mut parents = vec![pid];
+    let mut found = Vec::new();
+    // Bounded: a process tree of a proxy is a few levels deep.
+    for _ in 0..8 {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        let children: Vec<u32> = entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        let rest = s.rsplit_once(')')?.1.to_string();
+                        rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                    })
+                    .is_some_and(|ppid| parents.contains(&ppid))
+            })
+            .filter(|p| !found.contains(p))
+            .collect();
+        if children.is_empty() {
+            break;
+        }
+        found.extend(&children);
+        parents = children;
+    }
+    for p in found {
+        if let Ok(p) = i32::try_from(p) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 /// One `iptables-restore` call seen by the wrapper.
