@@ -53,6 +53,8 @@ struct Options {
     changes: u32,
     min_sync: String,
     doc: Option<PathBuf>,
+    /// The iptables backend both proxies use.
+    backend: sys::IptBackend,
 }
 
 impl Options {
@@ -65,6 +67,7 @@ impl Options {
             changes: 5,
             min_sync: "1s".into(),
             doc: Some(repo.join("docs/performance.md")),
+            backend: sys::IptBackend::Nft,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -91,6 +94,13 @@ impl Options {
                 "--min-sync" => o.min_sync = value(flag)?,
                 "--doc" => o.doc = Some(PathBuf::from(value(flag)?)),
                 "--no-doc" => o.doc = None,
+                "--backend" => {
+                    o.backend = match value(flag)?.as_str() {
+                        "nft" => sys::IptBackend::Nft,
+                        "legacy" => sys::IptBackend::Legacy,
+                        other => return Err(bad(flag, &format!("{other:?} (nft or legacy)"))),
+                    }
+                }
                 other => return Err(BenchError::Usage(format!("unknown argument {other:?}"))),
             }
         }
@@ -176,13 +186,17 @@ fn machine_description() -> String {
         "{} CPUs ({cpu}), {mem} RAM, kernel {}, {}",
         command_text("nproc", &[]),
         command_text("uname", &["-r"]),
-        command_text("iptables-nft", &["--version"]),
+        command_text(
+            &sys::IptBackend::current().binary("iptables"),
+            &["--version"]
+        ),
     )
 }
 
 /// The parent: builds the lab and the control plane, runs the driver inside the fabric
 /// namespace, tears everything down.
 fn harness(options: &Options) -> Result<(), BenchError> {
+    options.backend.select();
     preflight(&[Backend::Nft], false)?;
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let binaries = K8sBinaries::locate(repo, false)?;
@@ -354,6 +368,7 @@ fn driver(setup_path: &Path) -> Result<(), BenchError> {
         .map_err(io_err(format!("read {}", setup_path.display())))?;
     let setup: Setup =
         serde_json::from_str(&text).map_err(|e| BenchError::Usage(format!("setup: {e}")))?;
+    setup.options.backend.select();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -438,7 +453,7 @@ fn driver(setup_path: &Path) -> Result<(), BenchError> {
             (Some(f), Some(l)) => (*f, *l),
             _ => {
                 return Err(BenchError::Command {
-                    command: "iptables-nft -t nat -S KUBE-SERVICES".into(),
+                    command: "iptables -t nat -S KUBE-SERVICES".into(),
                     detail: "no bench service in kube-proxy's KUBE-SERVICES".into(),
                 });
             }
@@ -493,11 +508,8 @@ fn driver(setup_path: &Path) -> Result<(), BenchError> {
 
 /// The bench Services in the order of kube-proxy's nat KUBE-SERVICES.
 fn upstream_order(namespace: &str) -> Result<Vec<usize>, BenchError> {
-    let out = sys::netns_run(
-        namespace,
-        "iptables-nft",
-        &["-t", "nat", "-S", "KUBE-SERVICES"],
-    )?;
+    let iptables = sys::IptBackend::current().binary("iptables");
+    let out = sys::netns_run(namespace, &iptables, &["-t", "nat", "-S", "KUBE-SERVICES"])?;
     let prefix = format!("\"{}/svc-", api::NS);
     Ok(out
         .lines()

@@ -55,13 +55,32 @@ impl Launcher {
         let restore_log = self.work.join(format!("{}-{run}.restores", side.label));
         let _ = std::fs::remove_file(&restore_log);
         // Each proxy looks up its restore binary by name on PATH: kube-proxy `iptables-restore`,
-        // knat `iptables-nft-restore` (--iptables-backend=nft). Both resolve to iptables-nft.
+        // knat `iptables-<backend>-restore` (--iptables-backend). Both resolve to the run's
+        // backend; kube-proxy's other front-ends (`iptables`, `iptables-save`, ...) are linked
+        // to the same backend in the wrapper directory.
+        let backend = sys::IptBackend::current();
+        let restore = backend.binary("iptables-restore");
         sys::write_restore_wrapper(
             &wrap,
-            &["iptables-restore", "iptables-nft-restore"],
-            "/usr/sbin/iptables-nft-restore",
+            &["iptables-restore", restore.as_str()],
+            &format!("/usr/sbin/{restore}"),
             &restore_log,
         )?;
+        for tool in [
+            "iptables",
+            "iptables-save",
+            "ip6tables",
+            "ip6tables-save",
+            "ip6tables-restore",
+        ] {
+            let link = wrap.join(tool);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(format!("/usr/sbin/{}", backend.binary(tool)), &link)
+                .map_err(|e| BenchError::Command {
+                    command: format!("symlink {}", link.display()),
+                    detail: e.to_string(),
+                })?;
+        }
         let options = ProxyOptions {
             kind: side.kind(),
             node_name: side.node.clone(),
@@ -72,6 +91,7 @@ impl Launcher {
             // in a new order every 30 s); the same for both.
             extra: vec!["--iptables-sync-period=1h".to_string()],
         };
+
         let program = match side.kind() {
             ProxyKind::Knat => self.knat.clone(),
             ProxyKind::KubeProxy => self.binaries.path("kube-proxy"),
@@ -83,7 +103,14 @@ impl Launcher {
             ),
             program.display().to_string(),
         ];
-        args.extend(options.args());
+        // knat's backend flag (the e2e options say nft) follows the run's backend.
+        args.extend(options.args().into_iter().map(|a| {
+            if a.starts_with("--iptables-backend=") {
+                format!("--iptables-backend={}", backend.name())
+            } else {
+                a
+            }
+        }));
         let log = self.work.join(format!("{}-{run}.log", side.label));
         let started = Instant::now();
         let daemon = Daemon::spawn(
@@ -159,7 +186,17 @@ impl Drop for Running {
     }
 }
 
-/// Removes every nftables rule in a (lab) namespace.
+/// Removes every rule of the run's backend in a (lab) namespace.
 pub fn flush(namespace: &str) -> Result<(), BenchError> {
-    sys::netns_run(namespace, "nft", &["flush", "ruleset"]).map(drop)
+    match sys::IptBackend::current() {
+        sys::IptBackend::Nft => sys::netns_run(namespace, "nft", &["flush", "ruleset"]).map(drop),
+        sys::IptBackend::Legacy => {
+            for table in ["nat", "filter", "mangle"] {
+                for op in ["-F", "-X"] {
+                    sys::netns_run(namespace, "iptables-legacy", &["-t", table, op])?;
+                }
+            }
+            Ok(())
+        }
+    }
 }

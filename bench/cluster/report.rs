@@ -138,9 +138,10 @@ impl Report {
         let _ = writeln!(t.0, "Versions: {}  ", self.versions);
         let _ = writeln!(
             t.0,
-            "Run: `--iptables-min-sync-period={}` for both, iptables-nft backend for both, \
+            "Run: `--iptables-min-sync-period={}` for both, iptables-{} backend for both, \
              benchmark wall time {:.0} s.\n",
             self.min_sync,
+            crate::sys::IptBackend::current().name(),
             self.duration.as_secs_f64()
         );
         let _ = writeln!(

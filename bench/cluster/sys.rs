@@ -76,11 +76,48 @@ pub fn netns_run(namespace: &str, program: &str, args: &[&str]) -> Result<String
     }
 }
 
-/// Whether a nat chain exists in a namespace (one `iptables-nft -t nat -S CHAIN`, which reads
+/// The iptables backend both proxies use in a run (`--backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum IptBackend {
+    Nft,
+    Legacy,
+}
+
+static BACKEND: std::sync::OnceLock<IptBackend> = std::sync::OnceLock::new();
+
+impl IptBackend {
+    /// Sets the backend of this process (once, from the options).
+    pub fn select(self) {
+        let _ = BACKEND.set(self);
+    }
+
+    /// The backend of this process (nft unless selected otherwise).
+    pub fn current() -> IptBackend {
+        BACKEND.get().copied().unwrap_or(IptBackend::Nft)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            IptBackend::Nft => "nft",
+            IptBackend::Legacy => "legacy",
+        }
+    }
+
+    /// `iptables-nft` / `iptables-legacy` and the other front-end binaries.
+    pub fn binary(self, tool: &str) -> String {
+        match tool.split_once("tables") {
+            Some((family, rest)) => format!("{family}tables-{}{rest}", self.name()),
+            None => tool.to_string(),
+        }
+    }
+}
+
+/// Whether a nat chain exists in a namespace (one `iptables -t nat -S CHAIN`, which reads
 /// only that chain from the kernel: a few milliseconds even at 10,000 services).
 pub fn chain_exists(namespace: &str, chain: &str) -> bool {
+    let iptables = IptBackend::current().binary("iptables");
     matches!(
-        netns_output(namespace, "iptables-nft", &["-t", "nat", "-S", chain]),
+        netns_output(namespace, &iptables, &["-t", "nat", "-S", chain]),
         Ok((true, _, _))
     )
 }
