@@ -185,7 +185,7 @@ fn run_size(services: usize, dispatch: Dispatch) -> String {
     if let Some(slice) = snap
         .slices
         .get_mut(&target)
-        .and_then(|m| m.values_mut().next())
+        .and_then(|m| std::sync::Arc::make_mut(m).values_mut().next())
     {
         slice.endpoints[0].ip = IpAddr::V4(Ipv4Addr::new(10, 127, 255, 254));
     }

@@ -13,6 +13,7 @@
 //! `tokio::sync::watch` channel with `send_if_modified`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{Node as K8sNode, Service as K8sService};
@@ -175,7 +176,7 @@ impl SourceState {
                 let key = ServiceName::new(ns, name);
                 match convert(&svc, &mut applied) {
                     Some(s) => {
-                        if self.snapshot.services.get(&key) != Some(&s) {
+                        if self.snapshot.services.get(&key).map(|old| &**old) != Some(&s) {
                             self.snapshot.upsert_service(s);
                             applied.changed = true;
                         }
@@ -199,7 +200,20 @@ impl SourceState {
                 }
             }
             Event::InitDone => {
-                let fresh = self.relist_services.take().unwrap_or_default();
+                // Unchanged Services keep their shared object, so the compiler reuses them.
+                let fresh: BTreeMap<ServiceName, Arc<Service>> = self
+                    .relist_services
+                    .take()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(name, svc)| {
+                        let shared = match self.snapshot.services.get(&name) {
+                            Some(old) if **old == svc => old.clone(),
+                            _ => Arc::new(svc),
+                        };
+                        (name, shared)
+                    })
+                    .collect();
                 applied.changed = fresh != self.snapshot.services || !self.listed.services;
                 self.snapshot.services = fresh;
                 self.listed.services = true;

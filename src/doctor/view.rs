@@ -146,6 +146,7 @@ impl View {
         self.snapshot
             .services
             .values()
+            .map(|s| &**s)
             .filter(|s| s.external_policy_local)
     }
 

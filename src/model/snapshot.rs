@@ -4,15 +4,21 @@
 //! files) and the agent (built from watch events). Compilation reads it and nothing else.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::types::*;
 
-/// Everything compilation needs to know about the cluster.
+/// The slices of one Service, keyed by slice name.
+pub type ServiceSlices = BTreeMap<String, EndpointSlice>;
+
+/// Everything compilation needs to know about the cluster. Services and each Service's slices
+/// are shared (`Arc`): cloning a snapshot copies pointers, not objects, and the incremental
+/// compiler recognises an unchanged Service by pointer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    pub services: BTreeMap<ServiceName, Service>,
+    pub services: BTreeMap<ServiceName, Arc<Service>>,
     /// EndpointSlices grouped by the Service they belong to, keyed by slice name.
-    pub slices: BTreeMap<ServiceName, BTreeMap<String, EndpointSlice>>,
+    pub slices: BTreeMap<ServiceName, Arc<ServiceSlices>>,
     /// This proxy's own Node, when it is known.
     pub node: Option<NodeInfo>,
     /// Which Service each slice (namespace, slice name) was filed under. Kept by
@@ -23,11 +29,12 @@ pub struct Snapshot {
 impl Snapshot {
     /// Inserts or replaces a Service.
     pub fn upsert_service(&mut self, service: Service) {
-        self.services.insert(service.name.clone(), service);
+        self.services
+            .insert(service.name.clone(), Arc::new(service));
     }
 
     /// Removes a Service; its slices stay until they are deleted themselves, as upstream.
-    pub fn remove_service(&mut self, name: &ServiceName) -> Option<Service> {
+    pub fn remove_service(&mut self, name: &ServiceName) -> Option<Arc<Service>> {
         self.services.remove(name)
     }
 
@@ -39,9 +46,7 @@ impl Snapshot {
             (namespace.to_string(), slice.slice_name.clone()),
             slice.service.clone(),
         );
-        self.slices
-            .entry(slice.service.clone())
-            .or_default()
+        Arc::make_mut(self.slices.entry(slice.service.clone()).or_default())
             .insert(slice.slice_name.clone(), slice);
     }
 
@@ -51,7 +56,7 @@ impl Snapshot {
             .slice_owners
             .remove(&(namespace.to_string(), slice_name.to_string()))?;
         if let Some(slices) = self.slices.get_mut(&owner) {
-            slices.remove(slice_name);
+            Arc::make_mut(slices).remove(slice_name);
             if slices.is_empty() {
                 self.slices.remove(&owner);
             }

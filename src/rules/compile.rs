@@ -14,9 +14,9 @@ use super::chain::{ChainName, ServiceChains, endpoint_chain};
 use super::dispatch::{self, Entry};
 use super::rule::*;
 use crate::config::ProxyConfig;
-use crate::model::EndpointSlice;
 use crate::model::categorize::{NodeTopology, categorize};
 use crate::model::endpoints::{EndpointInfo, endpoints_by_port, local_ready_ip_count};
+use crate::model::snapshot::ServiceSlices;
 use crate::model::{
     IpFamily, Protocol, Service, ServiceName, ServicePort, ServicePortName, Snapshot,
 };
@@ -183,26 +183,39 @@ impl IncrementalCompiler {
         self.last_recompiled = 0;
         for service in snapshot.services.values() {
             let slices = snapshot.slices.get(&service.name);
-            let fresh = self
-                .cache
-                .get(&service.name)
-                .is_some_and(|c| c.service == *service && c.slices.as_ref() == slices);
-            let fragment = if fresh {
-                self.cache[&service.name].fragment.clone()
-            } else {
-                let mut frag = Fragment::default();
-                compiler.service(snapshot, service, topology, &mut frag);
-                let frag = Arc::new(frag);
-                self.cache.insert(
-                    service.name.clone(),
-                    CachedFragment {
-                        service: service.clone(),
-                        slices: slices.cloned(),
-                        fragment: frag.clone(),
-                    },
-                );
-                self.last_recompiled += 1;
-                frag
+            let reused = match self.cache.get_mut(&service.name) {
+                Some(cached)
+                    if same(&cached.service, service)
+                        && match (&cached.slices, slices) {
+                            (Some(a), Some(b)) => same(a, b),
+                            (None, None) => true,
+                            _ => false,
+                        } =>
+                {
+                    // Equal but re-created objects: keep the snapshot's, so old copies are freed.
+                    cached.service = service.clone();
+                    cached.slices = slices.cloned();
+                    Some(cached.fragment.clone())
+                }
+                _ => None,
+            };
+            let fragment = match reused {
+                Some(fragment) => fragment,
+                None => {
+                    let mut frag = Fragment::default();
+                    compiler.service(snapshot, service, topology, &mut frag);
+                    let frag = Arc::new(frag);
+                    self.cache.insert(
+                        service.name.clone(),
+                        CachedFragment {
+                            service: service.clone(),
+                            slices: slices.cloned(),
+                            fragment: frag.clone(),
+                        },
+                    );
+                    self.last_recompiled += 1;
+                    frag
+                }
             };
             compiler.merge(fragment);
         }
@@ -1084,12 +1097,18 @@ struct Fragment {
     udp: Vec<UdpServicePort>,
 }
 
-/// What a cached fragment was compiled from.
+/// What a cached fragment was compiled from (shared with the snapshot, so an unchanged Service
+/// is recognised by pointer and costs no memory of its own).
 #[derive(Debug)]
 struct CachedFragment {
-    service: Service,
-    slices: Option<BTreeMap<String, EndpointSlice>>,
+    service: Arc<Service>,
+    slices: Option<Arc<ServiceSlices>>,
     fragment: Arc<Fragment>,
+}
+
+/// Same object, or equal objects (a re-list hands new pointers to unchanged objects).
+fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
 }
 
 /// Inputs shared by every fragment; when any of them changes the cache is dropped.
