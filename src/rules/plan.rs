@@ -81,8 +81,6 @@ pub fn plan(
     let mut stats = PlanStats::default();
     for table_name in [TableName::Filter, TableName::Nat] {
         let table = desired.table(table_name);
-        let mut declare = String::new();
-        let mut rules = String::new();
         let mut written = Vec::new();
         for (name, chain_rules) in &table.chains {
             let key = (table_name, name.clone());
@@ -110,12 +108,6 @@ pub fn plan(
             );
         }
         written.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        for (name, chain_rules) in written {
-            let _ = writeln!(declare, ":{name} - [0:0]");
-            render_chain_rules(&mut rules, name, chain_rules);
-            stats.chains_written += 1;
-            stats.rules_written += chain_rules.len();
-        }
         let mut deletes: Vec<ChainName> = applied
             .chains
             .keys()
@@ -132,16 +124,21 @@ pub fn plan(
         }
         deletes.sort_unstable();
         deletes.dedup();
-        for name in &deletes {
-            let _ = writeln!(declare, ":{name} - [0:0]");
-        }
-        if declare.is_empty() {
+        if written.is_empty() && deletes.is_empty() {
             continue;
         }
-        stats.chains_deleted += deletes.len();
+        // Declarations first, then the rules, rendered straight into the payload (no second
+        // copy of a full sync's tens of megabytes), then the deletions.
         let _ = writeln!(payload, "*{}", table_name.as_str());
-        payload.push_str(&declare);
-        payload.push_str(&rules);
+        for name in written.iter().map(|(name, _)| *name).chain(&deletes) {
+            let _ = writeln!(payload, ":{name} - [0:0]");
+        }
+        for (name, chain_rules) in written {
+            render_chain_rules(&mut payload, name, chain_rules);
+            stats.chains_written += 1;
+            stats.rules_written += chain_rules.len();
+        }
+        stats.chains_deleted += deletes.len();
         for name in &deletes {
             let _ = writeln!(payload, "-X {name}");
         }
