@@ -115,32 +115,44 @@ fn for_each_document(
     Ok(())
 }
 
+/// Calls `visit` with every object of a document: a `v1` List (any `...List` kind) is
+/// flattened, an empty document is skipped.
+fn for_each_object(value: Value, visit: &mut impl FnMut(Value)) {
+    if value.is_null() {
+        return;
+    }
+    let is_list = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .is_some_and(|k| k.ends_with("List"));
+    if !is_list {
+        visit(value);
+        return;
+    }
+    if let Some(Value::Array(items)) = value.get("items").cloned() {
+        for item in items {
+            for_each_object(item, visit);
+        }
+    }
+}
+
 /// Parses every document of every source and builds the snapshot for `node_name`.
 pub fn load(sources: &[Source], node_name: &str) -> Result<Loaded, InputError> {
     let mut loaded = Loaded::default();
     for_each_document(sources, |value, place| {
-        add_value(&mut loaded, value, place, node_name)
+        for_each_object(value, &mut |object| {
+            add_value(&mut loaded, object, place, node_name)
+        })
     })?;
     Ok(loaded)
 }
 
 fn add_value(loaded: &mut Loaded, value: Value, place: &str, node_name: &str) {
-    if value.is_null() {
-        return;
-    }
     let kind = value
         .get("kind")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    if kind.ends_with("List") {
-        if let Some(items) = value.get("items").and_then(Value::as_array) {
-            for item in items.clone() {
-                add_value(loaded, item, place, node_name);
-            }
-        }
-        return;
-    }
     let what = describe(&value);
     let skip = |loaded: &mut Loaded, reason: Skip| {
         let severity = match reason {
@@ -205,28 +217,17 @@ pub struct Objects {
 pub fn load_objects(sources: &[Source]) -> Result<Objects, InputError> {
     let mut objects = Objects::default();
     for_each_document(sources, |value, place| {
-        add_object(&mut objects, value, place)
+        for_each_object(value, &mut |object| add_object(&mut objects, object, place))
     })?;
     Ok(objects)
 }
 
 fn add_object(objects: &mut Objects, value: Value, place: &str) {
-    if value.is_null() {
-        return;
-    }
     let kind = value
         .get("kind")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    if kind.ends_with("List") {
-        if let Some(items) = value.get("items").and_then(Value::as_array) {
-            for item in items.clone() {
-                add_object(objects, item, place);
-            }
-        }
-        return;
-    }
     let what = describe(&value);
     let bad = |objects: &mut Objects, e: serde_json::Error| {
         objects.notes.push(Note {

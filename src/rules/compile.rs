@@ -70,6 +70,26 @@ fn dst_ip(ip: IpAddr) -> Match {
     }
 }
 
+/// `-m comment --comment C -m P -p P -d IP --dport PORT -j TARGET`: the shape of every rule
+/// that matches one service destination (KUBE-SERVICES, KUBE-EXTERNAL-SERVICES, firewall).
+fn destination_rule(
+    comment: impl Into<Arc<str>>,
+    proto: Protocol,
+    ip: IpAddr,
+    port: u16,
+    target: Target,
+) -> Rule {
+    Rule::new(
+        vec![
+            c(comment),
+            Match::Proto(proto),
+            dst_ip(ip),
+            Match::DPort(port),
+        ],
+        target,
+    )
+}
+
 fn jump(chain: &ChainName) -> Target {
     Target::Jump(chain.clone())
 }
@@ -559,24 +579,20 @@ impl Compiler<'_> {
         if has_internal {
             frag.entries.push(Entry {
                 dst: ctx.cluster_ip,
-                rule: Rule::new(
-                    vec![
-                        c(format!("{spn_text} cluster IP")),
-                        Match::Proto(proto),
-                        dst_ip(ctx.cluster_ip),
-                        Match::DPort(port.port),
-                    ],
+                rule: destination_rule(
+                    format!("{spn_text} cluster IP"),
+                    proto,
+                    ctx.cluster_ip,
+                    port.port,
                     jump(internal_chain),
                 ),
             });
         } else {
-            frag.filter_services.push(Rule::new(
-                vec![
-                    c(internal_comment.clone()),
-                    Match::Proto(proto),
-                    dst_ip(ctx.cluster_ip),
-                    Match::DPort(port.port),
-                ],
+            frag.filter_services.push(destination_rule(
+                internal_comment.clone(),
+                proto,
+                ctx.cluster_ip,
+                port.port,
                 internal_filter.clone(),
             ));
         }
@@ -585,25 +601,21 @@ impl Compiler<'_> {
             if has_endpoints {
                 frag.entries.push(Entry {
                     dst: ip,
-                    rule: Rule::new(
-                        vec![
-                            c(format!("{spn_text} external IP")),
-                            Match::Proto(proto),
-                            dst_ip(ip),
-                            Match::DPort(port.port),
-                        ],
+                    rule: destination_rule(
+                        format!("{spn_text} external IP"),
+                        proto,
+                        ip,
+                        port.port,
                         jump(&chains.ext),
                     ),
                 });
             }
             if !has_external {
-                frag.filter_external.push(Rule::new(
-                    vec![
-                        c(external_comment.clone()),
-                        Match::Proto(proto),
-                        dst_ip(ip),
-                        Match::DPort(port.port),
-                    ],
+                frag.filter_external.push(destination_rule(
+                    external_comment.clone(),
+                    proto,
+                    ip,
+                    port.port,
                     external_filter.clone(),
                 ));
             }
@@ -613,38 +625,32 @@ impl Compiler<'_> {
             if has_endpoints {
                 frag.entries.push(Entry {
                     dst: ip,
-                    rule: Rule::new(
-                        vec![
-                            c(format!("{spn_text} loadbalancer IP")),
-                            Match::Proto(proto),
-                            dst_ip(ip),
-                            Match::DPort(port.port),
-                        ],
+                    rule: destination_rule(
+                        format!("{spn_text} loadbalancer IP"),
+                        proto,
+                        ip,
+                        port.port,
                         jump(lb_chain),
                     ),
                 });
             }
             if uses_fw_chain {
-                frag.filter_firewall.push(Rule::new(
-                    vec![
-                        c(format!("{spn_text} traffic not accepted by {}", chains.fw)),
-                        Match::Proto(proto),
-                        dst_ip(ip),
-                        Match::DPort(port.port),
-                    ],
+                frag.filter_firewall.push(destination_rule(
+                    format!("{spn_text} traffic not accepted by {}", chains.fw),
+                    proto,
+                    ip,
+                    port.port,
                     Target::Drop,
                 ));
             }
         }
         if !has_external {
             for &ip in ctx.lb_ips {
-                frag.filter_external.push(Rule::new(
-                    vec![
-                        c(external_comment.clone()),
-                        Match::Proto(proto),
-                        dst_ip(ip),
-                        Match::DPort(port.port),
-                    ],
+                frag.filter_external.push(destination_rule(
+                    external_comment.clone(),
+                    proto,
+                    ip,
+                    port.port,
                     external_filter.clone(),
                 ));
             }
