@@ -712,3 +712,139 @@ fn demo_fixture_is_current() {
         path.display()
     );
 }
+
+/// Kills the agent (by PID) when the test ends, also on failure.
+struct Agent(std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The cluster of the agent test: `web` is a NodePort service on two nodes; `endpoints` and
+/// `local` are what the test changes in the manifests the agent reads.
+fn agent_scenario(endpoints: &[&str], local: bool) -> Scenario {
+    let mut web = ServiceSpec::node_port("web", 80, 30080);
+    if local {
+        web = web.local();
+    }
+    for pod in endpoints {
+        web = web.endpoint(pod);
+    }
+    Scenario::new("agent")
+        .node("node-1")
+        .node("node-2")
+        .pod("web-1", "node-1")
+        .pod("web-2", "node-2")
+        .client("client-1")
+        .service(web)
+}
+
+/// `knat run --from-files` as node-1's agent (issue 4): the packets follow the manifests as a
+/// pod is added and removed and the traffic policy flips, with no `knat render` involved.
+#[test]
+fn agent_from_files_programs_a_node_and_packets_follow_changes() {
+    if !can_run(&[Backend::Nft]) {
+        return;
+    }
+    let lab = Lab::build(
+        agent_scenario(&["web-1"], true),
+        LabOptions::new(Path::new(KNAT), Backend::Nft),
+    )
+    .expect("build the lab");
+    let dir = lab.workdir().join("agent-manifests");
+    std::fs::create_dir_all(&dir).expect("manifests dir");
+    let write = |scenario: &Scenario| {
+        let yaml = scenario.manifests().expect("manifests");
+        let tmp = dir.join(".cluster.yaml.tmp");
+        std::fs::write(&tmp, yaml).expect("write manifests");
+        std::fs::rename(&tmp, dir.join("cluster.yaml")).expect("rename manifests");
+    };
+    write(&agent_scenario(&["web-1"], true));
+    let node = lab.namespace("node-1").expect("node-1 namespace");
+    let log = std::fs::File::create(lab.workdir().join("agent.log")).expect("agent log");
+    let _agent = Agent(
+        Command::new("ip")
+            .args(["netns", "exec", &node, KNAT, "run", "--from-files"])
+            .arg(&dir)
+            .args([
+                "--hostname-override",
+                "node-1",
+                "--cluster-cidr",
+                "10.244.0.0/16",
+            ])
+            .args(["--iptables-backend", "nft", "--ip-families", "ipv4"])
+            .args([
+                "--iptables-min-sync-period",
+                "100ms",
+                "--files-poll-interval",
+                "100ms",
+            ])
+            .args(["--healthz-bind-address", "127.0.0.1:10256"])
+            .args(["--metrics-bind-address", "127.0.0.1:10249"])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start knat run"),
+    );
+    let s = lab.scenario();
+    let client = s.client_ip("client-1", Family::V4).expect("client address");
+    let target = SocketAddr::new(
+        s.node_ip("node-1", Family::V4).expect("node-1 address"),
+        30080,
+    );
+    let agent_log = || std::fs::read_to_string(lab.workdir().join("agent.log")).unwrap_or_default();
+    // Waits (bounded) until a probe from the client gives what `want` accepts.
+    let wait_for = |what: &str, want: &dyn Fn(&ProbeResult) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let got = lab.probe("client-1", target, Proto::Tcp).expect("probe");
+            if want(&got) {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: last probe {got:?}\nagent log:\n{}",
+                agent_log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let reached =
+        |pod: &'static str| move |r: &ProbeResult| r.reply().is_some_and(|e| e.pod == pod);
+
+    // Local, local endpoint: reached, client address kept.
+    let got = wait_for("Local with web-1 on node-1", &reached("web-1"));
+    assert_eq!(got.reply().map(|r| r.saw.ip()), Some(client), "{got:?}");
+
+    // The local pod goes away, a remote one remains: Local drops on node-1.
+    write(&agent_scenario(&["web-2"], true));
+    wait_for("Local without a local endpoint", &|r| {
+        matches!(r, ProbeResult::TimedOut)
+    });
+
+    // Flip to Cluster: node-1 forwards to web-2 on node-2, masqueraded.
+    write(&agent_scenario(&["web-2"], false));
+    let got = wait_for("Cluster to web-2", &reached("web-2"));
+    assert_ne!(
+        got.reply().map(|r| r.saw.ip()),
+        Some(client),
+        "masqueraded: {got:?}"
+    );
+
+    // Back to Local with web-1 added again: the client address is kept again.
+    write(&agent_scenario(&["web-1", "web-2"], true));
+    let got = wait_for("Local with web-1 back", &reached("web-1"));
+    assert_eq!(got.reply().map(|r| r.saw.ip()), Some(client), "{got:?}");
+    for _ in 0..8 {
+        let r = lab.probe("client-1", target, Proto::Tcp).expect("probe");
+        assert_eq!(
+            r.reply().map(|e| e.pod.as_str()),
+            Some("web-1"),
+            "only the local pod: {r:?}"
+        );
+    }
+}
