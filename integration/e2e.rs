@@ -304,10 +304,9 @@ impl Cluster {
         }
     }
 
+    /// A proxy's log (plain text: knat colours only on a terminal, klog never does).
     fn proxy_log(&self, node: &str) -> String {
-        strip_ansi(
-            &std::fs::read_to_string(self.logs.join(format!("{node}.log"))).unwrap_or_default(),
-        )
+        std::fs::read_to_string(self.logs.join(format!("{node}.log"))).unwrap_or_default()
     }
 
     fn context(&self) -> String {
@@ -723,23 +722,6 @@ fn local_endpoints(body: &str) -> Option<u64> {
     serde_json::from_str::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v["localEndpoints"].as_u64())
-}
-
-fn strip_ansi(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn service_manifest(policy: &str) -> String {

@@ -78,23 +78,9 @@ impl Lab {
         self.dir.join("manifests")
     }
 
-    /// The agent's log, without ANSI colour codes.
+    /// The agent's log (plain text: knat colours its log only on a terminal).
     fn log(&self) -> String {
-        let raw = std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default();
-        let mut out = String::with_capacity(raw.len());
-        let mut chars = raw.chars();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
     }
 
     fn start(&mut self, extra: &[&str]) {

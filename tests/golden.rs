@@ -2,10 +2,10 @@
 //! snapshots of complete payloads for a mix of service flavours, both families and both
 //! dispatch styles.
 
-use knat::config::{Dispatch, LocalDetector, ProxyConfig};
-use knat::input::{Source, load};
+mod common;
+
+use knat::config::{Dispatch, ProxyConfig};
 use knat::model::IpFamily;
-use knat::rules::{compile, render_standalone};
 
 fn render(
     fixture: &str,
@@ -13,24 +13,7 @@ fn render(
     family: IpFamily,
     tweak: impl FnOnce(&mut ProxyConfig),
 ) -> String {
-    let path = format!("{}/tests/fixtures/{fixture}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).expect("fixture exists");
-    let loaded = load(
-        &[Source {
-            name: fixture.into(),
-            text,
-        }],
-        node,
-    )
-    .expect("fixture parses");
-    let mut cfg = ProxyConfig::new(node, family).expect("valid node name");
-    let cidrs = [
-        "10.244.0.0/16".parse().unwrap(),
-        "fd00:10:244::/48".parse().unwrap(),
-    ];
-    cfg.local_detector = LocalDetector::from_cidrs(&cidrs, family);
-    tweak(&mut cfg);
-    render_standalone(&compile(&loaded.snapshot, &cfg).rules)
+    common::render_fixture(fixture, node, family, tweak)
 }
 
 /// Every rule of §4 of the reference (except the nfacct variant, which knat writes only when

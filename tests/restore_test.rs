@@ -5,10 +5,10 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use knat::config::{Dispatch, LocalDetector, ProxyConfig};
-use knat::input::{Source, load};
+mod common;
+
+use knat::config::Dispatch;
 use knat::model::IpFamily;
-use knat::rules::{compile, render_standalone};
 
 /// A network namespace, deleted on drop.
 struct Netns(String);
@@ -55,25 +55,10 @@ impl Drop for Netns {
 }
 
 fn payload(fixture: &str, node: &str, family: IpFamily, dispatch: Dispatch) -> String {
-    let path = format!("{}/tests/fixtures/{fixture}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).expect("fixture exists");
-    let loaded = load(
-        &[Source {
-            name: fixture.into(),
-            text,
-        }],
-        node,
-    )
-    .expect("fixture parses");
-    let mut cfg = ProxyConfig::new(node, family).expect("valid node name");
-    let cidrs = [
-        "10.244.0.0/16".parse().expect("cidr"),
-        "fd00:10:244::/48".parse().expect("cidr"),
-    ];
-    cfg.local_detector = LocalDetector::from_cidrs(&cidrs, family);
-    cfg.dispatch = dispatch;
-    cfg.random_fully = true;
-    render_standalone(&compile(&loaded.snapshot, &cfg).rules)
+    common::render_fixture(fixture, node, family, |cfg| {
+        cfg.dispatch = dispatch;
+        cfg.random_fully = true;
+    })
 }
 
 #[test]

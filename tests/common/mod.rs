@@ -1,0 +1,31 @@
+//! Shared by the test binaries that render the fixtures in `tests/fixtures/`.
+
+use knat::config::{LocalDetector, ProxyConfig};
+use knat::input::{Source, load};
+use knat::model::IpFamily;
+use knat::rules::{compile, render_standalone};
+
+/// The complete payload for `node` from a fixture, with the fixtures' pod CIDRs as the local
+/// detector and `tweak` applied to the configuration.
+pub fn render_fixture(
+    fixture: &str,
+    node: &str,
+    family: IpFamily,
+    tweak: impl FnOnce(&mut ProxyConfig),
+) -> String {
+    let path = format!("{}/tests/fixtures/{fixture}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("fixture exists");
+    let source = Source {
+        name: fixture.into(),
+        text,
+    };
+    let loaded = load(&[source], node).expect("fixture parses");
+    let mut cfg = ProxyConfig::new(node, family).expect("valid node name");
+    let cidrs = [
+        "10.244.0.0/16".parse().expect("cidr"),
+        "fd00:10:244::/48".parse().expect("cidr"),
+    ];
+    cfg.local_detector = LocalDetector::from_cidrs(&cidrs, family);
+    tweak(&mut cfg);
+    render_standalone(&compile(&loaded.snapshot, &cfg).rules)
+}
