@@ -9,11 +9,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::Instant;
 
+use ipnet::IpNet;
 use knat::config::{Dispatch, LocalDetector, ProxyConfig};
 use knat::model::*;
 use knat::rules::compile::IncrementalCompiler;
 use knat::rules::plan::SyncKind;
-use knat::rules::rule::{Addr, Match, Target};
 use knat::rules::{AppliedState, ChainName, RuleSet, compile, plan, render_standalone};
 
 // The same allocator as the knat binary, so the numbers describe what the agent does.
@@ -96,25 +96,28 @@ fn rules_walked(rs: &RuleSet, dst: IpAddr) -> usize {
         let Some(rules) = rs.nat.chains.get(chain) else {
             return false;
         };
-        for rule in rules.iter() {
+        for rule in rules.lines() {
             *count += 1;
-            let matched = rule.matches.iter().all(|m| match m {
-                Match::Dst {
-                    negated: false,
-                    addr: Addr::Ip(ip),
-                } => *ip == dst,
-                Match::Dst {
-                    negated: false,
-                    addr: Addr::Net(net),
-                } => net.contains(&dst),
-                Match::DPort(p) => *p == 80,
-                Match::AddrTypeLocal { .. } => false,
-                _ => true,
-            });
+            let words: Vec<&str> = rule.split_whitespace().collect();
+            let value = |flag: &str| {
+                words
+                    .windows(2)
+                    .find(|w| w[0] == flag && !words.contains(&"!"))
+                    .map(|w| w[1])
+            };
+            let dst_ok = match value("-d") {
+                None => true,
+                Some(d) => match d.parse::<IpNet>() {
+                    Ok(net) => net.contains(&dst),
+                    Err(_) => d.parse::<IpAddr>().is_ok_and(|ip| ip == dst),
+                },
+            };
+            let port_ok = value("--dport").is_none_or(|p| p == "80");
+            let matched = dst_ok && port_ok && !words.contains(&"addrtype");
             if matched {
-                match &rule.target {
-                    Target::Jump(next) if next.as_str().starts_with("KNAT-DST-") => {
-                        if walk(rs, next, dst, count) {
+                match value("-j") {
+                    Some(next) if next.starts_with("KNAT-DST-") => {
+                        if walk(rs, &ChainName::fixed(next), dst, count) {
                             return true;
                         }
                     }
@@ -140,6 +143,17 @@ fn peak_rss_kib() -> u64 {
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
@@ -232,6 +246,7 @@ fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(10_000);
         let snap = snapshot(size);
+        eprintln!("rss after snapshot {} MiB", rss_kib() / 1024);
         let mut cfg = ProxyConfig::new("node-1", IpFamily::V4).expect("valid node name");
         cfg.local_detector = LocalDetector::Cidr("10.128.0.0/9".parse().expect("valid CIDR"));
         for _ in 0..5 {
@@ -239,7 +254,9 @@ fn main() {
             let compiled = compile(&snap, &cfg);
             let c = t.elapsed();
             let t = Instant::now();
+            eprintln!("rss after compile {} MiB", rss_kib() / 1024);
             let text = render_standalone(&compiled.rules);
+            eprintln!("rss after render {} MiB", rss_kib() / 1024);
             println!(
                 "compile {:.1} ms, render {:.1} ms ({} bytes)",
                 ms(c),

@@ -10,6 +10,7 @@
 //! network-namespace cluster behind `knat demo` and the real-kernel tests).
 
 pub mod agent;
+pub mod allocator;
 pub mod backend;
 pub mod config;
 pub mod diff;
@@ -21,3 +22,4 @@ pub mod lab;
 pub mod metrics;
 pub mod model;
 pub mod rules;
+pub mod text;

@@ -24,10 +24,9 @@ pub struct EndpointInfo {
 
 /// Formats `ip:port` the way Go's `net.JoinHostPort` does.
 pub fn join_host_port(ip: &IpAddr, port: u16) -> String {
-    match ip {
-        IpAddr::V4(v4) => format!("{v4}:{port}"),
-        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
-    }
+    let mut out = String::with_capacity(24);
+    crate::text::push_host_port(&mut out, ip, port);
+    out
 }
 
 /// Endpoint lists of every port of one Service for one family, keyed by (port name, protocol).
@@ -37,15 +36,18 @@ pub fn endpoints_by_port<'a>(
     family: IpFamily,
     node_name: &str,
 ) -> BTreeMap<(String, Protocol), Vec<EndpointInfo>> {
-    let mut merged: BTreeMap<(String, Protocol), BTreeMap<String, EndpointInfo>> = BTreeMap::new();
+    let mut merged: BTreeMap<(String, Protocol), Vec<EndpointInfo>> = BTreeMap::new();
+    let mut key = String::with_capacity(48);
     for slice in slices.filter(|s| s.family == family) {
         for port in &slice.ports {
             let bucket = merged
                 .entry((port.name.clone(), port.protocol))
                 .or_default();
+            bucket.reserve(slice.endpoints.len());
             for ep in &slice.endpoints {
-                let key = join_host_port(&ep.ip, port.port);
-                let info = EndpointInfo {
+                key.clear();
+                crate::text::push_host_port(&mut key, &ep.ip, port.port);
+                bucket.push(EndpointInfo {
                     key: Arc::from(key.as_str()),
                     ip: ep.ip,
                     port: port.port,
@@ -55,20 +57,17 @@ pub fn endpoints_by_port<'a>(
                     is_local: !node_name.is_empty() && ep.node_name.as_deref() == Some(node_name),
                     hint_zones: ep.hint_zones.clone(),
                     hint_nodes: ep.hint_nodes.clone(),
-                };
-                match bucket.get(&key) {
-                    Some(existing) if !existing.terminating || info.terminating => {}
-                    _ => {
-                        bucket.insert(key, info);
-                    }
-                }
+                });
             }
         }
     }
+    // Sorted by key; of duplicates the first non-terminating one wins (else the first seen):
+    // a stable sort by (key, terminating) puts it first, and dedup keeps the first.
+    for bucket in merged.values_mut() {
+        bucket.sort_by(|a, b| (&a.key, a.terminating).cmp(&(&b.key, b.terminating)));
+        bucket.dedup_by(|later, first| later.key == first.key);
+    }
     merged
-        .into_iter()
-        .map(|(k, v)| (k, v.into_values().collect()))
-        .collect()
 }
 
 /// Upstream's `LocalReadyEndpoints` for one Service: distinct IPs that are local and ready,

@@ -222,7 +222,7 @@ impl IncrementalCompiler {
             let fragment = match reused {
                 Some(fragment) => fragment,
                 None => {
-                    let mut frag = Fragment::default();
+                    let mut frag = compiler.fragment();
                     compiler.service(snapshot, service, topology, &mut frag);
                     let frag = Arc::new(frag);
                     self.cache.insert(
@@ -244,6 +244,24 @@ impl IncrementalCompiler {
 }
 
 impl Compiler<'_> {
+    /// An empty fragment, its entries in the shared chains addressed to those chains.
+    fn fragment(&self) -> Fragment {
+        Fragment {
+            nat: Table::default(),
+            entries: Vec::new(),
+            nat_nodeports: RuleText::new(self.kube_nodeports.clone()),
+            filter_services: RuleText::new(self.kube_services.clone()),
+            filter_external: RuleText::new(self.kube_ext_services.clone()),
+            filter_firewall: RuleText::new(self.kube_proxy_firewall.clone()),
+            filter_nodeports: RuleText::new(self.kube_nodeports.clone()),
+            health: None,
+            no_local_internal: 0,
+            no_local_external: 0,
+            owners: Vec::new(),
+            udp: Vec::new(),
+        }
+    }
+
     fn fixed_chains(&mut self) {
         let mark = self.mark.clone();
         for name in [
@@ -588,7 +606,7 @@ impl Compiler<'_> {
                 ),
             });
         } else {
-            frag.filter_services.push(destination_rule(
+            frag.filter_services.push_rule(&destination_rule(
                 internal_comment.clone(),
                 proto,
                 ctx.cluster_ip,
@@ -611,7 +629,7 @@ impl Compiler<'_> {
                 });
             }
             if !has_external {
-                frag.filter_external.push(destination_rule(
+                frag.filter_external.push_rule(&destination_rule(
                     external_comment.clone(),
                     proto,
                     ip,
@@ -635,7 +653,7 @@ impl Compiler<'_> {
                 });
             }
             if uses_fw_chain {
-                frag.filter_firewall.push(destination_rule(
+                frag.filter_firewall.push_rule(&destination_rule(
                     format!("{spn_text} traffic not accepted by {}", chains.fw),
                     proto,
                     ip,
@@ -646,7 +664,7 @@ impl Compiler<'_> {
         }
         if !has_external {
             for &ip in ctx.lb_ips {
-                frag.filter_external.push(destination_rule(
+                frag.filter_external.push_rule(&destination_rule(
                     external_comment.clone(),
                     proto,
                     ip,
@@ -659,7 +677,7 @@ impl Compiler<'_> {
         if let Some(node_port) = port.node_port {
             if has_endpoints {
                 if self.cfg.nfacct && self.cfg.localhost_nodeports_effective() {
-                    frag.nat_nodeports.push(Rule::new(
+                    frag.nat_nodeports.push_rule(&Rule::new(
                         vec![
                             c(spn_text.clone()),
                             Match::Proto(proto),
@@ -676,7 +694,7 @@ impl Compiler<'_> {
                 let mut matches = vec![c(spn_text.clone())];
                 matches.extend(proto_port(node_port));
                 frag.nat_nodeports
-                    .push(Rule::new(matches, jump(&chains.ext)));
+                    .push_rule(&Rule::new(matches, jump(&chains.ext)));
             }
             if !has_external {
                 let mut matches = vec![
@@ -688,7 +706,7 @@ impl Compiler<'_> {
                 ];
                 matches.extend(proto_port(node_port));
                 frag.filter_external
-                    .push(Rule::new(matches, external_filter.clone()));
+                    .push_rule(&Rule::new(matches, external_filter.clone()));
             }
         }
         // Health-check node port.
@@ -696,7 +714,7 @@ impl Compiler<'_> {
             let mut matches = vec![c(format!("{spn_text} health check node port"))];
             matches.extend(proto_port_tcp(hc));
             frag.filter_nodeports
-                .push(Rule::new(matches, Target::Accept));
+                .push_rule(&Rule::new(matches, Target::Accept));
         }
 
         // Internal traffic masquerade, first rule of the internal chain.
@@ -862,24 +880,21 @@ impl Compiler<'_> {
             frag.owners.push((chains.svl.clone(), owner.clone()));
         }
         for (ep, sep) in seps {
-            let mut hairpin = Vec::with_capacity(2);
-            let mut dnat = Vec::with_capacity(3);
-            if !self.large {
-                hairpin.push(Match::Comment(spn_text.clone()));
-                dnat.push(Match::Comment(spn_text.clone()));
-            }
-            hairpin.push(Match::Src {
+            let mut rules = RuleText::new(sep.clone());
+            let comment = (!self.large).then(|| Match::Comment(spn_text.clone()));
+            let hairpin = Match::Src {
                 negated: false,
                 addr: Addr::Ip(ep.ip),
-            });
-            if svc.session_affinity_timeout.is_some() {
-                dnat.push(Match::RecentSet { name: sep.clone() });
-            }
-            dnat.push(Match::Proto(proto));
-            let rules = vec![
-                Rule::new(hairpin, jump(&self.kube_mark_masq)),
-                Rule::new(dnat, Target::Dnat(ep.key.clone())),
-            ];
+            };
+            rules.push(
+                comment.iter().chain([&hairpin]),
+                &jump(&self.kube_mark_masq),
+            );
+            let affinity_set = svc
+                .session_affinity_timeout
+                .map(|_| Match::RecentSet { name: sep.clone() });
+            let dnat = [comment, affinity_set, Some(Match::Proto(proto))];
+            rules.push(dnat.iter().flatten(), &Target::Dnat(ep.key.clone()));
             frag.owners.push((sep.clone(), owner.clone()));
             frag.nat.set(sep, rules);
         }
@@ -932,32 +947,25 @@ impl Compiler<'_> {
                     .map(|(_, sep)| sep.clone())
             })
             .collect();
-        let mut rules: Vec<Rule> = frag
-            .nat
-            .chains
-            .remove(chain)
-            .map(|shared| Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone()))
-            .unwrap_or_default();
-        rules.reserve(endpoints.len() * if affinity.is_some() { 2 } else { 1 });
+        let rules = frag.nat.chain(chain);
         if let Some(seconds) = affinity {
             for (ep, sep) in endpoints.iter().zip(&seps) {
-                let mut matches: Vec<Match> = comment(ep, self.large).into_iter().collect();
-                matches.push(Match::RecentCheck {
+                let check = Match::RecentCheck {
                     name: sep.clone(),
                     seconds,
-                });
-                rules.push(Rule::new(matches, Target::Jump(sep.clone())));
+                };
+                let matches = [comment(ep, self.large), Some(check)];
+                rules.push(matches.iter().flatten(), &Target::Jump(sep.clone()));
             }
         }
         let n = endpoints.len();
         for (i, (ep, sep)) in endpoints.iter().zip(seps).enumerate() {
-            let mut matches: Vec<Match> = comment(ep, self.large).into_iter().collect();
-            if i + 1 < n {
-                matches.push(Match::Probability(self.probabilities.get(n - i)));
-            }
-            rules.push(Rule::new(matches, Target::Jump(sep)));
+            let probability =
+                (i + 1 < n).then(|| Match::Probability(self.probabilities.get(n - i)));
+            let matches = [comment(ep, self.large), probability];
+            rules.push(matches.iter().flatten(), &Target::Jump(sep));
         }
-        frag.nat.set(chain.clone(), rules);
+        rules.shrink_to_fit();
     }
 
     /// Adds one Service's fragment to the rule set being assembled.
@@ -997,7 +1005,7 @@ impl Compiler<'_> {
                 TableName::Nat => &mut self.rs.nat,
                 TableName::Filter => &mut self.rs.filter,
             };
-            target.chain(chain).extend(rules.iter().cloned());
+            target.chain(chain).append(rules);
         }
         if let Some(health) = &frag.health {
             self.out_health
@@ -1085,17 +1093,17 @@ impl Compiler<'_> {
 /// Everything one Service contributes: its own chains, and its entries in the shared chains.
 /// Fragments are cached by [`IncrementalCompiler`] and reused while the Service, its slices and
 /// the configuration are unchanged.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Fragment {
     /// The Service's own nat chains (SVC, SVL, EXT, FW, SEP).
     nat: Table,
     /// Destination entries for nat KUBE-SERVICES (dispatched linearly or by the tree).
     entries: Vec<Entry>,
-    nat_nodeports: Vec<Rule>,
-    filter_services: Vec<Rule>,
-    filter_external: Vec<Rule>,
-    filter_firewall: Vec<Rule>,
-    filter_nodeports: Vec<Rule>,
+    nat_nodeports: RuleText,
+    filter_services: RuleText,
+    filter_external: RuleText,
+    filter_firewall: RuleText,
+    filter_nodeports: RuleText,
     health: Option<ServiceHealth>,
     no_local_internal: usize,
     no_local_external: usize,

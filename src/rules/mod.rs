@@ -14,5 +14,5 @@ pub mod rule;
 pub use chain::ChainName;
 pub use compile::{Compiled, ServiceHealth, compile};
 pub use plan::{AppliedState, Plan, PlanStats, plan};
-pub use render::{render_standalone, rendered_chains};
+pub use render::render_standalone;
 pub use rule::{Match, Rule, RuleSet, Table, TableName, Target};

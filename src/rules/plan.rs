@@ -1,9 +1,8 @@
 //! Planning `iptables-restore --noflush` payloads: full, or only what changed.
 //!
-//! The planner keeps, per chain, a 64-bit hash of the typed rules last applied (hashing the
-//! typed rules is much cheaper than rendering them, and only chains that are written get
-//! rendered). A partial
-//! payload declares (and so flushes and rewrites) exactly the chains whose rendering changed or
+//! The planner keeps, per chain, the rule text last applied (shared with the compiler, so a
+//! chain that was not recompiled is recognised by pointer; others are compared as text). A
+//! partial payload declares (and so flushes and rewrites) exactly the chains whose rendering changed or
 //! that are new, and deletes (`:X` then `-X X`) the chains that are no longer wanted. Chains
 //! that did not change are not mentioned, so `--noflush` leaves them alone. Unlike upstream,
 //! KUBE-SERVICES, KUBE-NODEPORTS and KUBE-EXTERNAL-SERVICES are not rewritten unless their
@@ -12,19 +11,15 @@
 //! the restore model in `dump::restore`).
 
 use std::collections::HashMap;
-use std::collections::hash_map::DefaultHasher;
 use std::fmt::Write as _;
-use std::hash::{Hash, Hasher};
 
 use super::chain::ChainName;
-use super::render::render_chain_rules;
-use super::rule::{ChainRules, Rule, RuleSet, TableName};
+use super::rule::{ChainRules, RuleSet, TableName};
 
 /// One chain as last applied: its rules (shared, so a chain that was not recompiled is
-/// recognised by pointer without hashing) and their hash.
+/// recognised by pointer without comparing text).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppliedChain {
-    pub hash: u64,
     pub rules: ChainRules,
 }
 
@@ -62,12 +57,6 @@ pub struct Plan {
     pub stats: PlanStats,
 }
 
-fn hash_rules(rules: &[Rule]) -> u64 {
-    let mut h = DefaultHasher::new();
-    rules.hash(&mut h);
-    h.finish()
-}
-
 /// Plans the restore that takes the kernel from `applied` to `desired`. `stale` lists chains
 /// found in the kernel that knat owns but did not write (deleted on full syncs).
 pub fn plan(
@@ -85,13 +74,9 @@ pub fn plan(
         for (name, chain_rules) in &table.chains {
             let key = (table_name, name.clone());
             let before = applied.chains.get(&key);
-            let (hash, unchanged) = match before {
-                Some(a) if std::sync::Arc::ptr_eq(&a.rules, chain_rules) => (a.hash, true),
-                _ => {
-                    let hash = hash_rules(chain_rules);
-                    (hash, before.is_some_and(|a| a.hash == hash))
-                }
-            };
+            let unchanged = before.is_some_and(|a| {
+                std::sync::Arc::ptr_eq(&a.rules, chain_rules) || a.rules == *chain_rules
+            });
             if kind == SyncKind::Full || !unchanged {
                 written.push((name, chain_rules));
             }
@@ -102,7 +87,6 @@ pub fn plan(
             next.chains.insert(
                 key,
                 AppliedChain {
-                    hash,
                     rules: chain_rules.clone(),
                 },
             );
@@ -133,8 +117,8 @@ pub fn plan(
         for name in written.iter().map(|(name, _)| *name).chain(&deletes) {
             let _ = writeln!(payload, ":{name} - [0:0]");
         }
-        for (name, chain_rules) in written {
-            render_chain_rules(&mut payload, name, chain_rules);
+        for (_, chain_rules) in written {
+            payload.push_str(chain_rules.as_str());
             stats.chains_written += 1;
             stats.rules_written += chain_rules.len();
         }

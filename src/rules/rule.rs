@@ -9,6 +9,7 @@ use ipnet::IpNet;
 
 use super::chain::ChainName;
 use crate::model::{IpFamily, Protocol};
+use crate::text::{push_ip, push_num};
 
 /// An address argument: a bare address (`-d 10.96.0.10`) or a network (`! -s 10.0.0.0/8`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -94,44 +95,6 @@ pub struct Rule {
 impl Rule {
     pub fn new(matches: Vec<Match>, target: Target) -> Self {
         Rule { matches, target }
-    }
-}
-
-// Rendering writes straight into a String: rule sets of 300,000 rules are rendered on every
-// full sync, and `fmt` machinery per argument costs several times more than appending.
-
-/// Appends the decimal form of `n`.
-fn push_num(out: &mut String, n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &b in &buf[i..] {
-        out.push(char::from(b));
-    }
-}
-
-fn push_ip(out: &mut String, ip: &IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                push_num(out, u64::from(*octet));
-            }
-        }
-        IpAddr::V6(v6) => {
-            use std::fmt::Write as _;
-            let _ = write!(out, "{v6}");
-        }
     }
 }
 
@@ -288,23 +251,33 @@ impl Target {
     }
 }
 
+/// Appends what follows `-A CHAIN ` in iptables-restore input for `matches` and `target`
+/// (the rule's parts need not live in a [`Rule`], so hot paths keep them on the stack).
+pub fn write_rule<'a>(
+    out: &mut String,
+    matches: impl IntoIterator<Item = &'a Match>,
+    target: &Target,
+) {
+    let mut first = true;
+    for m in matches {
+        if !first {
+            out.push(' ');
+        }
+        first = false;
+        m.write_to(out);
+    }
+    if *target != Target::None {
+        if !first {
+            out.push(' ');
+        }
+        target.write_to(out);
+    }
+}
+
 impl Rule {
     /// Appends what follows `-A CHAIN ` in iptables-restore input.
     pub fn write_to(&self, out: &mut String) {
-        let mut first = true;
-        for m in &self.matches {
-            if !first {
-                out.push(' ');
-            }
-            first = false;
-            m.write_to(out);
-        }
-        if self.target != Target::None {
-            if !first {
-                out.push(' ');
-            }
-            self.target.write_to(out);
-        }
+        write_rule(out, &self.matches, &self.target);
     }
 }
 
@@ -346,9 +319,89 @@ impl TableName {
     }
 }
 
+/// The rules of one chain, kept as the text iptables-restore takes: `-A CHAIN RULE` lines, each
+/// ended by a newline. Rules are rendered once, when they are compiled; a rule set of 300,000
+/// rules is then about 33 MB of text in some 100,000 buffers instead of millions of small typed
+/// objects, and rendering a payload is copying.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RuleText {
+    chain: ChainName,
+    text: String,
+    count: usize,
+}
+
+impl RuleText {
+    /// No rules yet, for `chain`.
+    pub fn new(chain: ChainName) -> Self {
+        RuleText {
+            chain,
+            text: String::new(),
+            count: 0,
+        }
+    }
+
+    /// Appends one rule given by its parts.
+    pub fn push<'a>(&mut self, matches: impl IntoIterator<Item = &'a Match>, target: &Target) {
+        self.text.push_str("-A ");
+        self.text.push_str(self.chain.as_str());
+        self.text.push(' ');
+        write_rule(&mut self.text, matches, target);
+        self.text.push('\n');
+        self.count += 1;
+    }
+
+    /// Appends one typed rule.
+    pub fn push_rule(&mut self, rule: &Rule) {
+        self.push(&rule.matches, &rule.target);
+    }
+
+    /// Appends every rule of `other` (a list for the same chain), in order.
+    pub fn append(&mut self, other: &RuleText) {
+        debug_assert_eq!(self.chain, other.chain);
+        self.text.push_str(&other.text);
+        self.count += other.count;
+    }
+
+    /// The chain these rules belong to.
+    pub fn chain(&self) -> &ChainName {
+        &self.chain
+    }
+
+    /// Number of rules.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The `-A CHAIN RULE` lines, each without its newline.
+    pub fn lines(&self) -> impl Iterator<Item = &str> {
+        self.text.split_terminator('\n')
+    }
+
+    /// The rules without the `-A CHAIN ` prefix (what `iptables -S CHAIN` shows after it).
+    pub fn bodies(&self) -> impl Iterator<Item = &str> {
+        let prefix = 4 + self.chain.as_str().len();
+        self.lines()
+            .map(move |line| line.get(prefix..).unwrap_or(""))
+    }
+
+    /// All `-A` lines, each followed by a newline: this chain's part of a restore payload.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Gives back spare capacity (for rules that are kept).
+    pub fn shrink_to_fit(&mut self) {
+        self.text.shrink_to_fit();
+    }
+}
+
 /// The rules of one chain, shared between the compiler's cache, the rule set and the
 /// planner's record of what was applied (cloning is a reference-count increment).
-pub type ChainRules = Arc<Vec<Rule>>;
+pub type ChainRules = Arc<RuleText>;
 
 /// The user chains of one table; rule order inside a chain is significant. Chains are kept in
 /// a hash map (assembling 100,000 chains into a sorted map on every sync costs more than
@@ -360,30 +413,39 @@ pub struct Table {
 
 impl Table {
     /// Declares a chain (empty if new) and returns its rules for appending.
-    pub fn chain(&mut self, name: &ChainName) -> &mut Vec<Rule> {
+    pub fn chain(&mut self, name: &ChainName) -> &mut RuleText {
         if !self.chains.contains_key(name) {
-            self.chains.insert(name.clone(), ChainRules::default());
+            self.chains
+                .insert(name.clone(), Arc::new(RuleText::new(name.clone())));
         }
         Arc::make_mut(self.chains.get_mut(name).expect("inserted above"))
     }
 
+    /// Appends a rule given by its parts to a chain, declaring the chain if needed.
+    pub fn push_parts<'a>(
+        &mut self,
+        chain: &ChainName,
+        matches: impl IntoIterator<Item = &'a Match>,
+        target: &Target,
+    ) {
+        self.chain(chain).push(matches, target);
+    }
+
     /// Appends a rule to a chain, declaring the chain if needed.
     pub fn push(&mut self, chain: &ChainName, rule: Rule) {
-        match self.chains.get_mut(chain) {
-            Some(rules) => Arc::make_mut(rules).push(rule),
-            None => {
-                self.chains.insert(chain.clone(), Arc::new(vec![rule]));
-            }
-        }
+        self.chain(chain).push_rule(&rule);
     }
 
     /// Declares a chain with all of its rules at once (replacing any previous content).
-    pub fn set(&mut self, chain: ChainName, rules: Vec<Rule>) {
+    pub fn set(&mut self, chain: ChainName, mut rules: RuleText) {
+        debug_assert_eq!(chain, rules.chain);
+        rules.shrink_to_fit();
         self.chains.insert(chain, Arc::new(rules));
     }
 
     /// Declares a chain with rules shared with someone else (a cached fragment).
     pub fn set_shared(&mut self, chain: ChainName, rules: ChainRules) {
+        debug_assert_eq!(chain, rules.chain);
         self.chains.insert(chain, rules);
     }
 
@@ -397,6 +459,11 @@ impl Table {
     /// Number of rules over all chains.
     pub fn rule_count(&self) -> usize {
         self.chains.values().map(|rules| rules.len()).sum()
+    }
+
+    /// Bytes of rule text over all chains (what rendering copies).
+    pub fn text_len(&self) -> usize {
+        self.chains.values().map(|rules| rules.as_str().len()).sum()
     }
 }
 
