@@ -10,7 +10,6 @@
 //! network-namespace cluster behind `knat demo` and the real-kernel tests).
 
 pub mod agent;
-pub mod allocator;
 pub mod backend;
 pub mod config;
 pub mod diff;
