@@ -1,9 +1,10 @@
 //! Render and plan benchmark: prints a table of compile, render and plan costs for synthetic
 //! clusters of 1,000 / 10,000 / 50,000 services with 10 endpoints each.
 //!
-//! Each size runs in a child process of its own so that the peak resident memory reported
-//! (VmHWM) belongs to that size alone. Run with:
-//!     cargo run --release --example render-bench [-- --sizes 1000,10000,50000]
+//! Each size runs in child processes of its own (`--runs`, default 5) so that the peak resident
+//! memory reported (VmHWM) belongs to that size alone and first-touch page faults are counted
+//! as the agent pays them; the row shown is the run with the median compile+render. Run with:
+//!     cargo run --release --example render-bench [-- --sizes 1000,10000,50000 --runs 5]
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
@@ -233,7 +234,7 @@ fn run_size(services: usize, dispatch: Dispatch) -> String {
         noop.stats.bytes,
         format_args!("{first}/{worst}"),
         peak_rss_kib() / 1024,
-        compiled.rules.nat.chains.len(),
+        compiled.rules.nat.chain_count(),
     )
 }
 
@@ -287,9 +288,16 @@ fn main() {
         .and_then(|p| args.get(p + 1))
         .map(|s| s.split(',').filter_map(|v| v.parse().ok()).collect())
         .unwrap_or_else(|| vec![1000, 10_000, 50_000]);
+    let runs: usize = args
+        .iter()
+        .position(|a| a == "--runs")
+        .and_then(|p| args.get(p + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(1);
     let exe = std::env::current_exe().expect("own path");
     println!(
-        "knat render/plan benchmark: {ENDPOINTS} endpoints per service, {NODES} nodes, one process per row"
+        "knat render/plan benchmark: {ENDPOINTS} endpoints per service, {NODES} nodes, {runs} fresh processes per row; each row is the run with the median compile+render, whose column also shows min-max over the runs"
     );
     println!();
     println!(
@@ -298,15 +306,48 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for size in sizes {
         for linear in [true, false] {
-            let mut cmd = Command::new(&exe);
-            cmd.arg("--child").arg(size.to_string());
-            if linear {
-                cmd.arg("--linear");
+            let mut rows: Vec<(f64, String)> = Vec::new();
+            for _ in 0..runs {
+                let mut cmd = Command::new(&exe);
+                cmd.arg("--child").arg(size.to_string());
+                if linear {
+                    cmd.arg("--linear");
+                }
+                match cmd.output() {
+                    Ok(out) if out.status.success() => {
+                        let row = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                        let total = row
+                            .split('|')
+                            .nth(6)
+                            .and_then(|cell| cell.trim().parse::<f64>().ok())
+                            .unwrap_or(f64::NAN);
+                        rows.push((total, row));
+                    }
+                    Ok(out) => println!(
+                        "| {size} | child failed: {} |",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ),
+                    Err(e) => println!("| {size} | error: {e} |"),
+                }
             }
-            match cmd.output() {
-                Ok(out) => print!("{}", String::from_utf8_lossy(&out.stdout)),
-                Err(e) => println!("| {size} | error: {e} |"),
+            if rows.is_empty() {
+                continue;
             }
+            rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let (min, max) = (rows[0].0, rows[rows.len() - 1].0);
+            let (median, row) = &rows[rows.len() / 2];
+            let cells: Vec<String> = row
+                .split('|')
+                .enumerate()
+                .map(|(i, cell)| {
+                    if i == 6 {
+                        format!(" {median:.1} ({min:.1}-{max:.1}) ")
+                    } else {
+                        cell.to_string()
+                    }
+                })
+                .collect();
+            println!("{}", cells.join("|"));
         }
     }
 }

@@ -69,6 +69,13 @@ pub const SERVICE_CHAIN_PREFIXES: [&str; 6] = [
 /// Prefix of knat's destination-dispatch chains (see `rules::dispatch`).
 pub const DISPATCH_PREFIX: &str = "KNAT-DST-";
 
+/// Lookups by `&str` in maps keyed by chain name (the derived `Hash` hashes the text).
+impl std::borrow::Borrow<str> for ChainName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for ChainName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

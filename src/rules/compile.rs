@@ -95,7 +95,7 @@ fn jump(chain: &ChainName) -> Target {
 }
 
 /// Upstream's probability strings (`%0.10f` of 1/n), cached.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Probabilities(Vec<Arc<str>>);
 
 impl Probabilities {
@@ -116,9 +116,7 @@ struct Compiler<'a> {
     mark: Arc<str>,
     rs: RuleSet,
     services_entries: Vec<Entry>,
-    probabilities: Probabilities,
     large: bool,
-    node_ip: Option<IpAddr>,
     out_health: BTreeMap<ServiceName, ServiceHealth>,
     no_local_internal: usize,
     no_local_external: usize,
@@ -131,123 +129,51 @@ struct Compiler<'a> {
     kube_proxy_firewall: ChainName,
 }
 
-/// Compiles the snapshot into the rule set for `cfg.family`.
-pub fn compile(snapshot: &Snapshot, cfg: &ProxyConfig) -> Compiled {
-    IncrementalCompiler::default().compile(snapshot, cfg)
+/// What compiling one Service needs: read-only inputs and a cache of probability strings.
+/// Each worker thread has its own copy.
+#[derive(Clone)]
+struct ServiceCompiler<'a> {
+    cfg: &'a ProxyConfig,
+    family: IpFamily,
+    probabilities: Probabilities,
+    large: bool,
+    node_ip: Option<IpAddr>,
+    kube_mark_masq: ChainName,
+    kube_services: ChainName,
+    kube_ext_services: ChainName,
+    kube_nodeports: ChainName,
+    kube_proxy_firewall: ChainName,
 }
 
-impl Compiled {
-    /// Which service port owns each per-service chain (for operator-facing explanations).
-    pub fn chain_owners(&self) -> BTreeMap<ChainName, ServicePortName> {
-        self.fragments
-            .iter()
-            .flat_map(|f| f.owners.iter().map(|(c, s)| (c.clone(), (**s).clone())))
-            .collect()
+impl ServiceCompiler<'_> {
+    /// Compiles one Service into a fragment.
+    fn compile(
+        &mut self,
+        snapshot: &Snapshot,
+        service: &Service,
+        topology: NodeTopology<'_>,
+    ) -> Fragment {
+        let mut frag = self.fragment();
+        self.service(snapshot, service, topology, &mut frag);
+        let mut chains = std::mem::take(&mut frag.nat.0);
+        chains.iter_mut().for_each(RuleText::compact);
+        chains.shrink_to_fit();
+        frag.owners.shrink_to_fit();
+        frag.group = Arc::new(ChainGroup {
+            key: service.name.clone(),
+            chains,
+        });
+        frag
     }
-}
 
-impl IncrementalCompiler {
-    /// Compiles like [`compile`], reusing the fragments of unchanged Services.
-    pub fn compile(&mut self, snapshot: &Snapshot, cfg: &ProxyConfig) -> Compiled {
-        let family = cfg.family;
-        let node_ip = cfg
-            .node_ips
-            .iter()
-            .copied()
-            .find(|ip| family.contains(ip))
-            .or_else(|| {
-                snapshot
-                    .node
-                    .as_ref()
-                    .and_then(|n| n.addresses.iter().copied().find(|ip| family.contains(ip)))
-            });
-        let zone = snapshot.node.as_ref().and_then(|n| n.zone.clone());
-        let large = snapshot.endpoint_count() > cfg.large_cluster_threshold;
-        let key = CacheKey {
-            cfg: cfg.clone(),
-            zone: zone.clone(),
-            node_ip,
-            large,
-        };
-        if self.key.as_ref() != Some(&key) {
-            self.cache.clear();
-            self.key = Some(key);
-        }
-        self.cache
-            .retain(|name, _| snapshot.services.contains_key(name));
-        let mut compiler = Compiler {
-            cfg,
-            family,
-            mark: cfg.masquerade_mark().into(),
-            rs: RuleSet::new(family),
-            services_entries: Vec::new(),
-            probabilities: Probabilities::default(),
-            large,
-            node_ip,
-            out_health: BTreeMap::new(),
-            no_local_internal: 0,
-            no_local_external: 0,
-            fragments: Vec::with_capacity(snapshot.services.len()),
-            udp: Vec::new(),
-            kube_mark_masq: ChainName::fixed(ChainName::KUBE_MARK_MASQ),
-            kube_services: ChainName::fixed(ChainName::KUBE_SERVICES),
-            kube_ext_services: ChainName::fixed(ChainName::KUBE_EXTERNAL_SERVICES),
-            kube_nodeports: ChainName::fixed(ChainName::KUBE_NODEPORTS),
-            kube_proxy_firewall: ChainName::fixed(ChainName::KUBE_PROXY_FIREWALL),
-        };
-        compiler.fixed_chains();
-        let topology = NodeTopology {
-            name: &cfg.node_name,
-            zone: zone.as_deref(),
-        };
-        self.last_recompiled = 0;
-        for service in snapshot.services.values() {
-            let slices = snapshot.slices.get(&service.name);
-            let reused = match self.cache.get_mut(&service.name) {
-                Some(cached)
-                    if same(&cached.service, service)
-                        && match (&cached.slices, slices) {
-                            (Some(a), Some(b)) => same(a, b),
-                            (None, None) => true,
-                            _ => false,
-                        } =>
-                {
-                    // Equal but re-created objects: keep the snapshot's, so old copies are freed.
-                    cached.service = service.clone();
-                    cached.slices = slices.cloned();
-                    Some(cached.fragment.clone())
-                }
-                _ => None,
-            };
-            let fragment = match reused {
-                Some(fragment) => fragment,
-                None => {
-                    let mut frag = compiler.fragment();
-                    compiler.service(snapshot, service, topology, &mut frag);
-                    let frag = Arc::new(frag);
-                    self.cache.insert(
-                        service.name.clone(),
-                        CachedFragment {
-                            service: service.clone(),
-                            slices: slices.cloned(),
-                            fragment: frag.clone(),
-                        },
-                    );
-                    self.last_recompiled += 1;
-                    frag
-                }
-            };
-            compiler.merge(fragment);
-        }
-        compiler.finish()
-    }
-}
-
-impl Compiler<'_> {
     /// An empty fragment, its entries in the shared chains addressed to those chains.
     fn fragment(&self) -> Fragment {
         Fragment {
-            nat: Table::default(),
+            nat: OwnChains::default(),
+            group: Arc::new(ChainGroup {
+                key: ServiceName::new(String::new(), String::new()),
+                chains: Vec::new(),
+            }),
             entries: Vec::new(),
             nat_nodeports: RuleText::new(self.kube_nodeports.clone()),
             filter_services: RuleText::new(self.kube_services.clone()),
@@ -260,219 +186,6 @@ impl Compiler<'_> {
             owners: Vec::new(),
             udp: Vec::new(),
         }
-    }
-
-    fn fixed_chains(&mut self) {
-        let mark = self.mark.clone();
-        for name in [
-            ChainName::KUBE_SERVICES,
-            ChainName::KUBE_EXTERNAL_SERVICES,
-            ChainName::KUBE_FORWARD,
-            ChainName::KUBE_NODEPORTS,
-            ChainName::KUBE_PROXY_FIREWALL,
-        ] {
-            self.rs.filter.chain(&ChainName::fixed(name));
-        }
-        for name in [
-            ChainName::KUBE_SERVICES,
-            ChainName::KUBE_NODEPORTS,
-            ChainName::KUBE_POSTROUTING,
-            ChainName::KUBE_MARK_MASQ,
-        ] {
-            self.rs.nat.chain(&ChainName::fixed(name));
-        }
-        let postrouting = ChainName::fixed(ChainName::KUBE_POSTROUTING);
-        let nat = &mut self.rs.nat;
-        nat.push(
-            &postrouting,
-            Rule::new(
-                vec![Match::Mark {
-                    negated: true,
-                    mark: mark.clone(),
-                }],
-                Target::Return,
-            ),
-        );
-        nat.push(
-            &postrouting,
-            Rule::new(vec![], Target::MarkXor(mark.clone())),
-        );
-        nat.push(
-            &postrouting,
-            Rule::new(
-                vec![c("kubernetes service traffic requiring SNAT")],
-                Target::Masquerade {
-                    random_fully: self.cfg.random_fully,
-                },
-            ),
-        );
-        nat.push(
-            &self.kube_mark_masq,
-            Rule::new(vec![], Target::MarkOr(mark.clone())),
-        );
-
-        let forward = ChainName::fixed(ChainName::KUBE_FORWARD);
-        let filter = &mut self.rs.filter;
-        if self.cfg.drop_invalid {
-            let mut matches = vec![Match::CtState {
-                negated: false,
-                states: "INVALID",
-            }];
-            if self.cfg.nfacct {
-                matches.push(Match::Nfacct("ct_state_invalid_dropped_pkts"));
-            }
-            filter.push(&forward, Rule::new(matches, Target::Drop));
-        }
-        filter.push(
-            &forward,
-            Rule::new(
-                vec![
-                    c("kubernetes forwarding rules"),
-                    Match::Mark {
-                        negated: false,
-                        mark: mark.clone(),
-                    },
-                ],
-                Target::Accept,
-            ),
-        );
-        filter.push(
-            &forward,
-            Rule::new(
-                vec![
-                    c("kubernetes forwarding conntrack rule"),
-                    Match::CtState {
-                        negated: false,
-                        states: "RELATED,ESTABLISHED",
-                    },
-                ],
-                Target::Accept,
-            ),
-        );
-        if self.cfg.localhost_nodeports_effective() {
-            let fw = ChainName::fixed(ChainName::KUBE_FIREWALL);
-            filter.push(
-                &fw,
-                Rule::new(
-                    vec![
-                        c("block incoming localnet connections"),
-                        Match::Dst {
-                            negated: false,
-                            addr: Addr::Net(loopback_net()),
-                        },
-                        Match::Src {
-                            negated: true,
-                            addr: Addr::Net(loopback_net()),
-                        },
-                        Match::CtState {
-                            negated: true,
-                            states: "RELATED,ESTABLISHED,DNAT",
-                        },
-                    ],
-                    Target::Drop,
-                ),
-            );
-        }
-        self.hooks();
-    }
-
-    /// The jumps from the builtin chains, in their final top-to-bottom order (upstream inserts
-    /// them one by one at position 1, so its list is the reverse of this one per chain).
-    fn hooks(&mut self) {
-        const EXT: &str = "kubernetes externally-visible service portals";
-        const PORTALS: &str = "kubernetes service portals";
-        const LB_FIREWALL: &str = "kubernetes load balancer firewall";
-        const HEALTH: &str = "kubernetes health check service ports";
-        const FORWARDING: &str = "kubernetes forwarding rules";
-        const POSTROUTING: &str = "kubernetes postrouting rules";
-        // (table, builtin chain, only NEW connections, comment, target); a `None` comment is
-        // kubelet's own uncommented jump to KUBE-FIREWALL.
-        let f = TableName::Filter;
-        let n = TableName::Nat;
-        let table: [(TableName, &str, bool, Option<&str>, &str); 14] = [
-            (f, "INPUT", false, None, ChainName::KUBE_FIREWALL),
-            (
-                f,
-                "INPUT",
-                true,
-                Some(LB_FIREWALL),
-                ChainName::KUBE_PROXY_FIREWALL,
-            ),
-            (f, "INPUT", false, Some(HEALTH), ChainName::KUBE_NODEPORTS),
-            (
-                f,
-                "INPUT",
-                true,
-                Some(EXT),
-                ChainName::KUBE_EXTERNAL_SERVICES,
-            ),
-            (
-                f,
-                "FORWARD",
-                true,
-                Some(LB_FIREWALL),
-                ChainName::KUBE_PROXY_FIREWALL,
-            ),
-            (
-                f,
-                "FORWARD",
-                false,
-                Some(FORWARDING),
-                ChainName::KUBE_FORWARD,
-            ),
-            (f, "FORWARD", true, Some(PORTALS), ChainName::KUBE_SERVICES),
-            (
-                f,
-                "FORWARD",
-                true,
-                Some(EXT),
-                ChainName::KUBE_EXTERNAL_SERVICES,
-            ),
-            (f, "OUTPUT", false, None, ChainName::KUBE_FIREWALL),
-            (
-                f,
-                "OUTPUT",
-                true,
-                Some(LB_FIREWALL),
-                ChainName::KUBE_PROXY_FIREWALL,
-            ),
-            (f, "OUTPUT", true, Some(PORTALS), ChainName::KUBE_SERVICES),
-            (
-                n,
-                "PREROUTING",
-                false,
-                Some(PORTALS),
-                ChainName::KUBE_SERVICES,
-            ),
-            (n, "OUTPUT", false, Some(PORTALS), ChainName::KUBE_SERVICES),
-            (
-                n,
-                "POSTROUTING",
-                false,
-                Some(POSTROUTING),
-                ChainName::KUBE_POSTROUTING,
-            ),
-        ];
-        let kubelet_fw = self.cfg.localhost_nodeports_effective();
-        self.rs.hooks = table
-            .into_iter()
-            .filter(|(_, _, _, _, to)| kubelet_fw || *to != ChainName::KUBE_FIREWALL)
-            .map(|(table, chain, new_only, comment, to)| {
-                let mut matches = Vec::new();
-                if new_only {
-                    matches.push(Match::CtState {
-                        negated: false,
-                        states: "NEW",
-                    });
-                }
-                matches.extend(comment.map(c));
-                Hook {
-                    table,
-                    chain: ChainName::fixed(chain),
-                    rule: Rule::new(matches, Target::Jump(ChainName::fixed(to))),
-                }
-            })
-            .collect();
     }
 
     fn service(
@@ -896,7 +609,7 @@ impl Compiler<'_> {
             let dnat = [comment, affinity_set, Some(Match::Proto(proto))];
             rules.push(dnat.iter().flatten(), &Target::Dnat(ep.key.clone()));
             frag.owners.push((sep.clone(), owner.clone()));
-            frag.nat.set(sep, rules);
+            frag.nat.set(rules);
         }
         if proto == Protocol::Udp {
             let serving: Vec<IpAddr> = endpoints
@@ -965,13 +678,406 @@ impl Compiler<'_> {
             let matches = [comment(ep, self.large), probability];
             rules.push(matches.iter().flatten(), &Target::Jump(sep));
         }
-        rules.shrink_to_fit();
+    }
+}
+
+/// Compiles the snapshot into the rule set for `cfg.family`.
+pub fn compile(snapshot: &Snapshot, cfg: &ProxyConfig) -> Compiled {
+    IncrementalCompiler::default().compile(snapshot, cfg)
+}
+
+impl Compiled {
+    /// Which service port owns each per-service chain (for operator-facing explanations).
+    pub fn chain_owners(&self) -> BTreeMap<ChainName, ServicePortName> {
+        self.fragments
+            .iter()
+            .flat_map(|f| f.owners.iter().map(|(c, s)| (c.clone(), (**s).clone())))
+            .collect()
+    }
+}
+
+impl IncrementalCompiler {
+    /// A compiler that uses exactly `threads` threads when there is a lot to compile.
+    pub fn with_threads(threads: usize) -> Self {
+        IncrementalCompiler {
+            threads: Some(threads.max(1)),
+            ..IncrementalCompiler::default()
+        }
+    }
+
+    /// Compiles like [`compile`], reusing the fragments of unchanged Services.
+    pub fn compile(&mut self, snapshot: &Snapshot, cfg: &ProxyConfig) -> Compiled {
+        let family = cfg.family;
+        let node_ip = cfg
+            .node_ips
+            .iter()
+            .copied()
+            .find(|ip| family.contains(ip))
+            .or_else(|| {
+                snapshot
+                    .node
+                    .as_ref()
+                    .and_then(|n| n.addresses.iter().copied().find(|ip| family.contains(ip)))
+            });
+        let zone = snapshot.node.as_ref().and_then(|n| n.zone.clone());
+        let large = snapshot.endpoint_count() > cfg.large_cluster_threshold;
+        let key = CacheKey {
+            cfg: cfg.clone(),
+            zone: zone.clone(),
+            node_ip,
+            large,
+        };
+        if self.key.as_ref() != Some(&key) {
+            self.cache.clear();
+            self.key = Some(key);
+        }
+        self.cache
+            .retain(|name, _| snapshot.services.contains_key(name));
+        let mut compiler = Compiler {
+            cfg,
+            family,
+            mark: cfg.masquerade_mark().into(),
+            rs: RuleSet::new(family),
+            services_entries: Vec::new(),
+            large,
+            out_health: BTreeMap::new(),
+            no_local_internal: 0,
+            no_local_external: 0,
+            fragments: Vec::with_capacity(snapshot.services.len()),
+            udp: Vec::new(),
+            kube_mark_masq: ChainName::fixed(ChainName::KUBE_MARK_MASQ),
+            kube_services: ChainName::fixed(ChainName::KUBE_SERVICES),
+            kube_ext_services: ChainName::fixed(ChainName::KUBE_EXTERNAL_SERVICES),
+            kube_nodeports: ChainName::fixed(ChainName::KUBE_NODEPORTS),
+            kube_proxy_firewall: ChainName::fixed(ChainName::KUBE_PROXY_FIREWALL),
+        };
+        compiler.fixed_chains();
+        let topology = NodeTopology {
+            name: &cfg.node_name,
+            zone: zone.as_deref(),
+        };
+        let workers = ServiceCompiler {
+            cfg,
+            family,
+            probabilities: Probabilities::default(),
+            large,
+            node_ip,
+            kube_mark_masq: compiler.kube_mark_masq.clone(),
+            kube_services: compiler.kube_services.clone(),
+            kube_ext_services: compiler.kube_ext_services.clone(),
+            kube_nodeports: compiler.kube_nodeports.clone(),
+            kube_proxy_firewall: compiler.kube_proxy_firewall.clone(),
+        };
+        // Reuse what is cached; compile the rest (in parallel when there is a lot of it).
+        let services: Vec<&Arc<Service>> = snapshot.services.values().collect();
+        let mut fragments: Vec<Option<Arc<Fragment>>> = services
+            .iter()
+            .map(|service| self.reuse(snapshot, service))
+            .collect();
+        let todo: Vec<usize> = (0..services.len())
+            .filter(|&i| fragments[i].is_none())
+            .collect();
+        self.last_recompiled = todo.len();
+        let threads = self
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)));
+        let fresh = compile_services(&workers, snapshot, topology, &services, &todo, threads);
+        for (i, frag) in todo.into_iter().zip(fresh) {
+            let service = services[i];
+            let frag = Arc::new(frag);
+            self.cache.insert(
+                service.name.clone(),
+                CachedFragment {
+                    service: service.clone(),
+                    slices: snapshot.slices.get(&service.name).cloned(),
+                    fragment: frag.clone(),
+                },
+            );
+            fragments[i] = Some(frag);
+        }
+        for fragment in fragments.into_iter().flatten() {
+            compiler.merge(fragment);
+        }
+        compiler.finish()
+    }
+
+    /// The cached fragment of `service` if neither it nor its slices changed.
+    fn reuse(&mut self, snapshot: &Snapshot, service: &Arc<Service>) -> Option<Arc<Fragment>> {
+        let slices = snapshot.slices.get(&service.name);
+        let cached = self.cache.get_mut(&service.name)?;
+        let unchanged = same(&cached.service, service)
+            && match (&cached.slices, slices) {
+                (Some(a), Some(b)) => same(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+        if !unchanged {
+            return None;
+        }
+        // Equal but re-created objects: keep the snapshot's, so old copies are freed.
+        cached.service = service.clone();
+        cached.slices = slices.cloned();
+        Some(cached.fragment.clone())
+    }
+}
+
+/// Below this many Services to compile, one thread does it (spawning costs more).
+const PARALLEL_THRESHOLD: usize = 512;
+
+/// Compiles `services[i]` for every `i` in `todo`, in order, on up to as many threads as
+/// there are CPUs (each Service's fragment depends only on that Service and its slices).
+fn compile_services(
+    worker: &ServiceCompiler<'_>,
+    snapshot: &Snapshot,
+    topology: NodeTopology<'_>,
+    services: &[&Arc<Service>],
+    todo: &[usize],
+    threads: usize,
+) -> Vec<Fragment> {
+    let compile_chunk = |chunk: &[usize]| {
+        let mut worker = worker.clone();
+        chunk
+            .iter()
+            .map(|&i| worker.compile(snapshot, services[i], topology))
+            .collect::<Vec<_>>()
+    };
+    if threads == 1 || todo.len() < PARALLEL_THRESHOLD {
+        return compile_chunk(todo);
+    }
+    let chunk_size = todo.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = todo
+            .chunks(chunk_size)
+            .map(|chunk| scope.spawn(move || compile_chunk(chunk)))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| match handle.join() {
+                Ok(fragments) => fragments,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    })
+}
+
+impl Compiler<'_> {
+    fn fixed_chains(&mut self) {
+        let mark = self.mark.clone();
+        for name in [
+            ChainName::KUBE_SERVICES,
+            ChainName::KUBE_EXTERNAL_SERVICES,
+            ChainName::KUBE_FORWARD,
+            ChainName::KUBE_NODEPORTS,
+            ChainName::KUBE_PROXY_FIREWALL,
+        ] {
+            self.rs.filter.chain(&ChainName::fixed(name));
+        }
+        for name in [
+            ChainName::KUBE_SERVICES,
+            ChainName::KUBE_NODEPORTS,
+            ChainName::KUBE_POSTROUTING,
+            ChainName::KUBE_MARK_MASQ,
+        ] {
+            self.rs.nat.chain(&ChainName::fixed(name));
+        }
+        let postrouting = ChainName::fixed(ChainName::KUBE_POSTROUTING);
+        let nat = &mut self.rs.nat;
+        nat.push(
+            &postrouting,
+            Rule::new(
+                vec![Match::Mark {
+                    negated: true,
+                    mark: mark.clone(),
+                }],
+                Target::Return,
+            ),
+        );
+        nat.push(
+            &postrouting,
+            Rule::new(vec![], Target::MarkXor(mark.clone())),
+        );
+        nat.push(
+            &postrouting,
+            Rule::new(
+                vec![c("kubernetes service traffic requiring SNAT")],
+                Target::Masquerade {
+                    random_fully: self.cfg.random_fully,
+                },
+            ),
+        );
+        nat.push(
+            &self.kube_mark_masq,
+            Rule::new(vec![], Target::MarkOr(mark.clone())),
+        );
+
+        let forward = ChainName::fixed(ChainName::KUBE_FORWARD);
+        let filter = &mut self.rs.filter;
+        if self.cfg.drop_invalid {
+            let mut matches = vec![Match::CtState {
+                negated: false,
+                states: "INVALID",
+            }];
+            if self.cfg.nfacct {
+                matches.push(Match::Nfacct("ct_state_invalid_dropped_pkts"));
+            }
+            filter.push(&forward, Rule::new(matches, Target::Drop));
+        }
+        filter.push(
+            &forward,
+            Rule::new(
+                vec![
+                    c("kubernetes forwarding rules"),
+                    Match::Mark {
+                        negated: false,
+                        mark: mark.clone(),
+                    },
+                ],
+                Target::Accept,
+            ),
+        );
+        filter.push(
+            &forward,
+            Rule::new(
+                vec![
+                    c("kubernetes forwarding conntrack rule"),
+                    Match::CtState {
+                        negated: false,
+                        states: "RELATED,ESTABLISHED",
+                    },
+                ],
+                Target::Accept,
+            ),
+        );
+        if self.cfg.localhost_nodeports_effective() {
+            let fw = ChainName::fixed(ChainName::KUBE_FIREWALL);
+            filter.push(
+                &fw,
+                Rule::new(
+                    vec![
+                        c("block incoming localnet connections"),
+                        Match::Dst {
+                            negated: false,
+                            addr: Addr::Net(loopback_net()),
+                        },
+                        Match::Src {
+                            negated: true,
+                            addr: Addr::Net(loopback_net()),
+                        },
+                        Match::CtState {
+                            negated: true,
+                            states: "RELATED,ESTABLISHED,DNAT",
+                        },
+                    ],
+                    Target::Drop,
+                ),
+            );
+        }
+        self.hooks();
+    }
+
+    /// The jumps from the builtin chains, in their final top-to-bottom order (upstream inserts
+    /// them one by one at position 1, so its list is the reverse of this one per chain).
+    fn hooks(&mut self) {
+        const EXT: &str = "kubernetes externally-visible service portals";
+        const PORTALS: &str = "kubernetes service portals";
+        const LB_FIREWALL: &str = "kubernetes load balancer firewall";
+        const HEALTH: &str = "kubernetes health check service ports";
+        const FORWARDING: &str = "kubernetes forwarding rules";
+        const POSTROUTING: &str = "kubernetes postrouting rules";
+        // (table, builtin chain, only NEW connections, comment, target); a `None` comment is
+        // kubelet's own uncommented jump to KUBE-FIREWALL.
+        let f = TableName::Filter;
+        let n = TableName::Nat;
+        let table: [(TableName, &str, bool, Option<&str>, &str); 14] = [
+            (f, "INPUT", false, None, ChainName::KUBE_FIREWALL),
+            (
+                f,
+                "INPUT",
+                true,
+                Some(LB_FIREWALL),
+                ChainName::KUBE_PROXY_FIREWALL,
+            ),
+            (f, "INPUT", false, Some(HEALTH), ChainName::KUBE_NODEPORTS),
+            (
+                f,
+                "INPUT",
+                true,
+                Some(EXT),
+                ChainName::KUBE_EXTERNAL_SERVICES,
+            ),
+            (
+                f,
+                "FORWARD",
+                true,
+                Some(LB_FIREWALL),
+                ChainName::KUBE_PROXY_FIREWALL,
+            ),
+            (
+                f,
+                "FORWARD",
+                false,
+                Some(FORWARDING),
+                ChainName::KUBE_FORWARD,
+            ),
+            (f, "FORWARD", true, Some(PORTALS), ChainName::KUBE_SERVICES),
+            (
+                f,
+                "FORWARD",
+                true,
+                Some(EXT),
+                ChainName::KUBE_EXTERNAL_SERVICES,
+            ),
+            (f, "OUTPUT", false, None, ChainName::KUBE_FIREWALL),
+            (
+                f,
+                "OUTPUT",
+                true,
+                Some(LB_FIREWALL),
+                ChainName::KUBE_PROXY_FIREWALL,
+            ),
+            (f, "OUTPUT", true, Some(PORTALS), ChainName::KUBE_SERVICES),
+            (
+                n,
+                "PREROUTING",
+                false,
+                Some(PORTALS),
+                ChainName::KUBE_SERVICES,
+            ),
+            (n, "OUTPUT", false, Some(PORTALS), ChainName::KUBE_SERVICES),
+            (
+                n,
+                "POSTROUTING",
+                false,
+                Some(POSTROUTING),
+                ChainName::KUBE_POSTROUTING,
+            ),
+        ];
+        let kubelet_fw = self.cfg.localhost_nodeports_effective();
+        self.rs.hooks = table
+            .into_iter()
+            .filter(|(_, _, _, _, to)| kubelet_fw || *to != ChainName::KUBE_FIREWALL)
+            .map(|(table, chain, new_only, comment, to)| {
+                let mut matches = Vec::new();
+                if new_only {
+                    matches.push(Match::CtState {
+                        negated: false,
+                        states: "NEW",
+                    });
+                }
+                matches.extend(comment.map(c));
+                Hook {
+                    table,
+                    chain: ChainName::fixed(chain),
+                    rule: Rule::new(matches, Target::Jump(ChainName::fixed(to))),
+                }
+            })
+            .collect();
     }
 
     /// Adds one Service's fragment to the rule set being assembled.
     fn merge(&mut self, frag: Arc<Fragment>) {
-        for (name, rules) in &frag.nat.chains {
-            self.rs.nat.set_shared(name.clone(), rules.clone());
+        if !frag.group.chains.is_empty() {
+            self.rs.nat.groups.push(frag.group.clone());
         }
         self.services_entries.extend(frag.entries.iter().cloned());
         let tables = [
@@ -1095,8 +1201,10 @@ impl Compiler<'_> {
 /// the configuration are unchanged.
 #[derive(Debug)]
 struct Fragment {
+    /// The Service's own nat chains while they are compiled (then moved to `group`).
+    nat: OwnChains,
     /// The Service's own nat chains (SVC, SVL, EXT, FW, SEP).
-    nat: Table,
+    group: Arc<ChainGroup>,
     /// Destination entries for nat KUBE-SERVICES (dispatched linearly or by the tree).
     entries: Vec<Entry>,
     nat_nodeports: RuleText,
@@ -1109,6 +1217,34 @@ struct Fragment {
     no_local_external: usize,
     owners: Vec<(ChainName, Arc<ServicePortName>)>,
     udp: Vec<UdpServicePort>,
+}
+
+/// A Service's own chains in the order they were first declared.
+#[derive(Debug, Default)]
+struct OwnChains(Vec<RuleText>);
+
+impl OwnChains {
+    /// Declares a chain (empty if new) and returns its rules for appending. Policy chains are
+    /// declared before the endpoint chains, so the search is short.
+    fn chain(&mut self, name: &ChainName) -> &mut RuleText {
+        let index = match self.0.iter().position(|c| c.chain() == name) {
+            Some(index) => index,
+            None => {
+                self.0.push(RuleText::new(name.clone()));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[index]
+    }
+
+    fn push(&mut self, chain: &ChainName, rule: Rule) {
+        self.chain(chain).push_rule(&rule);
+    }
+
+    /// Adds a complete chain that was not declared before.
+    fn set(&mut self, rules: RuleText) {
+        self.0.push(rules);
+    }
 }
 
 /// What a cached fragment was compiled from (shared with the snapshot, so an unchanged Service
@@ -1143,6 +1279,8 @@ pub struct IncrementalCompiler {
     cache: HashMap<ServiceName, CachedFragment>,
     /// Services recompiled by the last call (the rest were reused).
     pub last_recompiled: usize,
+    /// Threads for compiling many Services at once (`None`: one per CPU, at most 8).
+    threads: Option<usize>,
 }
 
 struct PortContext<'a> {

@@ -15,4 +15,4 @@ pub use chain::ChainName;
 pub use compile::{Compiled, ServiceHealth, compile};
 pub use plan::{AppliedState, Plan, PlanStats, plan};
 pub use render::render_standalone;
-pub use rule::{Match, Rule, RuleSet, Table, TableName, Target};
+pub use rule::{ChainGroup, Match, Rule, RuleSet, RuleText, Table, TableName, Target};

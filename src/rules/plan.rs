@@ -1,20 +1,22 @@
 //! Planning `iptables-restore --noflush` payloads: full, or only what changed.
 //!
-//! The planner keeps, per chain, the rule text last applied (shared with the compiler, so a
-//! chain that was not recompiled is recognised by pointer; others are compared as text). A
-//! partial payload declares (and so flushes and rewrites) exactly the chains whose rendering changed or
-//! that are new, and deletes (`:X` then `-X X`) the chains that are no longer wanted. Chains
+//! The planner keeps the rule text last applied, shared with the compiler: per named chain,
+//! and per Service group (so an unchanged Service is recognised by one pointer comparison;
+//! a changed one is compared chain by chain as text). A partial payload declares (and so
+//! flushes and rewrites) exactly the chains whose text changed or that are new, and deletes (`:X` then `-X X`) the chains that are no longer wanted. Chains
 //! that did not change are not mentioned, so `--noflush` leaves them alone. Unlike upstream,
 //! KUBE-SERVICES, KUBE-NODEPORTS and KUBE-EXTERNAL-SERVICES are not rewritten unless their
 //! content changed; since a restore replaces a declared chain entirely and keeps undeclared
 //! ones, the kernel ends up with exactly the desired chains either way (property-tested against
 //! the restore model in `dump::restore`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use super::chain::ChainName;
-use super::rule::{ChainRules, RuleSet, TableName};
+use super::rule::{ChainGroup, ChainRules, RuleSet, RuleText, TableName};
+use crate::model::ServiceName;
 
 /// One chain as last applied: its rules (shared, so a chain that was not recompiled is
 /// recognised by pointer without comparing text).
@@ -23,10 +25,12 @@ pub struct AppliedChain {
     pub rules: ChainRules,
 }
 
-/// What knat believes is in the kernel, per table and chain.
+/// What knat believes is in the kernel: named chains per table and chain, and the Services'
+/// chain groups per table and Service.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppliedState {
     pub chains: HashMap<(TableName, ChainName), AppliedChain>,
+    pub groups: HashMap<TableName, HashMap<ServiceName, Arc<ChainGroup>>>,
 }
 
 /// Full: rewrite every chain (and delete stale ones). Partial: only what changed.
@@ -65,24 +69,24 @@ pub fn plan(
     kind: SyncKind,
     stale: &[(TableName, ChainName)],
 ) -> Plan {
+    let full = kind == SyncKind::Full;
     let mut next = AppliedState::default();
     let mut payload = String::new();
     let mut stats = PlanStats::default();
     for table_name in [TableName::Filter, TableName::Nat] {
         let table = desired.table(table_name);
-        let mut written = Vec::new();
+        let mut written: Vec<&RuleText> = Vec::new();
+        let mut deletes: Vec<ChainName> = Vec::new();
+
+        // Named chains: compared one by one.
         for (name, chain_rules) in &table.chains {
             let key = (table_name, name.clone());
-            let before = applied.chains.get(&key);
-            let unchanged = before.is_some_and(|a| {
-                std::sync::Arc::ptr_eq(&a.rules, chain_rules) || a.rules == *chain_rules
-            });
-            if kind == SyncKind::Full || !unchanged {
-                written.push((name, chain_rules));
-            }
-            match table_name {
-                TableName::Filter => stats.filter_rules_total += chain_rules.len(),
-                TableName::Nat => stats.nat_rules_total += chain_rules.len(),
+            let unchanged = applied
+                .chains
+                .get(&key)
+                .is_some_and(|a| Arc::ptr_eq(&a.rules, chain_rules) || a.rules == *chain_rules);
+            if full || !unchanged {
+                written.push(chain_rules);
             }
             next.chains.insert(
                 key,
@@ -91,33 +95,92 @@ pub fn plan(
                 },
             );
         }
-        written.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut deletes: Vec<ChainName> = applied
-            .chains
-            .keys()
-            .filter(|(t, name)| *t == table_name && !table.chains.contains_key(name))
-            .map(|(_, name)| name.clone())
-            .collect();
-        if kind == SyncKind::Full {
+        written.sort_unstable_by(|a, b| a.chain().cmp(b.chain()));
+        deletes.extend(
+            applied
+                .chains
+                .keys()
+                .filter(|(t, name)| *t == table_name && !table.chains.contains_key(name))
+                .map(|(_, name)| name.clone()),
+        );
+
+        // Groups: an unchanged Service is one pointer comparison; a changed one is compared
+        // chain by chain with its previous group.
+        let applied_groups = applied.groups.get(&table_name);
+        let mut next_groups = HashMap::with_capacity(table.groups.len());
+        for group in &table.groups {
+            match applied_groups.and_then(|groups| groups.get(&group.key)) {
+                Some(before) if Arc::ptr_eq(before, group) => {
+                    if full {
+                        written.extend(&group.chains);
+                    }
+                }
+                Some(before) => {
+                    let old: HashMap<&ChainName, &RuleText> =
+                        before.chains.iter().map(|c| (c.chain(), c)).collect();
+                    written.extend(
+                        group
+                            .chains
+                            .iter()
+                            .filter(|c| full || old.get(c.chain()) != Some(c)),
+                    );
+                    let kept: HashSet<&ChainName> =
+                        group.chains.iter().map(RuleText::chain).collect();
+                    deletes.extend(
+                        before
+                            .chains
+                            .iter()
+                            .map(RuleText::chain)
+                            .filter(|name| !kept.contains(name))
+                            .cloned(),
+                    );
+                }
+                None => written.extend(&group.chains),
+            }
+            next_groups.insert(group.key.clone(), group.clone());
+        }
+        for (service, before) in applied_groups.into_iter().flatten() {
+            if !next_groups.contains_key(service) {
+                deletes.extend(before.chains.iter().map(|c| c.chain().clone()));
+            }
+        }
+        if !next_groups.is_empty() {
+            next.groups.insert(table_name, next_groups);
+        }
+
+        if full && !stale.is_empty() {
+            let wanted: HashSet<&str> = table
+                .chains
+                .keys()
+                .map(ChainName::as_str)
+                .chain(table.group_chains().map(|c| c.chain().as_str()))
+                .collect();
             deletes.extend(
                 stale
                     .iter()
-                    .filter(|(t, name)| *t == table_name && !table.chains.contains_key(name))
+                    .filter(|(t, name)| *t == table_name && !wanted.contains(name.as_str()))
                     .map(|(_, name)| name.clone()),
             );
         }
         deletes.sort_unstable();
         deletes.dedup();
+        let rules_total = table.rule_count();
+        match table_name {
+            TableName::Filter => stats.filter_rules_total = rules_total,
+            TableName::Nat => stats.nat_rules_total = rules_total,
+        }
         if written.is_empty() && deletes.is_empty() {
             continue;
         }
-        // Declarations first, then the rules, rendered straight into the payload (no second
-        // copy of a full sync's tens of megabytes), then the deletions.
+        // Declarations first, then the rules, copied straight into the payload, then the
+        // deletions.
         let _ = writeln!(payload, "*{}", table_name.as_str());
-        for name in written.iter().map(|(name, _)| *name).chain(&deletes) {
-            let _ = writeln!(payload, ":{name} - [0:0]");
+        for name in written.iter().map(|c| c.chain()).chain(&deletes) {
+            payload.push(':');
+            payload.push_str(name.as_str());
+            payload.push_str(" - [0:0]\n");
         }
-        for (_, chain_rules) in written {
+        for chain_rules in written {
             payload.push_str(chain_rules.as_str());
             stats.chains_written += 1;
             stats.rules_written += chain_rules.len();

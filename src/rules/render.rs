@@ -2,13 +2,13 @@
 
 use std::fmt::Write as _;
 
-use super::rule::{RuleSet, Table, TableName};
+use super::rule::{RuleSet, RuleText, Table, TableName};
 
 /// The complete payload for a plain `iptables-restore` (no `--noflush`) into a node that has
 /// no other rules: builtin chains with ACCEPT policy, the hook jumps, and every knat chain.
 pub fn render_standalone(rs: &RuleSet) -> String {
     // Each chain adds a `:CHAIN - [0:0]` line to its rules.
-    let declarations = |t: &Table| t.chains.len() * 48;
+    let declarations = |t: &Table| t.chain_count() * 48;
     let mut out = String::with_capacity(
         rs.filter.text_len()
             + rs.nat.text_len()
@@ -22,14 +22,16 @@ pub fn render_standalone(rs: &RuleSet) -> String {
         for builtin in table_name.builtin_chains() {
             let _ = writeln!(out, ":{builtin} ACCEPT [0:0]");
         }
-        let chains = table.sorted();
-        for (name, _) in &chains {
-            let _ = writeln!(out, ":{name} - [0:0]");
+        let chains: Vec<&RuleText> = table.ordered().collect();
+        for rules in &chains {
+            out.push(':');
+            out.push_str(rules.chain().as_str());
+            out.push_str(" - [0:0]\n");
         }
         for hook in rs.hooks.iter().filter(|h| h.table == table_name) {
             let _ = writeln!(out, "-A {} {}", hook.chain, hook.rule);
         }
-        for (_, rules) in chains {
+        for rules in chains {
             out.push_str(rules.as_str());
         }
         out.push_str("COMMIT\n");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use super::chain::ChainName;
-use crate::model::{IpFamily, Protocol};
+use crate::model::{IpFamily, Protocol, ServiceName};
 use crate::text::{push_ip, push_num};
 
 /// An address argument: a bare address (`-d 10.96.0.10`) or a network (`! -s 10.0.0.0/8`).
@@ -393,9 +393,12 @@ impl RuleText {
         &self.text
     }
 
-    /// Gives back spare capacity (for rules that are kept).
-    pub fn shrink_to_fit(&mut self) {
-        self.text.shrink_to_fit();
+    /// Moves the text into a buffer of its exact size (for rules that are kept: a buffer
+    /// grown by doubling is up to twice as large, and `shrink_to_fit` may keep the block).
+    pub fn compact(&mut self) {
+        if self.text.capacity() != self.text.len() {
+            self.text = String::from(self.text.as_str());
+        }
     }
 }
 
@@ -403,12 +406,23 @@ impl RuleText {
 /// planner's record of what was applied (cloning is a reference-count increment).
 pub type ChainRules = Arc<RuleText>;
 
-/// The user chains of one table; rule order inside a chain is significant. Chains are kept in
-/// a hash map (assembling 100,000 chains into a sorted map on every sync costs more than
-/// sorting once when rendering); use [`Table::sorted`] for deterministic output.
+/// The own chains of one Service (SVC, SVL, EXT, FW, SEP), compiled together and shared as a
+/// unit by the compiler's cache, the rule set and the planner's record of what was applied:
+/// an unchanged Service costs one pointer comparison, not one map entry per chain. Chain names
+/// in a group are derived from the Service's own name, so no two groups share a chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainGroup {
+    pub key: ServiceName,
+    pub chains: Vec<RuleText>,
+}
+
+/// The user chains of one table; rule order inside a chain is significant. Chains built per
+/// sync (fixed chains, the dispatch tree, the shared KUBE-* lists) are kept by name; the
+/// Services' own chains come in groups, in Service order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Table {
     pub chains: HashMap<ChainName, ChainRules>,
+    pub groups: Vec<Arc<ChainGroup>>,
 }
 
 impl Table {
@@ -436,34 +450,47 @@ impl Table {
         self.chain(chain).push_rule(&rule);
     }
 
-    /// Declares a chain with all of its rules at once (replacing any previous content).
-    pub fn set(&mut self, chain: ChainName, mut rules: RuleText) {
-        debug_assert_eq!(chain, rules.chain);
-        rules.shrink_to_fit();
-        self.chains.insert(chain, Arc::new(rules));
+    /// Every chain in output order: the named chains sorted by name, then the groups' chains
+    /// in group order.
+    pub fn ordered(&self) -> impl Iterator<Item = &RuleText> {
+        let mut named: Vec<&RuleText> = self.chains.values().map(|rules| &**rules).collect();
+        named.sort_unstable_by(|a, b| a.chain().cmp(b.chain()));
+        named
+            .into_iter()
+            .chain(self.groups.iter().flat_map(|group| group.chains.iter()))
     }
 
-    /// Declares a chain with rules shared with someone else (a cached fragment).
-    pub fn set_shared(&mut self, chain: ChainName, rules: ChainRules) {
-        debug_assert_eq!(chain, rules.chain);
-        self.chains.insert(chain, rules);
+    /// One chain by name (the groups are searched linearly: for tests and tools).
+    pub fn get(&self, name: &str) -> Option<&RuleText> {
+        self.chains
+            .get(name)
+            .map(|rules| &**rules)
+            .or_else(|| self.group_chains().find(|c| c.chain().as_str() == name))
     }
 
-    /// Chains in name order.
-    pub fn sorted(&self) -> Vec<(&ChainName, &ChainRules)> {
-        let mut chains: Vec<_> = self.chains.iter().collect();
-        chains.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        chains
+    /// The chains of every group.
+    pub fn group_chains(&self) -> impl Iterator<Item = &RuleText> {
+        self.groups.iter().flat_map(|group| group.chains.iter())
+    }
+
+    /// Number of chains.
+    pub fn chain_count(&self) -> usize {
+        self.chains.len() + self.groups.iter().map(|g| g.chains.len()).sum::<usize>()
     }
 
     /// Number of rules over all chains.
     pub fn rule_count(&self) -> usize {
-        self.chains.values().map(|rules| rules.len()).sum()
+        self.chains.values().map(|rules| rules.len()).sum::<usize>()
+            + self.group_chains().map(RuleText::len).sum::<usize>()
     }
 
     /// Bytes of rule text over all chains (what rendering copies).
     pub fn text_len(&self) -> usize {
-        self.chains.values().map(|rules| rules.as_str().len()).sum()
+        self.chains
+            .values()
+            .map(|rules| rules.as_str().len())
+            .sum::<usize>()
+            + self.group_chains().map(|c| c.as_str().len()).sum::<usize>()
     }
 }
 

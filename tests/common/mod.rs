@@ -5,14 +5,15 @@ use knat::input::{Source, load};
 use knat::model::IpFamily;
 use knat::rules::{compile, render_standalone};
 
-/// The complete payload for `node` from a fixture, with the fixtures' pod CIDRs as the local
-/// detector and `tweak` applied to the configuration.
-pub fn render_fixture(
+/// The snapshot of a fixture and the configuration for `node` (the fixtures' pod CIDRs as the
+/// local detector, `tweak` applied).
+#[allow(dead_code)] // not every test binary that includes this module uses every helper
+pub fn load_fixture(
     fixture: &str,
     node: &str,
     family: IpFamily,
     tweak: impl FnOnce(&mut ProxyConfig),
-) -> String {
+) -> (knat::model::Snapshot, ProxyConfig) {
     let path = format!("{}/tests/fixtures/{fixture}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).expect("fixture exists");
     let source = Source {
@@ -27,5 +28,17 @@ pub fn render_fixture(
     ];
     cfg.local_detector = LocalDetector::from_cidrs(&cidrs, family);
     tweak(&mut cfg);
-    render_standalone(&compile(&loaded.snapshot, &cfg).rules)
+    (loaded.snapshot, cfg)
+}
+
+/// The complete payload for `node` from a fixture (see [`load_fixture`]).
+#[allow(dead_code)]
+pub fn render_fixture(
+    fixture: &str,
+    node: &str,
+    family: IpFamily,
+    tweak: impl FnOnce(&mut ProxyConfig),
+) -> String {
+    let (snapshot, cfg) = load_fixture(fixture, node, family, tweak);
+    render_standalone(&compile(&snapshot, &cfg).rules)
 }
