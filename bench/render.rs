@@ -138,6 +138,21 @@ fn rules_walked(rs: &RuleSet, dst: IpAddr) -> usize {
     count
 }
 
+/// One endpoint of the middle Service gets a new address.
+fn change_one_endpoint(snap: &mut Snapshot, services: usize) {
+    let target = ServiceName::new(
+        format!("ns{}", (services / 2) % 50),
+        format!("svc{}", services / 2),
+    );
+    if let Some(slice) = snap
+        .slices
+        .get_mut(&target)
+        .and_then(|m| std::sync::Arc::make_mut(m).values_mut().next())
+    {
+        slice.endpoints[0].ip = IpAddr::V4(Ipv4Addr::new(10, 127, 255, 254));
+    }
+}
+
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -187,23 +202,12 @@ fn run_size(services: usize, dispatch: Dispatch) -> String {
     );
     let plan_full_time = t.elapsed();
 
-    // One endpoint changes IP in the middle service.
-    let target = ServiceName::new(
-        format!("ns{}", (services / 2) % 50),
-        format!("svc{}", services / 2),
-    );
     // The agent's path: an incremental compiler that saw the cluster before the change.
     let mut incremental = IncrementalCompiler::default();
     let warm = incremental.compile(&snap, &cfg);
     let warm_plan = plan(&AppliedState::default(), &warm.rules, SyncKind::Full, &[]);
     drop(warm);
-    if let Some(slice) = snap
-        .slices
-        .get_mut(&target)
-        .and_then(|m| std::sync::Arc::make_mut(m).values_mut().next())
-    {
-        slice.endpoints[0].ip = IpAddr::V4(Ipv4Addr::new(10, 127, 255, 254));
-    }
+    change_one_endpoint(&mut snap, services);
     let t = Instant::now();
     let compiled2 = incremental.compile(&snap, &cfg);
     let partial = plan(&warm_plan.next, &compiled2.rules, SyncKind::Partial, &[]);
@@ -247,23 +251,47 @@ fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(10_000);
         let snap = snapshot(size);
-        eprintln!("rss after snapshot {} MiB", rss_kib() / 1024);
+        let snapshot_rss = rss_kib() / 1024;
         let mut cfg = ProxyConfig::new("node-1", IpFamily::V4).expect("valid node name");
         cfg.local_detector = LocalDetector::Cidr("10.128.0.0/9".parse().expect("valid CIDR"));
         for _ in 0..5 {
             let t = Instant::now();
             let compiled = compile(&snap, &cfg);
             let c = t.elapsed();
+            let after_compile = rss_kib() / 1024;
             let t = Instant::now();
-            eprintln!("rss after compile {} MiB", rss_kib() / 1024);
             let text = render_standalone(&compiled.rules);
-            eprintln!("rss after render {} MiB", rss_kib() / 1024);
+            let r = t.elapsed();
             println!(
-                "compile {:.1} ms, render {:.1} ms ({} bytes)",
+                "compile {:.1} ms, render {:.1} ms ({} bytes); RSS {} MiB with the snapshot, {after_compile} MiB after compile, {} MiB after render",
                 ms(c),
-                ms(t.elapsed()),
-                text.len()
+                ms(r),
+                text.len(),
+                snapshot_rss,
+                rss_kib() / 1024,
             );
+        }
+        if let Some(dir) = args
+            .iter()
+            .position(|a| a == "--write")
+            .and_then(|p| args.get(p + 1))
+        {
+            // The standalone payload and the partial payload of one endpoint change, for timing
+            // iptables-restore on its own.
+            let mut compiler = IncrementalCompiler::default();
+            let before = compiler.compile(&snap, &cfg);
+            let applied = plan(&AppliedState::default(), &before.rules, SyncKind::Full, &[]).next;
+            let mut snap = snap;
+            change_one_endpoint(&mut snap, size);
+            let after = compiler.compile(&snap, &cfg);
+            let change = plan(&applied, &after.rules, SyncKind::Partial, &[]);
+            let write = |name: &str, text: &str| {
+                let path = std::path::Path::new(dir).join(name);
+                std::fs::write(&path, text).expect("writable output directory");
+                println!("wrote {} ({} bytes)", path.display(), text.len());
+            };
+            write("full.txt", &render_standalone(&before.rules));
+            write("change.txt", &change.payload);
         }
         return;
     }

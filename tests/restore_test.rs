@@ -109,3 +109,102 @@ fn rendered_payloads_pass_iptables_restore_on_both_backends() {
     }
     assert_eq!(checked, 32);
 }
+
+/// A restore of more than `NFT_BULK_CHAINS` chains through knat's own backend on iptables-nft:
+/// the `-Z` knat puts in front lets iptables-nft skip its per-command chain bookkeeping. The
+/// rules land, and (the documented side effect) the table's counters are zeroed.
+#[test]
+fn bulk_restore_on_iptables_nft_lands_every_chain_and_zeroes_counters() {
+    let programs = [
+        "ip",
+        "iptables-nft",
+        "iptables-nft-restore",
+        "iptables-nft-save",
+    ];
+    if !knat::lab::test_prerequisites(
+        "bulk_restore_on_iptables_nft_lands_every_chain_and_zeroes_counters",
+        &programs,
+    ) {
+        return;
+    }
+    use knat::backend::{Iptables, Mode, NFT_BULK_CHAINS};
+    let ns = Netns::new("bulk");
+    // A rule with counters that is not knat's.
+    let (ok, err) = ns.restore(
+        "iptables-nft-restore",
+        &["--counters"],
+        "*nat\n:PREROUTING ACCEPT [0:0]\n[7:420] -A PREROUTING -s 192.0.2.1/32 -j RETURN\nCOMMIT\n",
+    );
+    assert!(ok, "{err}");
+    // iptables-nft-restore inside the namespace, under the name knat calls.
+    let dir = std::env::temp_dir().join(format!("knat-bulk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let wrapper = dir.join("restore");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec ip netns exec {} iptables-nft-restore \"$@\"\n",
+            ns.0
+        ),
+    )
+    .expect("write wrapper");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut ipt = Iptables::new(IpFamily::V4, Mode::Nft);
+    ipt.bins.restore = wrapper.display().to_string();
+
+    let chains = NFT_BULK_CHAINS + 500;
+    let mut payload = String::from("*nat\n");
+    for i in 0..chains {
+        payload.push_str(&format!(":KNAT-BULK-{i} - [0:0]\n"));
+    }
+    for i in 0..chains {
+        payload.push_str(&format!(
+            "-A KNAT-BULK-{i} -s 198.51.100.{}/32 -j RETURN\n",
+            i % 256
+        ));
+    }
+    payload.push_str("COMMIT\n");
+    let started = std::time::Instant::now();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime
+        .block_on(ipt.restore(&payload))
+        .unwrap_or_else(|e| panic!("bulk restore failed: {e}"));
+    eprintln!(
+        "bulk restore of {chains} chains took {:.2?}",
+        started.elapsed()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let save = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            "iptables-nft-save",
+            "-c",
+            "-t",
+            "nat",
+        ])
+        .output()
+        .expect("run iptables-nft-save");
+    let text = String::from_utf8_lossy(&save.stdout);
+    let declared = text
+        .lines()
+        .filter(|l| l.starts_with(":KNAT-BULK-"))
+        .count();
+    assert_eq!(declared, chains);
+    let rules = text.lines().filter(|l| l.contains("-A KNAT-BULK-")).count();
+    assert_eq!(rules, chains);
+    assert!(
+        text.contains("[0:0] -A PREROUTING -s 192.0.2.1/32 -j RETURN"),
+        "the foreign rule should be kept with zeroed counters:\n{}",
+        text.lines()
+            .filter(|l| l.contains("PREROUTING"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

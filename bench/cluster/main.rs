@@ -19,6 +19,7 @@
 //!         [--churn-secs 60] [--samples 200] [--changes 5] [--min-sync 1s] [--no-doc]
 
 mod api;
+mod payloads;
 mod proxy;
 mod report;
 mod sys;
@@ -561,33 +562,28 @@ fn single_changes(
         let start = Instant::now();
         let ip = runtime.block_on(objects.change_endpoint(svc, 0))?;
         let chain = api::sep_chain(svc, ip);
-        let seen: Vec<Result<Duration, BenchError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = running
-                .iter()
-                .map(|r| {
-                    let ns = r.side.namespace.clone();
-                    let chain = chain.clone();
-                    scope.spawn(move || {
-                        while start.elapsed() < CHANGE_TIMEOUT {
-                            if sys::chain_exists(&ns, &chain) {
-                                return Ok(start.elapsed());
-                            }
-                        }
-                        Err(BenchError::Timeout {
-                            what: format!("{chain} in {ns}"),
-                            waited: CHANGE_TIMEOUT,
-                        })
-                    })
+        let mut seen: Vec<Option<Duration>> = vec![None; running.len()];
+        while seen.iter().any(Option::is_none) && start.elapsed() < CHANGE_TIMEOUT {
+            for (r, slot) in running.iter_mut().zip(seen.iter_mut()) {
+                if slot.is_none() {
+                    *slot = r
+                        .payloads
+                        .programmed(&chain, wall)
+                        .map(|end| Duration::from_secs_f64((end - wall).max(0.0)));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let seen: Vec<Result<Duration, BenchError>> = running
+            .iter()
+            .zip(seen)
+            .map(|(r, s)| {
+                s.ok_or_else(|| BenchError::Timeout {
+                    what: format!("{chain} from {}", r.side.label),
+                    waited: CHANGE_TIMEOUT,
                 })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(BenchError::Usage("a poller panicked".into())))
-                })
-                .collect()
-        });
+            })
+            .collect();
         // Let the wrapper log the calls (it writes after iptables-restore returns).
         std::thread::sleep(Duration::from_millis(1500));
         let mut row = Vec::new();
@@ -610,7 +606,8 @@ fn single_changes(
 /// A sampled churn change waiting to show up.
 struct Pending {
     chain: String,
-    written: Instant,
+    /// Just before the API write, seconds since the epoch.
+    written: f64,
 }
 
 /// 50 endpoint changes per second; every 10th is sampled: API write -> SEP chain visible.
@@ -639,9 +636,9 @@ fn churn(
     for r in running {
         let (tx, rx) = mpsc::channel::<Pending>();
         senders.push(tx);
-        let ns = r.side.namespace.clone();
+        let index = payloads::PayloadIndex::new(r.restore_log.clone());
         pollers.push(std::thread::spawn(move || {
-            poll_pending(&ns, &rx, begin + deadline_after)
+            poll_pending(index, &rx, begin + deadline_after)
         }));
     }
     let errors = runtime.block_on(async {
@@ -659,7 +656,7 @@ fn churn(
             };
             let objects = Arc::clone(objects);
             tasks.spawn(async move {
-                let written = Instant::now();
+                let written = sys::epoch_now();
                 let ip = objects.change_endpoint(svc, slot).await?;
                 let chain = api::sep_chain(svc, ip);
                 for tx in &senders {
@@ -722,7 +719,7 @@ fn churn(
 /// Polls a node for the pending chains until the channel closes and nothing is pending (or
 /// the deadline passes); returns the latencies in milliseconds and how many were never seen.
 fn poll_pending(
-    namespace: &str,
+    mut index: payloads::PayloadIndex,
     rx: &mpsc::Receiver<Pending>,
     deadline: Instant,
 ) -> (Vec<f64>, usize) {
@@ -743,18 +740,15 @@ fn poll_pending(
         if (closed && pending.is_empty()) || Instant::now() > deadline {
             break;
         }
-        if pending.is_empty() {
-            std::thread::sleep(Duration::from_millis(5));
-            continue;
-        }
-        pending.retain(|p| {
-            if sys::chain_exists(namespace, &p.chain) {
-                done.push(p.written.elapsed().as_secs_f64() * 1000.0);
+        index.refresh();
+        pending.retain(|p| match index.programmed(&p.chain, p.written) {
+            Some(end) => {
+                done.push((end - p.written).max(0.0) * 1000.0);
                 false
-            } else {
-                true
             }
+            None => true,
         });
+        std::thread::sleep(Duration::from_millis(20));
     }
     (done, pending.len())
 }

@@ -1,12 +1,14 @@
 //! One proxy under test (knat or upstream kube-proxy) in its node namespace: started through
 //! `env PATH=<wrapper dir>:...` so that its `iptables-restore` calls go through the counting
-//! wrapper, watched through `/proc`, and polled for chains in the kernel.
+//! wrapper, watched through `/proc`, and asked (through the wrapper's record) when a chain
+//! reached the kernel.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use knat::lab::control_plane::{Daemon, K8sBinaries, ProxyKind, ProxyOptions};
 
+use crate::payloads::PayloadIndex;
 use crate::sys::{self, BenchError, ProcStats, RestoreCall};
 
 /// Static description of one side.
@@ -35,8 +37,11 @@ impl Side {
 pub struct Running {
     pub side: Side,
     pub daemon: Daemon,
-    pub started: Instant,
+    /// When the proxy was spawned, seconds since the epoch (the wrapper's clock).
+    pub started_wall: f64,
     pub restore_log: PathBuf,
+    /// Which chains each restore declared (see `payloads`).
+    pub payloads: PayloadIndex,
 }
 
 /// Everything needed to start proxies.
@@ -112,7 +117,7 @@ impl Launcher {
             }
         }));
         let log = self.work.join(format!("{}-{run}.log", side.label));
-        let started = Instant::now();
+        let started_wall = sys::epoch_now();
         let daemon = Daemon::spawn(
             &side.label,
             &side.namespace,
@@ -123,7 +128,8 @@ impl Launcher {
         Ok(Running {
             side: side.clone(),
             daemon,
-            started,
+            started_wall,
+            payloads: PayloadIndex::new(restore_log.clone()),
             restore_log,
         })
     }
@@ -138,12 +144,13 @@ impl Running {
         sys::restore_calls(&self.restore_log)
     }
 
-    /// Waits until `chain` is in the kernel; returns the time since the proxy started.
+    /// Waits until a restore that declares `chain` has returned successfully; returns the time
+    /// from the proxy's start to the end of that restore.
     pub fn wait_chain(&mut self, chain: &str, timeout: Duration) -> Result<Duration, BenchError> {
         let begin = Instant::now();
         loop {
-            if sys::chain_exists(&self.side.namespace, chain) {
-                return Ok(self.started.elapsed());
+            if let Some(end) = self.payloads.programmed(chain, self.started_wall) {
+                return Ok(Duration::from_secs_f64((end - self.started_wall).max(0.0)));
             }
             if !self.daemon.is_running() {
                 return Err(BenchError::Command {

@@ -112,16 +112,6 @@ impl IptBackend {
     }
 }
 
-/// Whether a nat chain exists in a namespace (one `iptables -t nat -S CHAIN`, which reads
-/// only that chain from the kernel: a few milliseconds even at 10,000 services).
-pub fn chain_exists(namespace: &str, chain: &str) -> bool {
-    let iptables = IptBackend::current().binary("iptables");
-    matches!(
-        netns_output(namespace, &iptables, &["-t", "nat", "-S", chain]),
-        Ok((true, _, _))
-    )
-}
-
 /// CPU and memory accounting of one process.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProcStats {
@@ -219,17 +209,20 @@ pub fn kill_descendants(pid: u32) {
 }
 
 /// One `iptables-restore` call seen by the wrapper.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RestoreCall {
     /// Wall-clock end of the call, seconds since the epoch.
     pub end: f64,
     pub bytes: u64,
     pub exit: i32,
+    /// The payload, kept by the wrapper (see `payloads`).
+    pub payload: Option<PathBuf>,
 }
 
-/// Writes wrapper scripts named `names` into `dir` that record each call's payload size in
-/// `log` and run `real` with the same arguments and payload. The payload is staged in a file
-/// (`dir`), so the wrapper adds the same small cost to both proxies.
+/// Writes wrapper scripts named `names` into `dir` that record each call's end time, payload
+/// size, exit code and payload file in `log` and run `real` with the same arguments and
+/// payload. The payload is staged in a file in `dir` and kept (the benchmark reads which chains
+/// it declares), so the wrapper adds the same small cost to both proxies.
 pub fn write_restore_wrapper(
     dir: &Path,
     names: &[&str],
@@ -246,8 +239,7 @@ pub fn write_restore_wrapper(
          n=$(wc -c < \"$t\")\n\
          {real} \"$@\" < \"$t\"\n\
          rc=$?\n\
-         echo \"$(date +%s.%N) $n $rc\" >> '{log}'\n\
-         rm -f \"$t\"\n\
+         echo \"$(date +%s.%N) $n $rc $t\" >> '{log}'\n\
          exit $rc\n",
         dir = dir.display(),
         log = log.display(),
@@ -272,6 +264,7 @@ pub fn restore_calls(log: &Path) -> Vec<RestoreCall> {
                 end: it.next()?.parse().ok()?,
                 bytes: it.next()?.parse().ok()?,
                 exit: it.next()?.parse().ok()?,
+                payload: it.next().map(PathBuf::from),
             })
         })
         .collect()
