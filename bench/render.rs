@@ -90,52 +90,84 @@ fn snapshot(services: usize) -> Snapshot {
     snap
 }
 
-/// Number of nat rules a new connection to `dst:80` is compared with in KUBE-SERVICES and the
-/// dispatch chains before it matches its service rule.
-fn rules_walked(rs: &RuleSet, dst: IpAddr) -> usize {
-    fn walk(rs: &RuleSet, chain: &ChainName, dst: IpAddr, count: &mut usize) -> bool {
-        let Some(rules) = rs.nat.chains.get(chain) else {
+/// What a KUBE-SERVICES or dispatch rule matches on, read once from its text.
+struct WalkRule {
+    dst: Option<IpNet>,
+    dport: Option<u16>,
+    addrtype: bool,
+    jump: Option<String>,
+}
+
+/// The nat KUBE-SERVICES and dispatch chains, parsed for walking.
+struct Walker(std::collections::HashMap<String, Vec<WalkRule>>);
+
+impl Walker {
+    fn new(rs: &RuleSet) -> Self {
+        let mut chains = std::collections::HashMap::new();
+        for rules in rs.nat.chains.values() {
+            let name = rules.chain().as_str();
+            if name != ChainName::KUBE_SERVICES && !name.starts_with("KNAT-DST-") {
+                continue;
+            }
+            let parsed = rules
+                .lines()
+                .map(|line| {
+                    let words: Vec<&str> = line.split_whitespace().collect();
+                    let value = |flag: &str| {
+                        words
+                            .windows(2)
+                            .find(|w| w[0] == flag)
+                            .map(|w| w[1])
+                            .filter(|_| !words.contains(&"!"))
+                    };
+                    WalkRule {
+                        dst: value("-d").and_then(|d| {
+                            d.parse::<IpNet>()
+                                .ok()
+                                .or_else(|| d.parse::<IpAddr>().ok().map(IpNet::from))
+                        }),
+                        dport: value("--dport").and_then(|p| p.parse().ok()),
+                        addrtype: words.contains(&"addrtype"),
+                        jump: value("-j").map(str::to_string),
+                    }
+                })
+                .collect();
+            chains.insert(name.to_string(), parsed);
+        }
+        Walker(chains)
+    }
+
+    /// Number of rules a new connection to `dst:80` is compared with in KUBE-SERVICES and the
+    /// dispatch chains before it matches its service rule.
+    fn rules_walked(&self, dst: IpAddr) -> usize {
+        let mut count = 0;
+        self.walk(ChainName::KUBE_SERVICES, dst, &mut count);
+        count
+    }
+
+    fn walk(&self, chain: &str, dst: IpAddr, count: &mut usize) -> bool {
+        let Some(rules) = self.0.get(chain) else {
             return false;
         };
-        for rule in rules.lines() {
+        for rule in rules {
             *count += 1;
-            let words: Vec<&str> = rule.split_whitespace().collect();
-            let value = |flag: &str| {
-                words
-                    .windows(2)
-                    .find(|w| w[0] == flag && !words.contains(&"!"))
-                    .map(|w| w[1])
-            };
-            let dst_ok = match value("-d") {
-                None => true,
-                Some(d) => match d.parse::<IpNet>() {
-                    Ok(net) => net.contains(&dst),
-                    Err(_) => d.parse::<IpAddr>().is_ok_and(|ip| ip == dst),
-                },
-            };
-            let port_ok = value("--dport").is_none_or(|p| p == "80");
-            let matched = dst_ok && port_ok && !words.contains(&"addrtype");
-            if matched {
-                match value("-j") {
-                    Some(next) if next.starts_with("KNAT-DST-") => {
-                        if walk(rs, &ChainName::fixed(next), dst, count) {
-                            return true;
-                        }
+            let matched = rule.dst.is_none_or(|net| net.contains(&dst))
+                && rule.dport.is_none_or(|p| p == 80)
+                && !rule.addrtype;
+            if !matched {
+                continue;
+            }
+            match &rule.jump {
+                Some(next) if next.starts_with("KNAT-DST-") => {
+                    if self.walk(next, dst, count) {
+                        return true;
                     }
-                    _ => return true,
                 }
+                _ => return true,
             }
         }
         false
     }
-    let mut count = 0;
-    walk(
-        rs,
-        &ChainName::fixed(ChainName::KUBE_SERVICES),
-        dst,
-        &mut count,
-    );
-    count
 }
 
 /// One endpoint of the middle Service gets a new address.
@@ -215,9 +247,10 @@ fn run_size(services: usize, dispatch: Dispatch) -> String {
     let recompiled = incremental.last_recompiled;
     let noop = plan(&partial.next, &compiled2.rules, SyncKind::Partial, &[]);
 
-    let first = rules_walked(&compiled.rules, service_ip(0));
+    let walker = Walker::new(&compiled.rules);
+    let first = walker.rules_walked(service_ip(0));
     let worst = (0..services)
-        .map(|i| rules_walked(&compiled.rules, service_ip(i)))
+        .map(|i| walker.rules_walked(service_ip(i)))
         .max()
         .unwrap_or(0);
     let mode = match dispatch {

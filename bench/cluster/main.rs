@@ -17,6 +17,7 @@
 //! Run with `scripts/bench.sh` (builds everything) or, as root,
 //!     cargo run --release --example cluster-bench -- [--sizes 100,1000,10000]
 //!         [--churn-secs 60] [--samples 200] [--changes 5] [--min-sync 1s] [--no-doc]
+//!         [--backend nft|legacy] [--program-only SECS]
 
 mod api;
 mod payloads;
@@ -56,6 +57,10 @@ struct Options {
     doc: Option<PathBuf>,
     /// The iptables backend both proxies use.
     backend: sys::IptBackend,
+    /// Only cold-start programming (each proxy given this many seconds) and knat's single
+    /// changes; a short table instead of the full one (for backends where upstream cannot
+    /// finish programming the largest size).
+    program_only: Option<u64>,
 }
 
 impl Options {
@@ -69,6 +74,7 @@ impl Options {
             min_sync: "1s".into(),
             doc: Some(repo.join("docs/performance.md")),
             backend: sys::IptBackend::Nft,
+            program_only: None,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -95,6 +101,11 @@ impl Options {
                 "--min-sync" => o.min_sync = value(flag)?,
                 "--doc" => o.doc = Some(PathBuf::from(value(flag)?)),
                 "--no-doc" => o.doc = None,
+                "--program-only" => {
+                    let secs: u64 = value(flag)?.parse().map_err(|e| bad(flag, &e))?;
+                    o.program_only = Some(secs);
+                    o.doc = None;
+                }
                 "--backend" => {
                     o.backend = match value(flag)?.as_str() {
                         "nft" => sys::IptBackend::Nft,
@@ -407,6 +418,19 @@ fn driver(setup_path: &Path) -> Result<(), BenchError> {
         cluster_cidr: CLUSTER_CIDR.into(),
         min_sync: setup.options.min_sync.clone(),
     };
+    if let Some(secs) = setup.options.program_only {
+        let outcome = program_only(
+            &runtime,
+            &objects,
+            &launcher,
+            &setup,
+            Duration::from_secs(secs),
+        );
+        for mut l in listeners {
+            l.stop();
+        }
+        return outcome;
+    }
     let mut report = Report::new(&setup.options.min_sync, setup.options.churn_secs);
     let largest = setup.options.sizes.iter().copied().max().unwrap_or(0);
     let run_start = Instant::now();
@@ -542,6 +566,98 @@ fn connect_latency(
     let failed = out.lines().filter(|l| l.trim() == "fail").count();
     values.sort_by(f64::total_cmp);
     Ok(Latency::from_sorted(&values, failed))
+}
+
+/// `--program-only`: for each size, a cold start of each proxy (kube-proxy first) with a time
+/// limit, then, for knat, single endpoint changes. Prints a short table; a proxy that did not
+/// finish is reported as "> limit".
+fn program_only(
+    runtime: &tokio::runtime::Runtime,
+    objects: &Arc<api::Objects>,
+    launcher: &Launcher,
+    setup: &Setup,
+    limit: Duration,
+) -> Result<(), BenchError> {
+    let mut rows = Vec::new();
+    for &size in &setup.options.sizes {
+        let took = runtime.block_on(objects.grow_to(size))?;
+        log(&format!(
+            "{size} services x 10 endpoints in the API ({took:.1?} to create)"
+        ));
+        let sentinel = api::sep_chain(
+            size - 1,
+            api::initial_endpoint(size - 1, api::ENDPOINTS - 1),
+        );
+        let mut times = Vec::new();
+        let mut knat = None;
+        for side in &setup.sides {
+            proxy::flush(&side.namespace)?;
+            let mut r = launcher.start(side, &format!("only-{size}"))?;
+            let outcome = r.wait_chain(&sentinel, limit);
+            let text = match &outcome {
+                Ok(t) => format!("{:.2}", t.as_secs_f64()),
+                Err(BenchError::Timeout { .. }) => {
+                    format!("> {:.0} (not finished)", limit.as_secs_f64())
+                }
+                Err(e) => return Err(BenchError::Usage(format!("{}: {e}", side.label))),
+            };
+            log(&format!(
+                "{}: {size} services programmed: {text} s",
+                side.label
+            ));
+            times.push((text, outcome.ok()));
+            if side.kind() == knat::lab::control_plane::ProxyKind::Knat {
+                knat = Some(r);
+            } else {
+                r.stop()?;
+            }
+        }
+        let mut change = String::from("-");
+        if let Some(r) = knat {
+            let mut running = vec![r];
+            let mut result = SizeResult::new(size);
+            single_changes(runtime, objects, &mut running, setup, size, &mut result)?;
+            let mut ms: Vec<f64> = result
+                .changes
+                .iter()
+                .filter_map(|row| row.first().map(|c| c.0.as_secs_f64() * 1000.0))
+                .collect();
+            ms.sort_by(f64::total_cmp);
+            if let Some(m) = ms.get(ms.len() / 2) {
+                change = format!("{m:.0}");
+            }
+            for r in running {
+                r.stop()?;
+            }
+        }
+        let ratio = match (&times[0].1, times.get(1).and_then(|t| t.1)) {
+            (Some(up), Some(kn)) => format!("{:.2}x", up.as_secs_f64() / kn.as_secs_f64()),
+            (None, Some(kn)) => format!("> {:.0}x", limit.as_secs_f64() / kn.as_secs_f64()),
+            _ => "-".into(),
+        };
+        rows.push(format!(
+            "| {size} | {} | {} | {ratio} | {change} |",
+            times[0].0,
+            times.get(1).map_or("-", |t| t.0.as_str()),
+        ));
+    }
+    println!("{}", setup.machine);
+    println!("Versions: {}", setup.versions);
+    println!(
+        "Backend: {}; `--iptables-min-sync-period={}` for both.",
+        setup.options.backend.name(),
+        setup.options.min_sync
+    );
+    println!();
+    println!(
+        "| services x 10 ep | kube-proxy full programming (s) | knat full programming (s) | kube-proxy / knat | knat one endpoint change (ms, median of {}) |",
+        setup.options.changes
+    );
+    println!("|---|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+    Ok(())
 }
 
 /// One endpoint change at a time: API write -> SEP chain in each node's kernel, and the bytes
