@@ -112,7 +112,8 @@ fn rendered_payloads_pass_iptables_restore_on_both_backends() {
 
 /// A restore of more than `NFT_BULK_CHAINS` chains through knat's own backend on iptables-nft:
 /// the `-Z` knat puts in front lets iptables-nft skip its per-command chain bookkeeping. The
-/// rules land, and (the documented side effect) the table's counters are zeroed.
+/// rules land, and (the documented side effect) the table's counters are zeroed. Then the
+/// stale-chain listing through `nft list chains` finds a leftover per-service chain.
 #[test]
 fn bulk_restore_on_iptables_nft_lands_every_chain_and_zeroes_counters() {
     let programs = [
@@ -133,7 +134,7 @@ fn bulk_restore_on_iptables_nft_lands_every_chain_and_zeroes_counters() {
     let (ok, err) = ns.restore(
         "iptables-nft-restore",
         &["--counters"],
-        "*nat\n:PREROUTING ACCEPT [0:0]\n[7:420] -A PREROUTING -s 192.0.2.1/32 -j RETURN\nCOMMIT\n",
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SEP-LEFTOVER0000000 - [0:0]\n[7:420] -A PREROUTING -s 192.0.2.1/32 -j RETURN\nCOMMIT\n",
     );
     assert!(ok, "{err}");
     // iptables-nft-restore inside the namespace, under the name knat calls.
@@ -150,8 +151,16 @@ fn bulk_restore_on_iptables_nft_lands_every_chain_and_zeroes_counters() {
     .expect("write wrapper");
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let nft = dir.join("nft");
+    std::fs::write(
+        &nft,
+        format!("#!/bin/sh\nexec ip netns exec {} nft \"$@\"\n", ns.0),
+    )
+    .expect("write nft wrapper");
+    std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let mut ipt = Iptables::new(IpFamily::V4, Mode::Nft);
     ipt.bins.restore = wrapper.display().to_string();
+    ipt.bins.nft = Some(nft.display().to_string());
 
     let chains = NFT_BULK_CHAINS + 500;
     let mut payload = String::from("*nat\n");

