@@ -185,26 +185,27 @@ fn change_one_endpoint(snap: &mut Snapshot, services: usize) {
     }
 }
 
-fn peak_rss_kib() -> u64 {
+/// A memory figure of this process from `/proc/self/status` (`VmHWM`, `VmRSS`), in KiB.
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| {
+                    l.strip_prefix(field)
+                        .is_some_and(|rest| rest.starts_with(':'))
+                })
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
 }
 
+fn peak_rss_kib() -> u64 {
+    status_kib("VmHWM")
+}
+
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
+    status_kib("VmRSS")
 }
 
 fn ms(d: std::time::Duration) -> f64 {
