@@ -277,6 +277,8 @@ fn run_size(services: usize, dispatch: Dispatch) -> String {
 }
 
 fn main() {
+    // As the knat binary does (see src/memory.rs).
+    knat::memory::purge_immediately();
     let args: Vec<String> = std::env::args().collect();
     if let Some(pos) = args.iter().position(|a| a == "--profile-compile") {
         // Compile (and render) the same snapshot repeatedly, for a profiler.

@@ -18,6 +18,7 @@ pub mod dump;
 pub mod health;
 pub mod input;
 pub mod lab;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod rules;

@@ -58,6 +58,9 @@ fn main() -> std::process::ExitCode {
         // plain text (tests and log pipelines read them as such).
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if !knat::memory::purge_immediately() {
+        tracing::debug!("mimalloc purge delay left as it is (set in the environment?)");
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => cli::lab::demo(args),
