@@ -7,7 +7,8 @@
 //! three seconds after programming 10,000 services, against 166 MiB once later syncs had
 //! touched the heaps again (cluster benchmark). Purging at once brought the first figure to 187
 //! MiB; the price is about 15 ms more for a cold compile of 10,000 services (render benchmark).
-//! Collecting after the sync instead (`mi_collect`, right away or 500 ms later) changed nothing.
+//! Collecting after the sync instead (`mi_collect`, right away, 500 ms or 2 s later) changed
+//! nothing.
 
 /// mimalloc's `mi_option_purge_delay` (its position in `mi_option_t` of mimalloc v3; the Rust
 /// binding does not name it).
