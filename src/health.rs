@@ -22,9 +22,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Labels, Metrics};
 use crate::model::{IpFamily, ServiceName};
 use crate::rules::ServiceHealth;
+use prometheus_client::metrics::{counter::Counter, family::Family};
 
 /// Health server errors.
 #[derive(Debug, thiserror::Error)]
@@ -181,24 +182,32 @@ struct LivezBody {
     current_time: String,
 }
 
+/// What `/healthz` and `/livez` share: the status code for `ok` (counted in `answers`), and
+/// the two timestamps (last updated is now while healthy, as upstream reports it).
+fn health_answer(
+    ok: bool,
+    last_updated: SystemTime,
+    answers: &Family<Labels, Counter>,
+) -> (StatusCode, String, String) {
+    let now = SystemTime::now();
+    let (code, label) = if ok {
+        (StatusCode::OK, "200")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "503")
+    };
+    answers.get_or_create(&vec![("code", label)]).inc();
+    let last = if ok { now } else { last_updated };
+    (code, rfc3339(last), rfc3339(now))
+}
+
 async fn healthz(State(state): State<AdminState>) -> Response {
     let h = state.snapshot();
     let ok = h.healthz(Instant::now());
-    let now = SystemTime::now();
-    let last = if ok { now } else { h.last_updated };
-    let code = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    state
-        .metrics
-        .healthz_total
-        .get_or_create(&vec![("code", if ok { "200" } else { "503" })])
-        .inc();
+    let (code, last_updated, current_time) =
+        health_answer(ok, h.last_updated, &state.metrics.healthz_total);
     let body = HealthzBody {
-        last_updated: rfc3339(last),
-        current_time: rfc3339(now),
+        last_updated,
+        current_time,
         node_eligible: h.node_eligible,
         node_name_matches: h.node_name_ok,
     };
@@ -208,20 +217,11 @@ async fn healthz(State(state): State<AdminState>) -> Response {
 async fn livez(State(state): State<AdminState>) -> Response {
     let h = state.snapshot();
     let ok = h.is_healthy(Instant::now());
-    let now = SystemTime::now();
-    let code = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    state
-        .metrics
-        .livez_total
-        .get_or_create(&vec![("code", if ok { "200" } else { "503" })])
-        .inc();
+    let (code, last_updated, current_time) =
+        health_answer(ok, h.last_updated, &state.metrics.livez_total);
     let body = LivezBody {
-        last_updated: rfc3339(if ok { now } else { h.last_updated }),
-        current_time: rfc3339(now),
+        last_updated,
+        current_time,
     };
     json_response(code, serde_json::to_string(&body).unwrap_or_default(), None)
 }

@@ -134,6 +134,8 @@ struct Compiler<'a> {
 #[derive(Clone)]
 struct ServiceCompiler<'a> {
     cfg: &'a ProxyConfig,
+    /// The group a fragment holds until its own chains are compiled (shared, not allocated).
+    empty_group: Arc<ChainGroup>,
     family: IpFamily,
     probabilities: Probabilities,
     large: bool,
@@ -170,10 +172,7 @@ impl ServiceCompiler<'_> {
     fn fragment(&self) -> Fragment {
         Fragment {
             nat: OwnChains::default(),
-            group: Arc::new(ChainGroup {
-                key: ServiceName::new(String::new(), String::new()),
-                chains: Vec::new(),
-            }),
+            group: self.empty_group.clone(),
             entries: Vec::new(),
             nat_nodeports: RuleText::new(self.kube_nodeports.clone()),
             filter_services: RuleText::new(self.kube_services.clone()),
@@ -758,6 +757,10 @@ impl IncrementalCompiler {
         };
         let workers = ServiceCompiler {
             cfg,
+            empty_group: Arc::new(ChainGroup {
+                key: ServiceName::new(String::new(), String::new()),
+                chains: Vec::new(),
+            }),
             family,
             probabilities: Probabilities::default(),
             large,

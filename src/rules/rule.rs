@@ -381,13 +381,6 @@ impl RuleText {
         self.text.split_terminator('\n')
     }
 
-    /// The rules without the `-A CHAIN ` prefix (what `iptables -S CHAIN` shows after it).
-    pub fn bodies(&self) -> impl Iterator<Item = &str> {
-        let prefix = 4 + self.chain.as_str().len();
-        self.lines()
-            .map(move |line| line.get(prefix..).unwrap_or(""))
-    }
-
     /// All `-A` lines, each followed by a newline: this chain's part of a restore payload.
     pub fn as_str(&self) -> &str {
         &self.text
@@ -435,16 +428,6 @@ impl Table {
         Arc::make_mut(self.chains.get_mut(name).expect("inserted above"))
     }
 
-    /// Appends a rule given by its parts to a chain, declaring the chain if needed.
-    pub fn push_parts<'a>(
-        &mut self,
-        chain: &ChainName,
-        matches: impl IntoIterator<Item = &'a Match>,
-        target: &Target,
-    ) {
-        self.chain(chain).push(matches, target);
-    }
-
     /// Appends a rule to a chain, declaring the chain if needed.
     pub fn push(&mut self, chain: &ChainName, rule: Rule) {
         self.chain(chain).push_rule(&rule);
@@ -458,14 +441,6 @@ impl Table {
         named
             .into_iter()
             .chain(self.groups.iter().flat_map(|group| group.chains.iter()))
-    }
-
-    /// One chain by name (the groups are searched linearly: for tests and tools).
-    pub fn get(&self, name: &str) -> Option<&RuleText> {
-        self.chains
-            .get(name)
-            .map(|rules| &**rules)
-            .or_else(|| self.group_chains().find(|c| c.chain().as_str() == name))
     }
 
     /// The chains of every group.
