@@ -268,8 +268,9 @@ fn run_from_files_programs_follows_changes_survives_sigterm_and_cleans_up() {
         "1s",
     ]);
 
-    // 1. Initial full sync: per-service chains, hooks, canaries.
-    // Hook jumps are ensured after the restore, in reverse order: INPUT -> KUBE-FIREWALL is last.
+    // 1. Initial full sync: per-service chains, hooks, canaries. On this cold start no hook's
+    // target chain exists, so the restore itself inserts every hook (`-I CHAIN 1`, in reverse
+    // order): INPUT -> KUBE-FIREWALL is written last and ends up first.
     let dump = lab.wait_rules("initial rules", |d| {
         d.contains(SEP_LOCAL) && d.contains("-A INPUT -j KUBE-FIREWALL")
     });
@@ -382,6 +383,42 @@ fn run_from_files_programs_follows_changes_survives_sigterm_and_cleans_up() {
     });
     assert!(dump.contains(SEP_LOCAL), "{dump}");
     assert!(lab.log().contains("canary chain gone"), "{}", lab.log());
+    let prerouting_hook =
+        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES";
+    let count = |dump: &str, line: &str| dump.lines().filter(|l| *l == line).count();
+    assert_eq!(count(&dump, prerouting_hook), 1, "{dump}");
+
+    // 5b. Someone deletes one hook but not the chain it jumps to, and the mangle canary: the
+    // full sync sees KUBE-SERVICES present, checks the hook with -C and inserts it again; the
+    // hooks that are still there are not duplicated.
+    let full_syncs = || lab.log().matches("sync done kind=\"full\"").count();
+    // The initial sync and the one after the flush (whose rules are visible before its log line).
+    lab.wait("the full sync after the flush is logged", || {
+        (full_syncs() >= 2).then_some(())
+    });
+    let syncs_before = full_syncs();
+    lab.exec(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-D",
+        "PREROUTING",
+        "-m",
+        "comment",
+        "--comment",
+        "kubernetes service portals",
+        "-j",
+        "KUBE-SERVICES",
+    ]);
+    lab.exec(&["iptables", "-t", "mangle", "-X", "KUBE-PROXY-CANARY"]);
+    assert_eq!(count(&lab.save(), prerouting_hook), 0);
+    lab.wait("a full sync after the canary loss", || {
+        (full_syncs() > syncs_before).then_some(())
+    });
+    let dump = lab.save();
+    assert_eq!(count(&dump, prerouting_hook), 1, "{dump}");
+    let input_hooks = dump.lines().filter(|l| l.starts_with("-A INPUT ")).count();
+    assert_eq!(input_hooks, 4, "{dump}");
 
     // 6. SIGTERM: clean exit, rules left in place.
     let status = lab.stop();

@@ -8,7 +8,7 @@ use knat::config::{Dispatch, LocalDetector, ProxyConfig};
 use knat::dump::{Dump, apply_restore};
 use knat::model::*;
 use knat::rules::plan::SyncKind;
-use knat::rules::{AppliedState, compile, plan};
+use knat::rules::{AppliedState, compile, plan, plan_with_hooks};
 use proptest::prelude::*;
 
 /// A compact description of one service for generation.
@@ -217,4 +217,55 @@ fn one_endpoint_change_touches_only_that_service() {
         partial.stats.bytes,
         first.stats.bytes
     );
+}
+
+/// Hooks that cannot exist yet (cold start) are inserted by the restore itself: applied to an
+/// empty kernel, the payload leaves every builtin chain starting with its hooks in
+/// `RuleSet.hooks` order, each once, exactly what `-C`/`-I` after the restore produced.
+#[test]
+fn hooks_inserted_by_the_restore_land_once_in_order() {
+    let spec = SvcSpec {
+        kind: 1,
+        etp_local: true,
+        itp_local: false,
+        affinity: false,
+        udp: false,
+        endpoints: vec![(1, true, true, false)],
+    };
+    let rules = compile(&build(&[Some(spec)]), &config(true)).rules;
+    let hooks: Vec<&knat::rules::rule::Hook> = rules.hooks.iter().collect();
+    assert!(hooks.len() >= 8, "{hooks:?}");
+    let planned = plan_with_hooks(
+        &AppliedState::default(),
+        &rules,
+        SyncKind::Full,
+        &[],
+        &hooks,
+    );
+    let kernel = restored(Dump::default(), &planned.payload);
+    for hook in &rules.hooks {
+        let chain = &kernel.tables[hook.table.as_str()].chains[hook.chain.as_str()];
+        let wanted: Vec<String> = rules
+            .hooks
+            .iter()
+            .filter(|h| h.table == hook.table && h.chain == hook.chain)
+            .map(|h| h.rule.to_string())
+            .collect();
+        let got: Vec<String> = chain.rules.iter().map(|r| r.text.clone()).collect();
+        assert_eq!(
+            got,
+            wanted,
+            "{} {}:\n{}",
+            hook.table.as_str(),
+            hook.chain,
+            planned.payload
+        );
+    }
+    // Without hooks the payload is the plain plan.
+    let plain = plan(&AppliedState::default(), &rules, SyncKind::Full, &[]);
+    assert_eq!(
+        plain.payload,
+        plan_with_hooks(&AppliedState::default(), &rules, SyncKind::Full, &[], &[]).payload
+    );
+    assert!(!plain.payload.contains("-I "), "{}", plain.payload);
 }

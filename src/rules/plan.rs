@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use super::chain::ChainName;
-use super::rule::{ChainGroup, ChainRules, RuleSet, RuleText, TableName};
+use super::rule::{ChainGroup, ChainRules, Hook, RuleSet, RuleText, TableName};
 use crate::model::ServiceName;
 
 /// One chain as last applied: its rules (shared, so a chain that was not recompiled is
@@ -68,6 +68,19 @@ pub fn plan(
     desired: &RuleSet,
     kind: SyncKind,
     stale: &[(TableName, ChainName)],
+) -> Plan {
+    plan_with_hooks(applied, desired, kind, stale, &[])
+}
+
+/// [`plan`], and the payload also inserts `hooks` (`-I CHAIN 1 ...`, in reverse, so that they
+/// end up at the top of their builtin chains in the given order). Only for hooks known to be
+/// missing: a restore cannot test whether a rule exists.
+pub fn plan_with_hooks(
+    applied: &AppliedState,
+    desired: &RuleSet,
+    kind: SyncKind,
+    stale: &[(TableName, ChainName)],
+    hooks: &[&Hook],
 ) -> Plan {
     let full = kind == SyncKind::Full;
     let mut next = AppliedState::default();
@@ -169,7 +182,12 @@ pub fn plan(
             TableName::Filter => stats.filter_rules_total = rules_total,
             TableName::Nat => stats.nat_rules_total = rules_total,
         }
-        if written.is_empty() && deletes.is_empty() {
+        let table_hooks: Vec<&Hook> = hooks
+            .iter()
+            .copied()
+            .filter(|h| h.table == table_name)
+            .collect();
+        if written.is_empty() && deletes.is_empty() && table_hooks.is_empty() {
             continue;
         }
         // Declarations first, then the rules, copied straight into the payload, then the
@@ -188,6 +206,11 @@ pub fn plan(
         stats.chains_deleted += deletes.len();
         for name in &deletes {
             let _ = writeln!(payload, "-X {name}");
+        }
+        for hook in table_hooks.iter().rev() {
+            let _ = write!(payload, "-I {} 1 ", hook.chain);
+            hook.rule.write_to(&mut payload);
+            payload.push('\n');
         }
         payload.push_str("COMMIT\n");
     }
