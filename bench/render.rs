@@ -19,7 +19,50 @@ use knat::rules::{AppliedState, ChainName, RuleSet, compile, plan, render_standa
 
 // The same allocator as the knat binary, so the numbers describe what the agent does.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: CountingMimalloc = CountingMimalloc;
+
+/// mimalloc, plus a count of live heap bytes while [`COUNTING`] is on (`--profile-compile`
+/// only, so timed rows pay nothing but a relaxed load): RSS minus live bytes is what the
+/// allocator keeps for itself.
+struct CountingMimalloc;
+static COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static LIVE_BYTES: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+fn count(delta: isize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    if COUNTING.load(Relaxed) {
+        LIVE_BYTES.fetch_add(delta, Relaxed);
+    }
+}
+
+/// Live heap MiB counted since counting was switched on.
+fn live_mib() -> isize {
+    LIVE_BYTES.load(std::sync::atomic::Ordering::Relaxed) >> 20
+}
+
+// SAFETY: every call is forwarded unchanged to mimalloc; only a counter is updated.
+unsafe impl std::alloc::GlobalAlloc for CountingMimalloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count(layout.size() as isize);
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        count(-(layout.size() as isize));
+        // SAFETY: forwarded with the caller's pointer and layout.
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count(layout.size() as isize);
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        count(new_size as isize - layout.size() as isize);
+        // SAFETY: forwarded with the caller's pointer, layout and size.
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+    }
+}
 
 const ENDPOINTS: usize = 10;
 const NODES: usize = 100;
@@ -232,21 +275,28 @@ fn run_size(services: usize, dispatch: Dispatch) -> String {
         &compiled.rules,
         SyncKind::Full,
         &[],
-    );
+    )
+    .expect("a fresh compilation has all its text");
     let plan_full_time = t.elapsed();
 
     // The agent's path: an incremental compiler that saw the cluster before the change.
     let mut incremental = IncrementalCompiler::default();
     let warm = incremental.compile(&snap, &cfg);
-    let warm_plan = plan(&AppliedState::default(), &warm.rules, SyncKind::Full, &[]);
+    let warm_plan = plan(&AppliedState::default(), &warm.rules, SyncKind::Full, &[])
+        .expect("a fresh compilation has all its text");
     drop(warm);
+    // As the agent does once the restore succeeded: keep digests only.
+    let mut applied = warm_plan.next;
+    applied.adopt(&incremental.release_text());
     change_one_endpoint(&mut snap, services);
     let t = Instant::now();
     let compiled2 = incremental.compile(&snap, &cfg);
-    let partial = plan(&warm_plan.next, &compiled2.rules, SyncKind::Partial, &[]);
+    let partial = plan(&applied, &compiled2.rules, SyncKind::Partial, &[])
+        .expect("changed chains are compiled afresh");
     let change_time = t.elapsed();
     let recompiled = incremental.last_recompiled;
-    let noop = plan(&partial.next, &compiled2.rules, SyncKind::Partial, &[]);
+    let noop = plan(&partial.next, &compiled2.rules, SyncKind::Partial, &[])
+        .expect("a no-op writes nothing");
 
     let walker = Walker::new(&compiled.rules);
     let first = walker.rules_walked(service_ip(0));
@@ -286,8 +336,13 @@ fn main() {
             .get(pos + 1)
             .and_then(|s| s.parse().ok())
             .unwrap_or(10_000);
+        COUNTING.store(true, std::sync::atomic::Ordering::Relaxed);
         let snap = snapshot(size);
         let snapshot_rss = rss_kib() / 1024;
+        println!(
+            "snapshot: RSS {snapshot_rss} MiB, live heap {} MiB",
+            live_mib()
+        );
         let mut cfg = ProxyConfig::new("node-1", IpFamily::V4).expect("valid node name");
         cfg.local_detector = LocalDetector::Cidr("10.128.0.0/9".parse().expect("valid CIDR"));
         for _ in 0..5 {
@@ -307,6 +362,49 @@ fn main() {
                 rss_kib() / 1024,
             );
         }
+        {
+            // The agent's steady state: compiled, applied, then only digests kept.
+            let mut compiler = match std::env::var("KNAT_BENCH_THREADS")
+                .ok()
+                .and_then(|t| t.parse().ok())
+            {
+                Some(n) => IncrementalCompiler::with_threads(n),
+                None => IncrementalCompiler::default(),
+            };
+            let compiled = compiler.compile(&snap, &cfg);
+            let full = plan(
+                &AppliedState::default(),
+                &compiled.rules,
+                SyncKind::Full,
+                &[],
+            )
+            .expect("a fresh compilation has all its text");
+            let after_plan = rss_kib() / 1024;
+            let live_after_plan = live_mib();
+            drop(compiled);
+            let mut applied = full.next;
+            drop(full.payload);
+            let t = Instant::now();
+            let swaps = compiler.release_text();
+            applied.adopt(&swaps);
+            let released = swaps.len();
+            drop(swaps);
+            let took = t.elapsed();
+            println!(
+                "agent steady state: RSS {after_plan} MiB (live heap {live_after_plan}) after compile + plan, {} MiB (live heap {}) after releasing the text of {released} groups ({:.1} ms)",
+                rss_kib() / 1024,
+                live_mib(),
+                ms(took),
+            );
+            drop(applied);
+            println!("without the applied state: live heap {} MiB", live_mib());
+            drop(compiler);
+            println!(
+                "without compiler and applied state: RSS {} MiB, live heap {} MiB",
+                rss_kib() / 1024,
+                live_mib()
+            );
+        }
         if let Some(dir) = args
             .iter()
             .position(|a| a == "--write")
@@ -316,17 +414,22 @@ fn main() {
             // iptables-restore on its own.
             let mut compiler = IncrementalCompiler::default();
             let before = compiler.compile(&snap, &cfg);
-            let applied = plan(&AppliedState::default(), &before.rules, SyncKind::Full, &[]).next;
+            let full = plan(&AppliedState::default(), &before.rules, SyncKind::Full, &[])
+                .expect("a fresh compilation has all its text");
+            drop(before);
+            let mut applied = full.next;
+            applied.adopt(&compiler.release_text());
             let mut snap = snap;
             change_one_endpoint(&mut snap, size);
             let after = compiler.compile(&snap, &cfg);
-            let change = plan(&applied, &after.rules, SyncKind::Partial, &[]);
+            let change = plan(&applied, &after.rules, SyncKind::Partial, &[])
+                .expect("changed chains are compiled afresh");
             let write = |name: &str, text: &str| {
                 let path = std::path::Path::new(dir).join(name);
                 std::fs::write(&path, text).expect("writable output directory");
                 println!("wrote {} ({} bytes)", path.display(), text.len());
             };
-            write("full.txt", &render_standalone(&before.rules));
+            write("full.txt", &full.payload);
             write("change.txt", &change.payload);
         }
         return;

@@ -7,8 +7,19 @@ use std::net::{IpAddr, Ipv4Addr};
 use knat::config::{Dispatch, LocalDetector, ProxyConfig};
 use knat::dump::{Dump, apply_restore};
 use knat::model::*;
+use knat::rules::compile::IncrementalCompiler;
 use knat::rules::plan::SyncKind;
-use knat::rules::{AppliedState, compile, plan, plan_with_hooks};
+use knat::rules::{AppliedState, Plan, PlanError, RuleSet, compile, plan_with_hooks};
+
+/// Plans with every hook already present.
+fn plan(
+    applied: &AppliedState,
+    desired: &RuleSet,
+    kind: SyncKind,
+    stale: &[(knat::rules::TableName, knat::rules::ChainName)],
+) -> Plan {
+    knat::rules::plan(applied, desired, kind, stale).expect("every chain to write has its text")
+}
 use proptest::prelude::*;
 
 /// A compact description of one service for generation.
@@ -169,6 +180,83 @@ proptest! {
         prop_assert!(noop.payload.is_empty(), "no-op payload:\n{}", noop.payload);
         prop_assert_eq!(noop.stats.chains_written, 0);
     }
+
+    /// The agent's path: the incremental compiler, whose applied Service chains keep only
+    /// digests, plans the same partial payload as fresh compilations with all their text.
+    #[test]
+    fn released_text_plans_the_same_partial_payload(
+        old in prop::collection::vec(prop::option::of(svc_spec()), 0..6),
+        new in prop::collection::vec(prop::option::of(svc_spec()), 0..6),
+        tree in any::<bool>(),
+    ) {
+        let cfg = config(tree);
+        let (old_snap, new_snap) = (build(&old), build(&new));
+        let with_text = {
+            let first = plan(&AppliedState::default(), &compile(&old_snap, &cfg).rules, SyncKind::Full, &[]);
+            plan(&first.next, &compile(&new_snap, &cfg).rules, SyncKind::Partial, &[])
+        };
+
+        let mut compiler = IncrementalCompiler::default();
+        let compiled = compiler.compile(&old_snap, &cfg);
+        let mut applied = plan(&AppliedState::default(), &compiled.rules, SyncKind::Full, &[]).next;
+        drop(compiled);
+        applied.adopt(&compiler.release_text());
+        let compiled = compiler.compile(&new_snap, &cfg);
+        let partial = plan(&applied, &compiled.rules, SyncKind::Partial, &[]);
+        prop_assert_eq!(&partial.payload, &with_text.payload);
+
+        // And a no-op on top of released text is still empty.
+        let mut applied = partial.next;
+        drop(compiled);
+        applied.adopt(&compiler.release_text());
+        let compiled = compiler.compile(&new_snap, &cfg);
+        prop_assert_eq!(plan(&applied, &compiled.rules, SyncKind::Partial, &[]).payload, "");
+    }
+}
+
+/// Released text is never written: a full plan over cached chains whose text was released is
+/// an error naming the chain, and after `forget` the compiler has all the text again.
+#[test]
+fn released_text_is_never_written() {
+    let spec = SvcSpec {
+        kind: 0,
+        etp_local: false,
+        itp_local: false,
+        affinity: false,
+        udp: false,
+        endpoints: vec![(1, true, true, false)],
+    };
+    let snap = build(&[Some(spec)]);
+    let cfg = config(false);
+    let mut compiler = IncrementalCompiler::default();
+    let compiled = compiler.compile(&snap, &cfg);
+    let full = plan(
+        &AppliedState::default(),
+        &compiled.rules,
+        SyncKind::Full,
+        &[],
+    );
+    drop(compiled);
+    let mut applied = full.next;
+    let swaps = compiler.release_text();
+    assert_eq!(swaps.len(), 1, "one Service group released");
+    applied.adopt(&swaps);
+
+    let cached = compiler.compile(&snap, &cfg);
+    let err: PlanError = knat::rules::plan(&applied, &cached.rules, SyncKind::Full, &[])
+        .expect_err("released text cannot be written");
+    assert!(err.chain.as_str().starts_with("KUBE-S"), "{err}");
+    // A partial sync of the unchanged state needs no text at all.
+    assert_eq!(
+        plan(&applied, &cached.rules, SyncKind::Partial, &[]).payload,
+        ""
+    );
+    drop(cached);
+
+    compiler.forget();
+    let fresh = compiler.compile(&snap, &cfg);
+    let again = plan(&applied, &fresh.rules, SyncKind::Full, &[]);
+    assert_eq!(again.payload, full.payload);
 }
 
 /// A one-endpoint change writes only the service's policy chain and the new SEP chain, and
@@ -241,7 +329,8 @@ fn hooks_inserted_by_the_restore_land_once_in_order() {
         SyncKind::Full,
         &[],
         &hooks,
-    );
+    )
+    .expect("fresh text");
     let kernel = restored(Dump::default(), &planned.payload);
     for hook in &rules.hooks {
         let chain = &kernel.tables[hook.table.as_str()].chains[hook.chain.as_str()];
@@ -265,7 +354,9 @@ fn hooks_inserted_by_the_restore_land_once_in_order() {
     let plain = plan(&AppliedState::default(), &rules, SyncKind::Full, &[]);
     assert_eq!(
         plain.payload,
-        plan_with_hooks(&AppliedState::default(), &rules, SyncKind::Full, &[], &[]).payload
+        plan_with_hooks(&AppliedState::default(), &rules, SyncKind::Full, &[], &[])
+            .expect("fresh text")
+            .payload
     );
     assert!(!plain.payload.contains("-I "), "{}", plain.payload);
 }

@@ -2108,10 +2108,13 @@ fn apply_and_compare(kernel: &mut knat::dump::Dump, payload: &str, desired: &kna
     }
 }
 
+/// Plans as the agent does: an incremental compiler whose Service chains keep only digests
+/// once applied, recompiling everything for full syncs.
 struct Planner {
     cfg: ProxyConfig,
     applied: AppliedState,
     kernel: knat::dump::Dump,
+    compiler: knat::rules::compile::IncrementalCompiler,
 }
 
 impl Planner {
@@ -2122,6 +2125,7 @@ impl Planner {
             cfg,
             applied: AppliedState::default(),
             kernel: knat::dump::Dump::default(),
+            compiler: knat::rules::compile::IncrementalCompiler::default(),
         }
     }
 
@@ -2130,12 +2134,20 @@ impl Planner {
         snap: &Snapshot,
         kind: knat::rules::plan::SyncKind,
     ) -> (String, PayloadEffect) {
-        let compiled = compile(snap, &self.cfg);
-        let plan = knat::rules::plan(&self.applied, &compiled.rules, kind, &[]);
-        self.applied = plan.next.clone();
-        if !plan.payload.is_empty() {
-            apply_and_compare(&mut self.kernel, &plan.payload, &compiled.rules);
+        if kind == knat::rules::plan::SyncKind::Full {
+            self.compiler.forget();
         }
+        let compiled = self.compiler.compile(snap, &self.cfg);
+        let plan = knat::rules::plan(&self.applied, &compiled.rules, kind, &[])
+            .expect("every chain to write has its text");
+        self.applied = plan.next.clone();
+        drop(compiled);
+        if !plan.payload.is_empty() {
+            // Compared with a fresh compilation: the incremental one holds released text.
+            let fresh = compile(snap, &self.cfg);
+            apply_and_compare(&mut self.kernel, &plan.payload, &fresh.rules);
+        }
+        self.applied.adopt(&self.compiler.release_text());
         let effect = payload_effect(&plan.payload);
         (plan.payload, effect)
     }

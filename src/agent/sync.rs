@@ -36,7 +36,7 @@ use crate::rules::compile::IncrementalCompiler;
 use crate::rules::compile::UdpServicePort;
 use crate::rules::plan::SyncKind;
 use crate::rules::rule::Hook;
-use crate::rules::{AppliedState, Plan, PlanStats, ServiceHealth, plan_with_hooks};
+use crate::rules::{AppliedState, Plan, PlanError, PlanStats, ServiceHealth, plan_with_hooks};
 
 /// Upstream's `FullSyncPeriod`: a full sync at least this often.
 pub const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
@@ -50,8 +50,18 @@ pub enum SyncError {
     Backend {
         family: IpFamily,
         #[source]
-        source: BackendError,
+        source: FamilyError,
     },
+}
+
+/// Why one family's sync failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FamilyError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// Planning met released rule text (a bug); nothing was written.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
 }
 
 /// The timing parameters of the scheduler.
@@ -238,10 +248,14 @@ impl FamilySync {
         &mut self,
         snapshot: &Snapshot,
         kind: SyncKind,
-    ) -> Result<FamilyOutcome, BackendError> {
+    ) -> Result<FamilyOutcome, FamilyError> {
         let family = self.cfg.family;
-        let compiled = self.compiler.compile(snapshot, &self.cfg);
         let full = kind == SyncKind::Full;
+        if full {
+            // Full syncs write every chain; the cached ones keep digests only.
+            self.compiler.forget();
+        }
+        let mut compiled = self.compiler.compile(snapshot, &self.cfg);
         let listing = if full {
             self.ipt.ensure_canaries().await?;
             match self.ipt.list_chains().await {
@@ -265,7 +279,15 @@ impl FamilySync {
             _ if full => (Vec::new(), compiled.rules.hooks.iter().collect()),
             _ => (Vec::new(), Vec::new()),
         };
-        let plan = plan_with_hooks(&self.applied, &compiled.rules, kind, &stale, &in_restore);
+        let plan = match plan_with_hooks(&self.applied, &compiled.rules, kind, &stale, &in_restore)
+        {
+            Ok(plan) => plan,
+            Err(err) => {
+                // Nothing was written; the next sync is full and recompiles everything.
+                self.compiler.forget();
+                return Err(err.into());
+            }
+        };
         if !plan.payload.is_empty() {
             self.ipt.restore(&plan.payload).await?;
         }
@@ -290,15 +312,21 @@ impl FamilySync {
                 }
             }
         }
-        Ok(FamilyOutcome {
+        let outcome = FamilyOutcome {
             family,
             stats,
-            health: compiled.health,
+            health: std::mem::take(&mut compiled.health),
             no_local_internal: compiled.no_local_endpoints_internal,
             no_local_external: compiled.no_local_endpoints_external,
             hooks_inserted,
             conntrack_deleted,
-        })
+        };
+        // The kernel has every chain now: keep only digests of the Services' chains (the
+        // compiled result must be gone, or the cache's fragments are still shared).
+        drop(compiled);
+        let swaps = self.compiler.release_text();
+        self.applied.adopt(&swaps);
+        Ok(outcome)
     }
 }
 

@@ -10,6 +10,7 @@
 //! `leaf_size * log_leaf(n)`.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -17,11 +18,22 @@ use super::chain::{ChainName, dispatch_chain};
 use super::rule::{Addr, Match, Rule, Table, Target};
 use crate::config::Dispatch;
 
-/// A KUBE-SERVICES rule together with the destination address it matches.
+/// A KUBE-SERVICES rule together with the destination address it matches. The rule is kept
+/// rendered (what follows `-A CHAIN `): entries are cached for every Service and copied into
+/// the dispatch chains on every sync, so one shared string beats a tree of typed matches.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub dst: IpAddr,
-    pub rule: Rule,
+    pub rule: Arc<str>,
+}
+
+impl Entry {
+    pub fn new(dst: IpAddr, rule: &Rule) -> Self {
+        Entry {
+            dst,
+            rule: rule.to_string().into(),
+        }
+    }
 }
 
 fn bits(ip: &IpAddr) -> (u128, u8) {
@@ -68,7 +80,7 @@ pub fn build(mut entries: Vec<Entry>, dispatch: Dispatch, root: &ChainName, tabl
     if groups.len() <= leaf_size {
         let chain = table.chain(root);
         for entry in groups.iter().flatten() {
-            chain.push_rule(&entry.rule);
+            chain.push_rendered(&entry.rule);
         }
         return;
     }
@@ -86,7 +98,7 @@ fn fill(
     if groups.len() <= leaf_size {
         let rules = table.chain(chain);
         for entry in groups.iter().flatten() {
-            rules.push_rule(&entry.rule);
+            rules.push_rendered(&entry.rule);
         }
         return;
     }
@@ -112,7 +124,7 @@ fn fill(
         if child.len() == 1 {
             let rules = table.chain(chain);
             for entry in child.iter().flatten() {
-                rules.push_rule(&entry.rule);
+                rules.push_rendered(&entry.rule);
             }
             continue;
         }
@@ -141,16 +153,16 @@ mod tests {
     use super::*;
 
     fn entry(ip: &str) -> Entry {
-        Entry {
-            dst: ip.parse().unwrap(),
-            rule: Rule::new(
+        Entry::new(
+            ip.parse().unwrap(),
+            &Rule::new(
                 vec![Match::Dst {
                     negated: false,
                     addr: Addr::Ip(ip.parse().unwrap()),
                 }],
                 Target::Accept,
             ),
-        }
+        )
     }
 
     #[test]

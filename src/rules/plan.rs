@@ -52,6 +52,15 @@ pub struct PlanStats {
     pub nat_rules_total: usize,
 }
 
+/// The planner was asked to write a chain whose text was released (only its digest is kept).
+/// Full syncs recompile every chain first, so this is a bug; the caller must not restore and
+/// should recompile everything.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the text of chain {chain} was released and cannot be written; a full recompile is needed")]
+pub struct PlanError {
+    pub chain: ChainName,
+}
+
 /// A payload and the state the kernel is in once it has been applied successfully.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -68,7 +77,7 @@ pub fn plan(
     desired: &RuleSet,
     kind: SyncKind,
     stale: &[(TableName, ChainName)],
-) -> Plan {
+) -> Result<Plan, PlanError> {
     plan_with_hooks(applied, desired, kind, stale, &[])
 }
 
@@ -81,7 +90,7 @@ pub fn plan_with_hooks(
     kind: SyncKind,
     stale: &[(TableName, ChainName)],
     hooks: &[&Hook],
-) -> Plan {
+) -> Result<Plan, PlanError> {
     let full = kind == SyncKind::Full;
     let mut next = AppliedState::default();
     let mut payload = String::new();
@@ -108,7 +117,6 @@ pub fn plan_with_hooks(
                 },
             );
         }
-        written.sort_unstable_by(|a, b| a.chain().cmp(b.chain()));
         deletes.extend(
             applied
                 .chains
@@ -129,6 +137,7 @@ pub fn plan_with_hooks(
                     }
                 }
                 Some(before) => {
+                    // Equality compares digests when the applied side was released.
                     let old: HashMap<&ChainName, &RuleText> =
                         before.chains.iter().map(|c| (c.chain(), c)).collect();
                     written.extend(
@@ -191,7 +200,10 @@ pub fn plan_with_hooks(
             continue;
         }
         // Declarations first, then the rules, copied straight into the payload, then the
-        // deletions.
+        // deletions. Chains go in name order: iptables-legacy-restore inserts each declared
+        // chain into a sorted list, and a full restore of 10,000 services took 4.5-4.9 s with
+        // each Service's chains together against 3.5-3.8 s sorted (same payload otherwise).
+        written.sort_unstable_by(|a, b| a.chain().cmp(b.chain()));
         let _ = writeln!(payload, "*{}", table_name.as_str());
         for name in written.iter().map(|c| c.chain()).chain(&deletes) {
             payload.push(':');
@@ -199,7 +211,10 @@ pub fn plan_with_hooks(
             payload.push_str(" - [0:0]\n");
         }
         for chain_rules in written {
-            payload.push_str(chain_rules.as_str());
+            let text = chain_rules.text().ok_or_else(|| PlanError {
+                chain: chain_rules.chain().clone(),
+            })?;
+            payload.push_str(text);
             stats.chains_written += 1;
             stats.rules_written += chain_rules.len();
         }
@@ -215,9 +230,35 @@ pub fn plan_with_hooks(
         payload.push_str("COMMIT\n");
     }
     stats.bytes = payload.len();
-    Plan {
+    Ok(Plan {
         payload,
         next,
         stats,
+    })
+}
+
+impl AppliedState {
+    /// Points the record of each Service at `new` where it held `old` (pairs from
+    /// [`crate::rules::compile::IncrementalCompiler::release_text`]), so that the record and
+    /// the compiler's cache keep sharing one group and unchanged Services stay one pointer
+    /// comparison.
+    pub fn adopt(&mut self, swaps: &[(Arc<ChainGroup>, Arc<ChainGroup>)]) {
+        // Named chains are rebuilt on every sync and compared by text or digest: keep digests.
+        for applied in self.chains.values_mut() {
+            if !applied.rules.is_released() {
+                applied.rules = Arc::new(applied.rules.released());
+            }
+        }
+        let by_name: HashMap<&ServiceName, &(Arc<ChainGroup>, Arc<ChainGroup>)> =
+            swaps.iter().map(|pair| (&pair.0.key, pair)).collect();
+        for groups in self.groups.values_mut() {
+            for (name, group) in groups.iter_mut() {
+                if let Some((old, new)) = by_name.get(name)
+                    && Arc::ptr_eq(group, old)
+                {
+                    *group = new.clone();
+                }
+            }
+        }
     }
 }

@@ -323,11 +323,47 @@ impl TableName {
 /// ended by a newline. Rules are rendered once, when they are compiled; a rule set of 300,000
 /// rules is then about 33 MB of text in some 100,000 buffers instead of millions of small typed
 /// objects, and rendering a payload is copying.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// Once the kernel has a chain, its text may be released ([`RuleText::release`]): only a
+/// 128-bit digest is kept, which is all the planner needs to tell whether a recompiled chain
+/// changed. Released text cannot be written again; full syncs recompile every chain.
+#[derive(Debug, Clone)]
 pub struct RuleText {
     chain: ChainName,
     text: String,
     count: usize,
+    /// Set when the text was released.
+    digest: Option<u128>,
+}
+
+/// Two lists are the same rules when chain, count and text are equal; a released side is
+/// compared by digest.
+impl PartialEq for RuleText {
+    fn eq(&self, other: &Self) -> bool {
+        self.chain == other.chain
+            && self.count == other.count
+            && match (self.digest, other.digest) {
+                (None, None) => self.text == other.text,
+                _ => self.digest() == other.digest(),
+            }
+    }
+}
+
+impl Eq for RuleText {}
+
+/// The digest of rule text: SipHash-1-3 with two random keys per process (128 bits; the keys
+/// are not known outside the process, so text cannot be crafted to collide).
+fn text_digest(text: &str) -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::OnceLock;
+    static KEYS: OnceLock<[std::collections::hash_map::RandomState; 2]> = OnceLock::new();
+    let keys = KEYS.get_or_init(Default::default);
+    let half = |state: &std::collections::hash_map::RandomState| {
+        let mut hasher = state.build_hasher();
+        hasher.write(text.as_bytes());
+        hasher.finish()
+    };
+    (u128::from(half(&keys[0])) << 64) | u128::from(half(&keys[1]))
 }
 
 impl RuleText {
@@ -337,15 +373,28 @@ impl RuleText {
             chain,
             text: String::new(),
             count: 0,
+            digest: None,
         }
     }
 
     /// Appends one rule given by its parts.
     pub fn push<'a>(&mut self, matches: impl IntoIterator<Item = &'a Match>, target: &Target) {
+        debug_assert!(self.digest.is_none(), "appending to released text");
         self.text.push_str("-A ");
         self.text.push_str(self.chain.as_str());
         self.text.push(' ');
         write_rule(&mut self.text, matches, target);
+        self.text.push('\n');
+        self.count += 1;
+    }
+
+    /// Appends one rule already rendered (what follows `-A CHAIN `).
+    pub fn push_rendered(&mut self, rule: &str) {
+        debug_assert!(self.digest.is_none(), "appending to released text");
+        self.text.push_str("-A ");
+        self.text.push_str(self.chain.as_str());
+        self.text.push(' ');
+        self.text.push_str(rule);
         self.text.push('\n');
         self.count += 1;
     }
@@ -358,6 +407,7 @@ impl RuleText {
     /// Appends every rule of `other` (a list for the same chain), in order.
     pub fn append(&mut self, other: &RuleText) {
         debug_assert_eq!(self.chain, other.chain);
+        debug_assert!(self.digest.is_none() && other.digest.is_none());
         self.text.push_str(&other.text);
         self.count += other.count;
     }
@@ -376,14 +426,48 @@ impl RuleText {
         self.count == 0
     }
 
-    /// The `-A CHAIN RULE` lines, each without its newline.
+    /// The `-A CHAIN RULE` lines, each without its newline (none once released).
     pub fn lines(&self) -> impl Iterator<Item = &str> {
         self.text.split_terminator('\n')
     }
 
     /// All `-A` lines, each followed by a newline: this chain's part of a restore payload.
+    /// `None` once the text was released.
+    pub fn text(&self) -> Option<&str> {
+        match self.digest {
+            None => Some(&self.text),
+            Some(_) => None,
+        }
+    }
+
+    /// The text, for lists that are never released (rendering a fresh compilation).
+    ///
+    /// # Panics
+    /// If the text was released: that is a bug in the caller.
     pub fn as_str(&self) -> &str {
+        assert!(self.digest.is_none(), "text of {} was released", self.chain);
         &self.text
+    }
+
+    /// True once the text was released.
+    pub fn is_released(&self) -> bool {
+        self.digest.is_some()
+    }
+
+    /// The digest of the text (computed unless released).
+    pub fn digest(&self) -> u128 {
+        self.digest.unwrap_or_else(|| text_digest(&self.text))
+    }
+
+    /// A copy that keeps only the chain name (in a fresh allocation), the rule count and the
+    /// digest.
+    pub fn released(&self) -> RuleText {
+        RuleText {
+            chain: ChainName::new(self.chain.as_str()),
+            text: String::new(),
+            count: self.count,
+            digest: Some(self.digest()),
+        }
     }
 
     /// Moves the text into a buffer of its exact size (for rules that are kept: a buffer
@@ -407,6 +491,23 @@ pub type ChainRules = Arc<RuleText>;
 pub struct ChainGroup {
     pub key: ServiceName,
     pub chains: Vec<RuleText>,
+}
+
+impl ChainGroup {
+    /// The same group with every chain's text released (digests kept).
+    pub fn released(&self) -> ChainGroup {
+        let mut chains = Vec::with_capacity(self.chains.len());
+        chains.extend(self.chains.iter().map(RuleText::released));
+        ChainGroup {
+            key: self.key.clone(),
+            chains,
+        }
+    }
+
+    /// True when some chain's text was released.
+    pub fn is_released(&self) -> bool {
+        self.chains.iter().any(RuleText::is_released)
+    }
 }
 
 /// The user chains of one table; rule order inside a chain is significant. Chains built per
