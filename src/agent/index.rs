@@ -275,6 +275,8 @@ impl SourceState {
             Event::InitDone => {
                 let fresh = self.relist_slices.take().unwrap_or_default();
                 let before = std::mem::take(&mut self.snapshot.slices);
+                // Owners are rebuilt with the slices (slices deleted meanwhile leave none).
+                self.snapshot.slice_owners.clear();
                 for ((ns, _), slice) in fresh {
                     self.snapshot.upsert_slice(&ns, slice);
                 }
@@ -456,6 +458,11 @@ mod tests {
         s.slice_event(Event::InitApply(slice("a-1", "a", "10.244.0.1", "node-1")));
         assert!(s.slice_event(Event::InitDone).changed);
         assert_eq!(s.snapshot.slices.len(), 1);
+        assert_eq!(
+            s.snapshot.slice_owners.keys().collect::<Vec<_>>(),
+            [&("ns".to_string(), "a-1".to_string())],
+            "the slice that was not re-listed has no owner entry left"
+        );
         // An identical re-list changes nothing.
         s.slice_event(Event::Init);
         s.slice_event(Event::InitApply(slice("a-1", "a", "10.244.0.1", "node-1")));
