@@ -109,9 +109,7 @@ fn snapshot(services: usize) -> Snapshot {
                 serving: true,
                 terminating: false,
                 node_name: Some(format!("node-{}", (i + j) % NODES)),
-                zone: None,
-                hint_zones: None,
-                hint_nodes: None,
+                topology: None,
             })
             .collect();
         let namespace = name.namespace.clone();

@@ -107,9 +107,7 @@ fn build(specs: &[Option<SvcSpec>]) -> Snapshot {
                 } else {
                     "other".into()
                 }),
-                zone: None,
-                hint_zones: None,
-                hint_nodes: None,
+                topology: None,
             })
             .collect();
         snap.upsert_slice(

@@ -150,9 +150,7 @@ fn ep(
         serving,
         terminating,
         node_name: node.map(str::to_string),
-        zone: None,
-        hint_zones: None,
-        hint_nodes: None,
+        topology: None,
     }
 }
 

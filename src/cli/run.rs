@@ -159,6 +159,7 @@ impl RunArgs {
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .on_thread_park(knat::memory::collect_idle_thread)
         .enable_all()
         .build()
         .context("starting the async runtime")?;

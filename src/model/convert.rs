@@ -309,13 +309,18 @@ pub fn endpoint_slice(slice: &K8sEndpointSlice) -> Result<EndpointSlice, Skip> {
             serving: conditions.and_then(|c| c.serving).unwrap_or(true),
             terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
             node_name: ep.node_name.clone(),
-            zone: ep.zone.clone(),
-            hint_zones: hints
-                .and_then(|h| h.for_zones.as_ref())
-                .map(|z| z.iter().map(|z| z.name.clone()).collect()),
-            hint_nodes: hints
-                .and_then(|h| h.for_nodes.as_ref())
-                .map(|n| n.iter().map(|n| n.name.clone()).collect()),
+            topology: {
+                let topology = EndpointTopology {
+                    zone: ep.zone.clone(),
+                    hint_zones: hints
+                        .and_then(|h| h.for_zones.as_ref())
+                        .map(|z| z.iter().map(|z| z.name.clone()).collect()),
+                    hint_nodes: hints
+                        .and_then(|h| h.for_nodes.as_ref())
+                        .map(|n| n.iter().map(|n| n.name.clone()).collect()),
+                };
+                (topology != EndpointTopology::default()).then(|| Box::new(topology))
+            },
         });
     }
     Ok(EndpointSlice {
@@ -399,5 +404,38 @@ mod tests {
             Some("10.0.0.0/8".parse().unwrap())
         );
         assert_eq!(parse_cidr_sloppy("10.0.0.0/33"), None);
+    }
+
+    #[test]
+    fn endpoint_zone_and_hints_are_kept_only_when_present() {
+        let slice: K8sEndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-abc", "namespace": "ns",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.0.0.1"], "nodeName": "n1", "zone": "z1",
+                 "hints": {"forZones": [{"name": "z1"}], "forNodes": [{"name": "n1"}]}},
+                {"addresses": ["10.0.0.2"], "nodeName": "n2"}
+            ]
+        }))
+        .expect("valid slice");
+        let converted = endpoint_slice(&slice).expect("converts");
+        let [hinted, plain] = &converted.endpoints[..] else {
+            panic!("two endpoints: {converted:?}");
+        };
+        assert_eq!(hinted.node_name.as_deref(), Some("n1"));
+        assert_eq!(
+            hinted.topology.as_deref(),
+            Some(&EndpointTopology {
+                zone: Some("z1".into()),
+                hint_zones: Some(vec!["z1".into()]),
+                hint_nodes: Some(vec!["n1".into()]),
+            })
+        );
+        assert_eq!(hinted.hint_zones(), Some(&vec!["z1".to_string()]));
+        assert_eq!(hinted.hint_nodes(), Some(&vec!["n1".to_string()]));
+        assert_eq!(plain.topology, None);
+        assert_eq!(plain.hint_zones(), None);
     }
 }

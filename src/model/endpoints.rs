@@ -55,8 +55,8 @@ pub fn endpoints_by_port<'a>(
                     serving: ep.serving,
                     terminating: ep.terminating,
                     is_local: !node_name.is_empty() && ep.node_name.as_deref() == Some(node_name),
-                    hint_zones: ep.hint_zones.clone(),
-                    hint_nodes: ep.hint_nodes.clone(),
+                    hint_zones: ep.hint_zones().cloned(),
+                    hint_nodes: ep.hint_nodes().cloned(),
                 });
             }
         }
@@ -99,9 +99,7 @@ mod tests {
             serving: true,
             terminating,
             node_name: Some(node.into()),
-            zone: None,
-            hint_zones: None,
-            hint_nodes: None,
+            topology: None,
         }
     }
 

@@ -152,9 +152,7 @@ mod tests {
                 serving: true,
                 terminating: false,
                 node_name: None,
-                zone: None,
-                hint_zones: None,
-                hint_nodes: None,
+                topology: None,
             }],
         }
     }

@@ -196,10 +196,30 @@ pub struct Endpoint {
     /// `conditions.terminating`, true only when explicitly set.
     pub terminating: bool,
     pub node_name: Option<String>,
+    /// Zone and topology hints; most endpoints have none, so they sit behind one pointer
+    /// (an endpoint is 56 bytes instead of 120: 6 MB less at 100,000 endpoints).
+    pub topology: Option<Box<EndpointTopology>>,
+}
+
+/// An endpoint's zone and topology hints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointTopology {
     pub zone: Option<String>,
     /// Topology hints: zones and nodes this endpoint is meant for.
     pub hint_zones: Option<Vec<String>>,
     pub hint_nodes: Option<Vec<String>>,
+}
+
+impl Endpoint {
+    /// The zones this endpoint is meant for (`hints.forZones`), when hinted.
+    pub fn hint_zones(&self) -> Option<&Vec<String>> {
+        self.topology.as_ref()?.hint_zones.as_ref()
+    }
+
+    /// The nodes this endpoint is meant for (`hints.forNodes`), when hinted.
+    pub fn hint_nodes(&self) -> Option<&Vec<String>> {
+        self.topology.as_ref()?.hint_nodes.as_ref()
+    }
 }
 
 /// An EndpointSlice, converted and validated.

@@ -161,10 +161,7 @@ impl ServiceCompiler<'_> {
         chains.iter_mut().for_each(RuleText::compact);
         chains.shrink_to_fit();
         frag.owners.shrink_to_fit();
-        frag.group = Arc::new(ChainGroup {
-            key: service.name.clone(),
-            chains,
-        });
+        frag.group = Arc::new(ChainGroup::new(service.name.clone(), chains));
         frag
     }
 
@@ -758,10 +755,10 @@ impl IncrementalCompiler {
         };
         let workers = ServiceCompiler {
             cfg,
-            empty_group: Arc::new(ChainGroup {
-                key: ServiceName::new(String::new(), String::new()),
-                chains: Vec::new(),
-            }),
+            empty_group: Arc::new(ChainGroup::new(
+                ServiceName::new(String::new(), String::new()),
+                Vec::new(),
+            )),
             family,
             probabilities: Probabilities::default(),
             large,
@@ -1108,7 +1105,7 @@ impl Compiler<'_> {
 
     /// Adds one Service's fragment to the rule set being assembled.
     fn merge(&mut self, frag: Arc<Fragment>) {
-        if !frag.group.chains.is_empty() {
+        if frag.group.chain_count() > 0 {
             self.rs.nat.groups.push(frag.group.clone());
         }
         self.services_entries.extend(frag.entries.iter().cloned());
@@ -1257,7 +1254,7 @@ impl Fragment {
     /// A deep copy in fresh allocations with the group's text released (digests kept) and
     /// without `owners` (explanations use fresh compilations). An empty group is shared.
     fn compacted(&self) -> Fragment {
-        let group = if self.group.chains.is_empty() {
+        let group = if self.group.chain_count() == 0 {
             self.group.clone()
         } else {
             Arc::new(self.group.released())

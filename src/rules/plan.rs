@@ -1,28 +1,40 @@
 //! Planning `iptables-restore --noflush` payloads: full, or only what changed.
 //!
-//! The planner keeps the rule text last applied, shared with the compiler: per named chain,
-//! and per Service group (so an unchanged Service is recognised by one pointer comparison;
-//! a changed one is compared chain by chain as text). A partial payload declares (and so
-//! flushes and rewrites) exactly the chains whose text changed or that are new, and deletes (`:X` then `-X X`) the chains that are no longer wanted. Chains
-//! that did not change are not mentioned, so `--noflush` leaves them alone. Unlike upstream,
-//! KUBE-SERVICES, KUBE-NODEPORTS and KUBE-EXTERNAL-SERVICES are not rewritten unless their
-//! content changed; since a restore replaces a declared chain entirely and keeps undeclared
-//! ones, the kernel ends up with exactly the desired chains either way (property-tested against
-//! the restore model in `dump::restore`).
+//! The planner keeps a record of what was last applied: per named chain its rule count and
+//! digest, and per Service the group of chains shared with the compiler (so an unchanged
+//! Service is recognised by one pointer comparison; a changed one is compared chain by chain
+//! by digest, and once the agent has released the applied text only names, counts and
+//! digests remain). A partial payload declares (and so flushes and rewrites) exactly the
+//! chains whose text changed or that are new, and deletes (`:X` then `-X X`) the chains that
+//! are no longer wanted. Chains that did not change are not mentioned, so `--noflush` leaves
+//! them alone. Unlike upstream, KUBE-SERVICES, KUBE-NODEPORTS and KUBE-EXTERNAL-SERVICES are
+//! not rewritten unless their content changed; since a restore replaces a declared chain
+//! entirely and keeps undeclared ones, the kernel ends up with exactly the desired chains
+//! either way (property-tested against the restore model in `dump::restore`).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use super::chain::ChainName;
-use super::rule::{ChainGroup, ChainRules, Hook, RuleSet, RuleText, TableName};
+use super::rule::{ChainGroup, Hook, RuleSet, RuleText, TableName};
 use crate::model::ServiceName;
 
-/// One chain as last applied: its rules (shared, so a chain that was not recompiled is
-/// recognised by pointer without comparing text).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One named chain as last applied: its rule count and the digest of its text (named chains
+/// are rebuilt on every sync and compared by digest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppliedChain {
-    pub rules: ChainRules,
+    pub count: usize,
+    pub digest: u128,
+}
+
+impl AppliedChain {
+    fn of(rules: &RuleText) -> Self {
+        AppliedChain {
+            count: rules.len(),
+            digest: rules.digest(),
+        }
+    }
 }
 
 /// What knat believes is in the kernel: named chains per table and chain, and the Services'
@@ -103,19 +115,11 @@ pub fn plan_with_hooks(
         // Named chains: compared one by one.
         for (name, chain_rules) in &table.chains {
             let key = (table_name, name.clone());
-            let unchanged = applied
-                .chains
-                .get(&key)
-                .is_some_and(|a| Arc::ptr_eq(&a.rules, chain_rules) || a.rules == *chain_rules);
-            if full || !unchanged {
+            let now = AppliedChain::of(chain_rules);
+            if full || applied.chains.get(&key) != Some(&now) {
                 written.push(chain_rules);
             }
-            next.chains.insert(
-                key,
-                AppliedChain {
-                    rules: chain_rules.clone(),
-                },
-            );
+            next.chains.insert(key, now);
         }
         deletes.extend(
             applied
@@ -126,35 +130,45 @@ pub fn plan_with_hooks(
         );
 
         // Groups: an unchanged Service is one pointer comparison; a changed one is compared
-        // chain by chain with its previous group.
+        // chain by chain (by digest) with its previous group. Text is needed for every chain
+        // written: a released group can only be skipped.
         let applied_groups = applied.groups.get(&table_name);
         let mut next_groups = HashMap::with_capacity(table.groups.len());
         for group in &table.groups {
-            match applied_groups.and_then(|groups| groups.get(&group.key)) {
-                Some(before) if Arc::ptr_eq(before, group) => {
+            let before = applied_groups.and_then(|groups| groups.get(&group.key));
+            let unchanged = before.is_some_and(|before| Arc::ptr_eq(before, group));
+            if group.is_released() && (full || !unchanged) {
+                return Err(PlanError {
+                    chain: ChainName::new(group.chain_names().first().copied().unwrap_or("?")),
+                });
+            }
+            match before {
+                Some(_) if unchanged => {
                     if full {
                         written.extend(&group.chains);
                     }
                 }
                 Some(before) => {
-                    // Equality compares digests when the applied side was released.
-                    let old: HashMap<&ChainName, &RuleText> =
-                        before.chains.iter().map(|c| (c.chain(), c)).collect();
-                    written.extend(
-                        group
-                            .chains
-                            .iter()
-                            .filter(|c| full || old.get(c.chain()) != Some(c)),
-                    );
-                    let kept: HashSet<&ChainName> =
-                        group.chains.iter().map(RuleText::chain).collect();
+                    if full {
+                        written.extend(&group.chains);
+                    } else {
+                        let old: HashMap<&str, (usize, u128)> = before
+                            .summaries()
+                            .into_iter()
+                            .map(|c| (c.name, (c.count, c.digest)))
+                            .collect();
+                        written.extend(group.chains.iter().filter(|c| {
+                            old.get(c.chain().as_str()) != Some(&(c.len(), c.digest()))
+                        }));
+                    }
+                    let kept: HashSet<&str> =
+                        group.chains.iter().map(|c| c.chain().as_str()).collect();
                     deletes.extend(
                         before
-                            .chains
-                            .iter()
-                            .map(RuleText::chain)
+                            .chain_names()
+                            .into_iter()
                             .filter(|name| !kept.contains(name))
-                            .cloned(),
+                            .map(ChainName::new),
                     );
                 }
                 None => written.extend(&group.chains),
@@ -163,7 +177,7 @@ pub fn plan_with_hooks(
         }
         for (service, before) in applied_groups.into_iter().flatten() {
             if !next_groups.contains_key(service) {
-                deletes.extend(before.chains.iter().map(|c| c.chain().clone()));
+                deletes.extend(before.chain_names().into_iter().map(ChainName::new));
             }
         }
         if !next_groups.is_empty() {
@@ -211,10 +225,7 @@ pub fn plan_with_hooks(
             payload.push_str(" - [0:0]\n");
         }
         for chain_rules in written {
-            let text = chain_rules.text().ok_or_else(|| PlanError {
-                chain: chain_rules.chain().clone(),
-            })?;
-            payload.push_str(text);
+            payload.push_str(chain_rules.as_str());
             stats.chains_written += 1;
             stats.rules_written += chain_rules.len();
         }
@@ -243,12 +254,6 @@ impl AppliedState {
     /// the compiler's cache keep sharing one group and unchanged Services stay one pointer
     /// comparison.
     pub fn adopt(&mut self, swaps: &[(Arc<ChainGroup>, Arc<ChainGroup>)]) {
-        // Named chains are rebuilt on every sync and compared by text or digest: keep digests.
-        for applied in self.chains.values_mut() {
-            if !applied.rules.is_released() {
-                applied.rules = Arc::new(applied.rules.released());
-            }
-        }
         let by_name: HashMap<&ServiceName, &(Arc<ChainGroup>, Arc<ChainGroup>)> =
             swaps.iter().map(|pair| (&pair.0.key, pair)).collect();
         for groups in self.groups.values_mut() {
