@@ -334,7 +334,10 @@ fn main() {
             .get(pos + 1)
             .and_then(|s| s.parse().ok())
             .unwrap_or(10_000);
-        COUNTING.store(true, std::sync::atomic::Ordering::Relaxed);
+        COUNTING.store(
+            std::env::var_os("KNAT_BENCH_NO_COUNT").is_none(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let snap = snapshot(size);
         let snapshot_rss = rss_kib() / 1024;
         println!(

@@ -38,15 +38,13 @@ pub fn purge_immediately() -> bool {
 /// scratch) stayed resident until the next burst of work. At most every 100 ms per thread.
 pub fn collect_idle_thread() {
     use std::cell::Cell;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
     thread_local! {
         static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
     }
     let now = Instant::now();
     let due = LAST.with(|last| {
-        let due = last
-            .get()
-            .is_none_or(|at| now.duration_since(at) >= Duration::from_millis(100));
+        let due = collect_due(last.get(), now);
         if due {
             last.set(Some(now));
         }
@@ -56,6 +54,14 @@ pub fn collect_idle_thread() {
         // SAFETY: collects the calling thread's heap; no pointers are passed.
         unsafe { libmimalloc_sys::mi_collect(false) }
     }
+}
+
+/// The least time between two collections of one idle worker.
+const COLLECT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// True when a worker that last collected at `last` should collect again at `now`.
+fn collect_due(last: Option<std::time::Instant>, now: std::time::Instant) -> bool {
+    last.is_none_or(|at| now.duration_since(at) >= COLLECT_INTERVAL)
 }
 
 /// Runs `f` on a thread of its own and returns its result (on the calling thread if no thread
@@ -86,6 +92,19 @@ pub fn on_fresh_thread<R: Send, F: FnOnce() -> R + Send>(f: F) -> R {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn idle_collection_is_rate_limited_per_thread() {
+        let t0 = std::time::Instant::now();
+        assert!(super::collect_due(None, t0));
+        assert!(!super::collect_due(
+            Some(t0),
+            t0 + super::COLLECT_INTERVAL / 2
+        ));
+        assert!(super::collect_due(Some(t0), t0 + super::COLLECT_INTERVAL));
+        // Harmless with any allocator: collects this thread's (empty) mimalloc heap.
+        super::collect_idle_thread();
+    }
+
     #[test]
     fn fresh_thread_runs_the_closure_elsewhere_and_returns_its_value() {
         let here = std::thread::current().id();

@@ -307,7 +307,7 @@ impl ServiceCompiler<'_> {
         if has_internal {
             frag.entries.push(Entry::new(
                 ctx.cluster_ip,
-                &destination_rule(
+                destination_rule(
                     format!("{spn_text} cluster IP"),
                     proto,
                     ctx.cluster_ip,
@@ -329,7 +329,7 @@ impl ServiceCompiler<'_> {
             if has_endpoints {
                 frag.entries.push(Entry::new(
                     ip,
-                    &destination_rule(
+                    destination_rule(
                         format!("{spn_text} external IP"),
                         proto,
                         ip,
@@ -353,7 +353,7 @@ impl ServiceCompiler<'_> {
             if has_endpoints {
                 frag.entries.push(Entry::new(
                     ip,
-                    &destination_rule(
+                    destination_rule(
                         format!("{spn_text} loadbalancer IP"),
                         proto,
                         ip,
@@ -1262,14 +1262,7 @@ impl Fragment {
         Fragment {
             nat: OwnChains::default(),
             group,
-            entries: self
-                .entries
-                .iter()
-                .map(|e| Entry {
-                    dst: e.dst,
-                    rule: Arc::from(&*e.rule),
-                })
-                .collect(),
+            entries: self.entries.iter().map(Entry::rendered).collect(),
             nat_nodeports: self.nat_nodeports.clone(),
             filter_services: self.filter_services.clone(),
             filter_external: self.filter_external.clone(),
