@@ -64,32 +64,6 @@ fn collect_due(last: Option<std::time::Instant>, now: std::time::Instant) -> boo
     last.is_none_or(|at| now.duration_since(at) >= COLLECT_INTERVAL)
 }
 
-/// Runs `f` on a thread of its own and returns its result (on the calling thread if no thread
-/// can be created). mimalloc gives each thread its own pages, so whatever `f` allocates and
-/// returns lands in pages that hold nothing else. Used to copy long-lived data that was built
-/// amid short-lived garbage (decoded API lists, compile scratch): once the original is dropped
-/// its pages are wholly free and go back to the system, where small long-lived objects spread
-/// among the garbage would otherwise keep most of them resident.
-pub fn on_fresh_thread<R: Send, F: FnOnce() -> R + Send>(f: F) -> R {
-    let mut pending = Some(f);
-    let spawned = std::thread::scope(|scope| {
-        let slot = &mut pending;
-        std::thread::Builder::new()
-            .name("knat-compact".into())
-            .spawn_scoped(scope, move || slot.take().map(|f| f()))
-            .map(|handle| handle.join())
-    });
-    match spawned {
-        Ok(Ok(Some(value))) => value,
-        Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        // No thread could be created (or it returned without running `f`): run it here.
-        Ok(Ok(None)) | Err(_) => match pending.take() {
-            Some(f) => f(),
-            None => panic!("on_fresh_thread: the closure ran but returned no value"),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -103,15 +77,6 @@ mod tests {
         assert!(super::collect_due(Some(t0), t0 + super::COLLECT_INTERVAL));
         // Harmless with any allocator: collects this thread's (empty) mimalloc heap.
         super::collect_idle_thread();
-    }
-
-    #[test]
-    fn fresh_thread_runs_the_closure_elsewhere_and_returns_its_value() {
-        let here = std::thread::current().id();
-        let (value, there) =
-            super::on_fresh_thread(|| (vec![1, 2, 3], std::thread::current().id()));
-        assert_eq!(value, [1, 2, 3]);
-        assert_ne!(here, there);
     }
 
     #[test]

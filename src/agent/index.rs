@@ -21,7 +21,6 @@ use k8s_openapi::api::discovery::v1::EndpointSlice as K8sEndpointSlice;
 use kube::runtime::watcher::Event;
 
 use super::node_identity::NodeCheck;
-use crate::memory;
 use crate::model::convert::{self, Skip};
 use crate::model::{EndpointSlice, NodeInfo, Service, ServiceName, Snapshot};
 
@@ -201,23 +200,20 @@ impl SourceState {
                 }
             }
             Event::InitDone => {
-                // Unchanged Services keep their shared object, so the compiler reuses them; the
-                // others are copied on a thread of their own, away from the list's garbage.
-                let listed = self.relist_services.take().unwrap_or_default();
-                let old = &self.snapshot.services;
-                let fresh: BTreeMap<ServiceName, Arc<Service>> = memory::on_fresh_thread(|| {
-                    listed
-                        .iter()
-                        .map(|(name, svc)| {
-                            let shared = match old.get(name) {
-                                Some(old) if **old == *svc => old.clone(),
-                                _ => Arc::new(svc.clone()),
-                            };
-                            (name.clone(), shared)
-                        })
-                        .collect()
-                });
-                drop(listed);
+                // Unchanged Services keep their shared object, so the compiler reuses them.
+                let fresh: BTreeMap<ServiceName, Arc<Service>> = self
+                    .relist_services
+                    .take()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(name, svc)| {
+                        let shared = match self.snapshot.services.get(&name) {
+                            Some(old) if **old == svc => old.clone(),
+                            _ => Arc::new(svc),
+                        };
+                        (name, shared)
+                    })
+                    .collect();
                 applied.changed = fresh != self.snapshot.services || !self.listed.services;
                 self.snapshot.services = fresh;
                 self.listed.services = true;
@@ -277,18 +273,13 @@ impl SourceState {
                 }
             }
             Event::InitDone => {
-                let listed = self.relist_slices.take().unwrap_or_default();
+                let fresh = self.relist_slices.take().unwrap_or_default();
                 let before = std::mem::take(&mut self.snapshot.slices);
                 // Owners are rebuilt with the slices (slices deleted meanwhile leave none).
                 self.snapshot.slice_owners.clear();
-                // Copied on a thread of their own, away from the list's garbage.
-                let snapshot = &mut self.snapshot;
-                memory::on_fresh_thread(|| {
-                    for ((ns, _), slice) in &listed {
-                        snapshot.upsert_slice(ns, slice.clone());
-                    }
-                });
-                drop(listed);
+                for ((ns, _), slice) in fresh {
+                    self.snapshot.upsert_slice(&ns, slice);
+                }
                 applied.changed = before != self.snapshot.slices || !self.listed.slices;
                 self.listed.slices = true;
             }

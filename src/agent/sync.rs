@@ -324,8 +324,7 @@ impl FamilySync {
         // The kernel has every chain now: keep only digests of the Services' chains (the
         // compiled result must be gone, or the cache's fragments are still shared).
         drop(compiled);
-        let (compiler, applied) = (&mut self.compiler, &mut self.applied);
-        crate::memory::on_fresh_thread(|| applied.adopt(&compiler.release_text()));
+        self.applied.adopt(&self.compiler.release_text());
         Ok(outcome)
     }
 }
