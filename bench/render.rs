@@ -15,7 +15,7 @@ use knat::config::{Dispatch, LocalDetector, ProxyConfig};
 use knat::model::*;
 use knat::rules::compile::IncrementalCompiler;
 use knat::rules::plan::SyncKind;
-use knat::rules::{AppliedState, ChainName, RuleSet, compile, plan, render_standalone};
+use knat::rules::{AppliedState, ChainName, Plan, RuleSet, compile, plan, render_standalone};
 
 // The same allocator as the knat binary, so the numbers describe what the agent does.
 #[global_allocator]
@@ -211,6 +211,19 @@ impl Walker {
     }
 }
 
+/// The agent's first full sync: compile everything and plan it onto an empty kernel (the
+/// compiled result is dropped, as the agent drops it before releasing text).
+fn first_sync(compiler: &mut IncrementalCompiler, snap: &Snapshot, cfg: &ProxyConfig) -> Plan {
+    let compiled = compiler.compile(snap, cfg);
+    plan(
+        &AppliedState::default(),
+        &compiled.rules,
+        SyncKind::Full,
+        &[],
+    )
+    .expect("a fresh compilation has all its text")
+}
+
 /// One endpoint of the middle Service gets a new address.
 fn change_one_endpoint(snap: &mut Snapshot, services: usize) {
     let target = ServiceName::new(
@@ -279,13 +292,9 @@ fn run_size(services: usize, dispatch: Dispatch) -> String {
 
     // The agent's path: an incremental compiler that saw the cluster before the change.
     let mut incremental = IncrementalCompiler::default();
-    let warm = incremental.compile(&snap, &cfg);
-    let warm_plan = plan(&AppliedState::default(), &warm.rules, SyncKind::Full, &[])
-        .expect("a fresh compilation has all its text");
-    drop(warm);
+    let mut applied = first_sync(&mut incremental, &snap, &cfg).next;
     // As the agent does once the restore succeeded: keep digests only.
-    let mut applied = warm_plan.next;
-    applied.adopt(&incremental.release_text());
+    applied.release_text(&mut incremental);
     change_one_endpoint(&mut snap, services);
     let t = Instant::now();
     let compiled2 = incremental.compile(&snap, &cfg);
@@ -365,31 +374,14 @@ fn main() {
         }
         {
             // The agent's steady state: compiled, applied, then only digests kept.
-            let mut compiler = match std::env::var("KNAT_BENCH_THREADS")
-                .ok()
-                .and_then(|t| t.parse().ok())
-            {
-                Some(n) => IncrementalCompiler::with_threads(n),
-                None => IncrementalCompiler::default(),
-            };
-            let compiled = compiler.compile(&snap, &cfg);
-            let full = plan(
-                &AppliedState::default(),
-                &compiled.rules,
-                SyncKind::Full,
-                &[],
-            )
-            .expect("a fresh compilation has all its text");
+            let mut compiler = IncrementalCompiler::default();
+            let full = first_sync(&mut compiler, &snap, &cfg);
             let after_plan = rss_kib() / 1024;
             let live_after_plan = live_mib();
-            drop(compiled);
             let mut applied = full.next;
             drop(full.payload);
             let t = Instant::now();
-            let swaps = compiler.release_text();
-            applied.adopt(&swaps);
-            let released = swaps.len();
-            drop(swaps);
+            let released = applied.release_text(&mut compiler);
             let took = t.elapsed();
             println!(
                 "agent steady state: RSS {after_plan} MiB (live heap {live_after_plan}) after compile + plan, {} MiB (live heap {}) after releasing the text of {released} groups ({:.1} ms)",
@@ -414,12 +406,9 @@ fn main() {
             // The standalone payload and the partial payload of one endpoint change, for timing
             // iptables-restore on its own.
             let mut compiler = IncrementalCompiler::default();
-            let before = compiler.compile(&snap, &cfg);
-            let full = plan(&AppliedState::default(), &before.rules, SyncKind::Full, &[])
-                .expect("a fresh compilation has all its text");
-            drop(before);
+            let full = first_sync(&mut compiler, &snap, &cfg);
             let mut applied = full.next;
-            applied.adopt(&compiler.release_text());
+            applied.release_text(&mut compiler);
             let mut snap = snap;
             change_one_endpoint(&mut snap, size);
             let after = compiler.compile(&snap, &cfg);

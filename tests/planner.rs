@@ -139,6 +139,17 @@ fn config(tree: bool) -> ProxyConfig {
     cfg
 }
 
+/// The agent's first full sync with an incremental compiler (the compiled result dropped).
+fn first_sync(compiler: &mut IncrementalCompiler, snap: &Snapshot, cfg: &ProxyConfig) -> Plan {
+    let compiled = compiler.compile(snap, cfg);
+    plan(
+        &AppliedState::default(),
+        &compiled.rules,
+        SyncKind::Full,
+        &[],
+    )
+}
+
 /// The kernel state after a `--noflush` restore of `payload` onto `state`.
 fn restored(mut state: Dump, payload: &str) -> Dump {
     apply_restore(&mut state, payload, true)
@@ -195,10 +206,8 @@ proptest! {
         };
 
         let mut compiler = IncrementalCompiler::default();
-        let compiled = compiler.compile(&old_snap, &cfg);
-        let mut applied = plan(&AppliedState::default(), &compiled.rules, SyncKind::Full, &[]).next;
-        drop(compiled);
-        applied.adopt(&compiler.release_text());
+        let mut applied = first_sync(&mut compiler, &old_snap, &cfg).next;
+        applied.release_text(&mut compiler);
         let compiled = compiler.compile(&new_snap, &cfg);
         let partial = plan(&applied, &compiled.rules, SyncKind::Partial, &[]);
         prop_assert_eq!(&partial.payload, &with_text.payload);
@@ -206,7 +215,7 @@ proptest! {
         // And a no-op on top of released text is still empty.
         let mut applied = partial.next;
         drop(compiled);
-        applied.adopt(&compiler.release_text());
+        applied.release_text(&mut compiler);
         let compiled = compiler.compile(&new_snap, &cfg);
         prop_assert_eq!(plan(&applied, &compiled.rules, SyncKind::Partial, &[]).payload, "");
     }
@@ -227,18 +236,13 @@ fn released_text_is_never_written() {
     let snap = build(&[Some(spec)]);
     let cfg = config(false);
     let mut compiler = IncrementalCompiler::default();
-    let compiled = compiler.compile(&snap, &cfg);
-    let full = plan(
-        &AppliedState::default(),
-        &compiled.rules,
-        SyncKind::Full,
-        &[],
-    );
-    drop(compiled);
+    let full = first_sync(&mut compiler, &snap, &cfg);
     let mut applied = full.next;
-    let swaps = compiler.release_text();
-    assert_eq!(swaps.len(), 1, "one Service group released");
-    applied.adopt(&swaps);
+    assert_eq!(
+        applied.release_text(&mut compiler),
+        1,
+        "one Service group released"
+    );
 
     let cached = compiler.compile(&snap, &cfg);
     let err: PlanError = knat::rules::plan(&applied, &cached.rules, SyncKind::Full, &[])

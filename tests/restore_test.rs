@@ -217,3 +217,83 @@ fn bulk_restore_on_iptables_nft_lands_every_chain_and_zeroes_counters() {
             .join("\n")
     );
 }
+
+/// Hooks inserted by the restore itself (what a cold-start full sync sends) land in the real
+/// kernel on both backends: every builtin chain starts with its hooks in `RuleSet.hooks` order,
+/// each once; and the chain listing of the result tells the next full sync that none of them
+/// can be missing for want of its target chain.
+#[test]
+fn hooks_inserted_by_the_restore_land_once_in_order_on_both_backends() {
+    let programs = [
+        "ip",
+        "iptables-nft-restore",
+        "iptables-nft-save",
+        "iptables-legacy-restore",
+        "iptables-legacy-save",
+    ];
+    if !knat::lab::test_prerequisites(
+        "hooks_inserted_by_the_restore_land_once_in_order_on_both_backends",
+        &programs,
+    ) {
+        return;
+    }
+    use knat::backend::{ChainListing, saved_chains};
+    use knat::rules::plan::SyncKind;
+    use knat::rules::{AppliedState, compile, plan_with_hooks};
+    let (snapshot, cfg) = common::load_fixture("mixed.yaml", "node-1", IpFamily::V4, |_| {});
+    let rules = compile(&snapshot, &cfg).rules;
+    let hooks: Vec<_> = rules.hooks.iter().collect();
+    let payload = plan_with_hooks(
+        &AppliedState::default(),
+        &rules,
+        SyncKind::Full,
+        &[],
+        &hooks,
+    )
+    .expect("a fresh compilation has all its text")
+    .payload;
+    for (backend, restore, save) in [
+        ("nft", "iptables-nft-restore", "iptables-nft-save"),
+        ("legacy", "iptables-legacy-restore", "iptables-legacy-save"),
+    ] {
+        let ns = Netns::new(&format!("hooks-{backend}"));
+        let (ok, err) = ns.restore(restore, &["--noflush"], &payload);
+        assert!(ok, "{backend}: {err}");
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns.0, save])
+            .output()
+            .expect("run iptables-save");
+        let dump = String::from_utf8_lossy(&out.stdout);
+        let mut table = "";
+        let mut builtin: std::collections::BTreeMap<(String, String), Vec<String>> =
+            Default::default();
+        for line in dump.lines() {
+            if let Some(t) = line.strip_prefix('*') {
+                table = if t == "filter" || t == "nat" { t } else { "" };
+            } else if let Some(rule) = line.strip_prefix("-A ")
+                && !table.is_empty()
+                && let Some((chain, spec)) = rule.split_once(' ')
+                && chain.chars().all(|c| c.is_ascii_uppercase())
+            {
+                builtin
+                    .entry((table.to_string(), chain.to_string()))
+                    .or_default()
+                    .push(spec.to_string());
+            }
+        }
+        let mut wanted: std::collections::BTreeMap<(String, String), Vec<String>> =
+            Default::default();
+        for hook in &rules.hooks {
+            wanted
+                .entry((hook.table.as_str().to_string(), hook.chain.to_string()))
+                .or_default()
+                .push(hook.rule.to_string());
+        }
+        assert_eq!(builtin, wanted, "{backend}:\n{dump}");
+        let listing = ChainListing {
+            chains: saved_chains(&dump).into_iter().collect(),
+        };
+        let (in_restore, _) = listing.split_hooks(&rules.hooks);
+        assert!(in_restore.is_empty(), "{backend}: {in_restore:?}");
+    }
+}

@@ -2145,7 +2145,7 @@ impl Planner {
             let fresh = compile(snap, &self.cfg);
             apply_and_compare(&mut self.kernel, &plan.payload, &fresh.rules);
         }
-        self.applied.adopt(&self.compiler.release_text());
+        self.applied.release_text(&mut self.compiler);
         let effect = payload_effect(&plan.payload);
         (plan.payload, effect)
     }

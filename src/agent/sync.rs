@@ -324,7 +324,7 @@ impl FamilySync {
         // The kernel has every chain now: keep only digests of the Services' chains (the
         // compiled result must be gone, or the cache's fragments are still shared).
         drop(compiled);
-        self.applied.adopt(&self.compiler.release_text());
+        self.applied.release_text(&mut self.compiler);
         Ok(outcome)
     }
 }

@@ -802,14 +802,14 @@ impl IncrementalCompiler {
         compiler.finish()
     }
 
-    /// Releases the text of every cached Service group that still has it (call once the kernel
-    /// has those chains): only digests are kept, about 33 MB less at 10,000 services x 10
+    /// Releases the text of every cached Service group that still has it (once the kernel has
+    /// those chains): only digests are kept, about 33 MB less at 10,000 services x 10
     /// endpoints. Each such fragment is replaced by a compact copy in fresh allocations, so
     /// that the pages the compile threads filled with text and long-lived data alike become
     /// wholly free and go back to the system (releasing in place left a third of the text's
-    /// memory resident). Returns (old, new) group pairs for
-    /// [`crate::rules::AppliedState::adopt`].
-    pub fn release_text(&mut self) -> Vec<(Arc<ChainGroup>, Arc<ChainGroup>)> {
+    /// memory resident). Returns (old, new) group pairs for the planner's record; callers go
+    /// through [`crate::rules::AppliedState::release_text`], which does both.
+    pub(crate) fn release_groups(&mut self) -> Vec<(Arc<ChainGroup>, Arc<ChainGroup>)> {
         let mut swaps = Vec::new();
         for cached in self.cache.values_mut() {
             if cached.fragment.compact {

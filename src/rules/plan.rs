@@ -17,6 +17,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use super::chain::ChainName;
+use super::compile::IncrementalCompiler;
 use super::rule::{ChainGroup, Hook, RuleSet, RuleText, TableName};
 use crate::model::ServiceName;
 
@@ -249,11 +250,19 @@ pub fn plan_with_hooks(
 }
 
 impl AppliedState {
-    /// Points the record of each Service at `new` where it held `old` (pairs from
-    /// [`crate::rules::compile::IncrementalCompiler::release_text`]), so that the record and
-    /// the compiler's cache keep sharing one group and unchanged Services stay one pointer
-    /// comparison.
-    pub fn adopt(&mut self, swaps: &[(Arc<ChainGroup>, Arc<ChainGroup>)]) {
+    /// Call once the restore of the plan that produced this record succeeded: the kernel has
+    /// every chain, so the compiler's cached Service groups and this record keep only chain
+    /// names, rule counts and digests, and go on sharing one group per Service (an unchanged
+    /// Service stays one pointer comparison). Drop the compiled result first: fragments it
+    /// still shares keep their text. Returns how many groups were released.
+    pub fn release_text(&mut self, compiler: &mut IncrementalCompiler) -> usize {
+        let swaps = compiler.release_groups();
+        self.adopt(&swaps);
+        swaps.len()
+    }
+
+    /// Points the record of each Service at `new` where it held `old`.
+    fn adopt(&mut self, swaps: &[(Arc<ChainGroup>, Arc<ChainGroup>)]) {
         let by_name: HashMap<&ServiceName, &(Arc<ChainGroup>, Arc<ChainGroup>)> =
             swaps.iter().map(|pair| (&pair.0.key, pair)).collect();
         for groups in self.groups.values_mut() {

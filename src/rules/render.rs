@@ -22,6 +22,10 @@ pub fn render_standalone(rs: &RuleSet) -> String {
         for builtin in table_name.builtin_chains() {
             let _ = writeln!(out, ":{builtin} ACCEPT [0:0]");
         }
+        debug_assert!(
+            !table.groups.iter().any(|g| g.is_released()),
+            "rendering a rule set whose Service chains were released"
+        );
         let chains: Vec<&RuleText> = table.ordered().collect();
         for rules in &chains {
             out.push(':');

@@ -583,7 +583,8 @@ impl Table {
     }
 
     /// Every chain in output order: the named chains sorted by name, then the groups' chains
-    /// in group order.
+    /// in group order. A group whose text was released contributes nothing: render only fresh
+    /// compilations (the agent's planner refuses released groups it would have to write).
     pub fn ordered(&self) -> impl Iterator<Item = &RuleText> {
         let mut named: Vec<&RuleText> = self.chains.values().map(|rules| &**rules).collect();
         named.sort_unstable_by(|a, b| a.chain().cmp(b.chain()));
