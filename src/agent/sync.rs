@@ -216,6 +216,42 @@ pub struct FamilyOutcome {
     pub no_local_external: usize,
     pub hooks_inserted: usize,
     pub conntrack_deleted: Option<usize>,
+    pub phases: SyncPhases,
+}
+
+/// Where one sync's time went, for the log line that reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SyncPhases {
+    /// Compiling the changed Services and rebuilding the shared chains.
+    pub compile: Duration,
+    /// Full syncs: canary chains and the listing of existing chains.
+    pub probe: Duration,
+    /// Comparing with the applied state and writing the payload.
+    pub plan: Duration,
+    /// The `iptables-restore` transaction.
+    pub restore: Duration,
+    /// Hook checks, conntrack cleanup and releasing the applied text.
+    pub after: Duration,
+}
+
+impl SyncPhases {
+    fn millis(d: Duration) -> f64 {
+        d.as_secs_f64() * 1000.0
+    }
+}
+
+impl std::fmt::Display for SyncPhases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "compile {:.1} ms, probe {:.1} ms, plan {:.1} ms, restore {:.1} ms, after {:.1} ms",
+            Self::millis(self.compile),
+            Self::millis(self.probe),
+            Self::millis(self.plan),
+            Self::millis(self.restore),
+            Self::millis(self.after)
+        )
+    }
 }
 
 /// The state and backend of one IP family.
@@ -251,11 +287,19 @@ impl FamilySync {
     ) -> Result<FamilyOutcome, FamilyError> {
         let family = self.cfg.family;
         let full = kind == SyncKind::Full;
+        let mut phases = SyncPhases::default();
+        let mut mark = std::time::Instant::now();
+        let mut lap = |phase: &mut Duration| {
+            let now = std::time::Instant::now();
+            *phase = now - mark;
+            mark = now;
+        };
         if full {
             // Full syncs write every chain; the cached ones keep digests only.
             self.compiler.forget();
         }
         let mut compiled = self.compiler.compile(snapshot, &self.cfg);
+        lap(&mut phases.compile);
         let listing = if full {
             self.ipt.ensure_canaries().await?;
             match self.ipt.list_chains().await {
@@ -279,6 +323,7 @@ impl FamilySync {
             _ if full => (Vec::new(), compiled.rules.hooks.iter().collect()),
             _ => (Vec::new(), Vec::new()),
         };
+        lap(&mut phases.probe);
         let plan = match plan_with_hooks(&self.applied, &compiled.rules, kind, &stale, &in_restore)
         {
             Ok(plan) => plan,
@@ -288,9 +333,11 @@ impl FamilySync {
                 return Err(err.into());
             }
         };
+        lap(&mut phases.plan);
         if !plan.payload.is_empty() {
             self.ipt.restore(&plan.payload).await?;
         }
+        lap(&mut phases.restore);
         let Plan {
             payload,
             next,
@@ -312,7 +359,7 @@ impl FamilySync {
                 }
             }
         }
-        let outcome = FamilyOutcome {
+        let mut outcome = FamilyOutcome {
             family,
             stats,
             health: std::mem::take(&mut compiled.health),
@@ -320,11 +367,14 @@ impl FamilySync {
             no_local_external: compiled.no_local_endpoints_external,
             hooks_inserted,
             conntrack_deleted,
+            phases: SyncPhases::default(),
         };
         // The kernel has every chain now: keep only digests of the Services' chains (the
         // compiled result must be gone, or the cache's fragments are still shared).
         drop(compiled);
         self.applied.release_text(&mut self.compiler);
+        lap(&mut phases.after);
+        outcome.phases = phases;
         Ok(outcome)
     }
 }
@@ -451,6 +501,7 @@ impl SyncLoop {
                             hooks_inserted = o.hooks_inserted,
                             bytes = o.stats.bytes,
                             ms = format_args!("{:.1}", secs * 1000.0),
+                            phases = %o.phases,
                             "sync done"
                         );
                     } else {
@@ -596,6 +647,21 @@ impl SyncLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sync_phases_read_as_milliseconds_in_order() {
+        let phases = SyncPhases {
+            compile: Duration::from_micros(80_150),
+            probe: Duration::ZERO,
+            plan: Duration::from_millis(35),
+            restore: Duration::from_micros(4_030_249),
+            after: Duration::from_micros(86_700),
+        };
+        assert_eq!(
+            phases.to_string(),
+            "compile 80.2 ms, probe 0.0 ms, plan 35.0 ms, restore 4030.2 ms, after 86.7 ms"
+        );
+    }
 
     fn timing() -> Timing {
         Timing::new(Duration::from_secs(1), Duration::from_secs(30))
