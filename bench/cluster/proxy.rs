@@ -51,6 +51,8 @@ pub struct Launcher {
     pub work: PathBuf,
     pub cluster_cidr: String,
     pub min_sync: String,
+    /// `--upstream-bulk-zero`: kube-proxy's large restores get knat's `-Z` (iptables-nft).
+    pub upstream_bulk_zero: bool,
 }
 
 impl Launcher {
@@ -70,6 +72,8 @@ impl Launcher {
             &["iptables-restore", restore.as_str()],
             &format!("/usr/sbin/{restore}"),
             &restore_log,
+            (self.upstream_bulk_zero && side.kind() == ProxyKind::KubeProxy)
+                .then_some(knat::backend::NFT_BULK_CHAINS),
         )?;
         for tool in [
             "iptables",

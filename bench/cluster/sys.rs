@@ -228,15 +228,24 @@ pub fn write_restore_wrapper(
     names: &[&str],
     real: &str,
     log: &Path,
+    bulk_zero: Option<usize>,
 ) -> Result<(), BenchError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+    // `--upstream-bulk-zero`: a payload declaring more chains than the threshold gets `-Z`
+    // after `*nat` (after the bytes are counted), as knat's backend does on iptables-nft.
+    let zero = bulk_zero.map_or(String::new(), |threshold| {
+        format!(
+            "if [ \"$(grep -c '^:' \"$t\")\" -gt {threshold} ]; then sed -i '/^\\*nat$/a -Z' \"$t\"; fi\n"
+        )
+    });
     let script = format!(
         "#!/bin/sh\n\
          # knat cluster benchmark: count the bytes handed to iptables-restore.\n\
          t=$(mktemp -p '{dir}' payload.XXXXXX) || exit 1\n\
          cat > \"$t\"\n\
          n=$(wc -c < \"$t\")\n\
+         {zero}\
          {real} \"$@\" < \"$t\"\n\
          rc=$?\n\
          echo \"$(date +%s.%N) $n $rc $t\" >> '{log}'\n\
