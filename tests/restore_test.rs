@@ -237,7 +237,7 @@ fn hooks_inserted_by_the_restore_land_once_in_order_on_both_backends() {
     ) {
         return;
     }
-    use knat::backend::{ChainListing, saved_chains};
+    use knat::backend::{ChainListing, saved_listing};
     use knat::rules::plan::SyncKind;
     use knat::rules::{AppliedState, compile, plan_with_hooks};
     let (snapshot, cfg) = common::load_fixture("mixed.yaml", "node-1", IpFamily::V4, |_| {});
@@ -290,10 +290,23 @@ fn hooks_inserted_by_the_restore_land_once_in_order_on_both_backends() {
                 .push(hook.rule.to_string());
         }
         assert_eq!(builtin, wanted, "{backend}:\n{dump}");
-        let listing = ChainListing {
-            chains: saved_chains(&dump).into_iter().collect(),
-        };
-        let (in_restore, _) = listing.split_hooks(&rules.hooks);
+        // The listing iptables-save gives shows every hook in place: a restart probes none.
+        let listing = saved_listing(&dump);
+        let (in_restore, to_check) = listing.split_hooks(&rules.hooks);
         assert!(in_restore.is_empty(), "{backend}: {in_restore:?}");
+        assert!(to_check.is_empty(), "{backend}: {to_check:?}");
+        assert!(
+            listing.missing_canaries().len() == 3,
+            "{backend}: the payload has no canary"
+        );
+        // From `nft list chains` (no rules) every hook whose chain exists is still checked.
+        let names_only = ChainListing {
+            chains: listing.chains.clone(),
+            builtin_rules: None,
+        };
+        assert_eq!(
+            names_only.split_hooks(&rules.hooks).1.len(),
+            rules.hooks.len()
+        );
     }
 }

@@ -301,11 +301,18 @@ impl FamilySync {
         let mut compiled = self.compiler.compile(snapshot, &self.cfg);
         lap(&mut phases.compile);
         let listing = if full {
-            self.ipt.ensure_canaries().await?;
+            // Canary chains the listing shows are left alone: on iptables-legacy each `-N`
+            // and `-S` copies the whole table (about 0.5 s in nat at 10,000 services).
             match self.ipt.list_chains().await {
-                Ok(listing) => Some(listing),
+                Ok(listing) => {
+                    self.ipt
+                        .create_canaries(&listing.missing_canaries())
+                        .await?;
+                    Some(listing)
+                }
                 Err(err) => {
                     tracing::warn!(?family, %err, "cannot list chains; stale chains are kept until the next full sync");
+                    self.ipt.ensure_canaries().await?;
                     None
                 }
             }

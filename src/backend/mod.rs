@@ -269,7 +269,12 @@ impl Iptables {
 
     /// Creates the empty `KUBE-PROXY-CANARY` chain in mangle, nat and filter.
     pub async fn ensure_canaries(&self) -> Result<(), BackendError> {
-        for table in CANARY_TABLES {
+        self.create_canaries(&CANARY_TABLES).await
+    }
+
+    /// Creates the canary chain in each of `tables` (an existing one is fine).
+    pub async fn create_canaries(&self, tables: &[&str]) -> Result<(), BackendError> {
+        for &table in tables {
             let args = ["-t", table, "-N", ChainName::KUBE_PROXY_CANARY];
             let out = self.iptables(&args).await?;
             // Exit 1 with "exists" is fine; anything else we check by listing the chain.
@@ -320,10 +325,11 @@ impl Iptables {
                 }
                 listed_chains(&out.stdout)
             }
-            None => saved_chains(&self.save(None).await?),
+            None => return Ok(saved_listing(&self.save(None).await?)),
         };
         Ok(ChainListing {
             chains: chains.into_iter().collect(),
+            builtin_rules: None,
         })
     }
 }
@@ -332,6 +338,10 @@ impl Iptables {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChainListing {
     pub chains: HashSet<(String, String)>,
+    /// The rules of the builtin chains as `iptables-save` prints them, (table, "CHAIN spec"),
+    /// when the listing came from `iptables-save`; `None` from `nft list chains`, which
+    /// prints no rules.
+    pub builtin_rules: Option<HashSet<(String, String)>>,
 }
 
 impl ChainListing {
@@ -349,17 +359,45 @@ impl ChainListing {
     }
 
     /// Splits hooks into those that cannot exist yet, because the chain they jump to does not
-    /// (iptables refuses a jump to a missing chain), and the rest. The first kind is inserted
-    /// by the restore that creates the chain, with no process of its own (on iptables-legacy
-    /// at 10,000 services each `-C`/`-I` copies the whole nat table: about 1.4 s per hook); the
-    /// second kind is checked with `-C` as before.
+    /// (iptables refuses a jump to a missing chain), and those to check with `-C`. The first
+    /// kind is inserted by the restore that creates the chain, with no process of its own (on
+    /// iptables-legacy at 10,000 services each `-C`/`-I` copies the whole nat table: about
+    /// 0.5 s per hook). A hook whose exact text the listing shows in its builtin chain is in
+    /// neither: it is in place (the text `iptables-save` prints is the kernel's rule), so a
+    /// restart or an hourly full sync probes nothing. Text that differs only in form is
+    /// still checked with `-C`, never inserted twice.
     pub fn split_hooks<'h>(&self, hooks: &'h [Hook]) -> (Vec<&'h Hook>, Vec<&'h Hook>) {
-        hooks.iter().partition(|hook| match &hook.rule.target {
-            Target::Jump(target) => !self
-                .chains
-                .contains(&(hook.table.as_str().to_string(), target.as_str().to_string())),
-            _ => false,
+        let (in_restore, rest): (Vec<&Hook>, Vec<&Hook>) =
+            hooks.iter().partition(|hook| match &hook.rule.target {
+                Target::Jump(target) => !self
+                    .chains
+                    .contains(&(hook.table.as_str().to_string(), target.as_str().to_string())),
+                _ => false,
+            });
+        let to_check = rest.into_iter().filter(|hook| !self.shows(hook)).collect();
+        (in_restore, to_check)
+    }
+
+    /// True when the listing has `hook`'s exact rule in its builtin chain.
+    fn shows(&self, hook: &Hook) -> bool {
+        self.builtin_rules.as_ref().is_some_and(|rules| {
+            rules.contains(&(
+                hook.table.as_str().to_string(),
+                format!("{} {}", hook.chain, hook.rule),
+            ))
         })
+    }
+
+    /// The canary tables whose `KUBE-PROXY-CANARY` chain the listing does not show.
+    pub fn missing_canaries(&self) -> Vec<&'static str> {
+        CANARY_TABLES
+            .into_iter()
+            .filter(|table| {
+                !self
+                    .chains
+                    .contains(&(table.to_string(), ChainName::KUBE_PROXY_CANARY.to_string()))
+            })
+            .collect()
     }
 }
 
@@ -490,6 +528,29 @@ pub fn saved_chains(text: &str) -> Vec<(String, String)> {
     }
     out
 }
+
+/// Chains and builtin-chain rules in `iptables-save` output (see [`ChainListing`]).
+pub fn saved_listing(text: &str) -> ChainListing {
+    let mut table = "";
+    let mut builtin_rules = HashSet::new();
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.trim();
+        } else if let Some(rule) = line.strip_prefix("-A ")
+            && let Some((chain, _)) = rule.split_once(' ')
+            && BUILTIN_CHAINS.contains(&chain)
+        {
+            builtin_rules.insert((table.to_string(), rule.to_string()));
+        }
+    }
+    ChainListing {
+        chains: saved_chains(text).into_iter().collect(),
+        builtin_rules: Some(builtin_rules),
+    }
+}
+
+/// The builtin chains of the filter, nat and mangle tables.
+const BUILTIN_CHAINS: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
 
 /// (table, chain) pairs in `nft list chains` output (`table ip nat {` then `chain NAME {`).
 pub fn listed_chains(text: &str) -> Vec<(String, String)> {
@@ -705,6 +766,7 @@ mod tests {
             .into_iter()
             .map(|(t, c)| (t.to_string(), c.to_string()))
             .collect(),
+            ..ChainListing::default()
         };
         let (in_restore, to_check) = listing.split_hooks(&hooks);
         assert_eq!(in_restore, [&hooks[0], &hooks[1]]);
@@ -886,6 +948,38 @@ COMMIT
                 ("nat".into(), "KUBE-SERVICES".into()),
             ]
         );
+    }
+
+    #[test]
+    fn a_saved_listing_shows_hooks_in_place_and_missing_canaries() {
+        use crate::rules::Rule;
+        use crate::rules::rule::Match;
+        let listing = saved_listing(SAVE);
+        let portals = |table: TableName, chain: &str| Hook {
+            table,
+            chain: ChainName::new(chain),
+            rule: Rule::new(
+                vec![Match::Comment("kubernetes service portals".into())],
+                Target::Jump(ChainName::new("KUBE-SERVICES")),
+            ),
+        };
+        // nat PREROUTING has this exact rule; nat OUTPUT does not; filter OUTPUT has it with a
+        // conntrack match in front, which is another rule.
+        let hooks = [
+            portals(TableName::Nat, "PREROUTING"),
+            portals(TableName::Nat, "OUTPUT"),
+            portals(TableName::Filter, "OUTPUT"),
+        ];
+        let (in_restore, to_check) = listing.split_hooks(&hooks);
+        assert!(in_restore.is_empty());
+        assert_eq!(to_check, [&hooks[1], &hooks[2]]);
+        // Only mangle has a canary chain.
+        assert_eq!(listing.missing_canaries(), ["nat", "filter"]);
+        let names_only = ChainListing {
+            builtin_rules: None,
+            ..listing
+        };
+        assert_eq!(names_only.split_hooks(&hooks).1.len(), 3);
     }
 
     #[test]
