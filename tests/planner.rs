@@ -9,7 +9,7 @@ use knat::dump::{Dump, apply_restore};
 use knat::model::*;
 use knat::rules::compile::IncrementalCompiler;
 use knat::rules::plan::SyncKind;
-use knat::rules::{AppliedState, Plan, PlanError, RuleSet, compile, plan_with_hooks};
+use knat::rules::{AppliedState, ChainOrder, Plan, PlanError, RuleSet, compile, plan_with_hooks};
 
 /// Plans with every hook already present.
 fn plan(
@@ -331,6 +331,7 @@ fn hooks_inserted_by_the_restore_land_once_in_order() {
         SyncKind::Full,
         &[],
         &hooks,
+        ChainOrder::Descending,
     )
     .expect("fresh text");
     let kernel = restored(Dump::default(), &planned.payload);
@@ -356,9 +357,38 @@ fn hooks_inserted_by_the_restore_land_once_in_order() {
     let plain = plan(&AppliedState::default(), &rules, SyncKind::Full, &[]);
     assert_eq!(
         plain.payload,
-        plan_with_hooks(&AppliedState::default(), &rules, SyncKind::Full, &[], &[])
-            .expect("fresh text")
-            .payload
+        plan_with_hooks(
+            &AppliedState::default(),
+            &rules,
+            SyncKind::Full,
+            &[],
+            &[],
+            ChainOrder::Descending
+        )
+        .expect("fresh text")
+        .payload
     );
     assert!(!plain.payload.contains("-I "), "{}", plain.payload);
+    // The scattered order (iptables-nft) writes the same lines and reaches the same kernel
+    // state; only the order of chains differs.
+    let scattered = plan_with_hooks(
+        &AppliedState::default(),
+        &rules,
+        SyncKind::Full,
+        &[],
+        &hooks,
+        ChainOrder::Scattered,
+    )
+    .expect("fresh text");
+    assert_ne!(scattered.payload, planned.payload);
+    let sorted_lines = |payload: &str| {
+        let mut lines: Vec<&str> = payload.lines().collect();
+        lines.sort_unstable();
+        lines.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        sorted_lines(&scattered.payload),
+        sorted_lines(&planned.payload)
+    );
+    assert_eq!(restored(Dump::default(), &scattered.payload), kernel);
 }

@@ -237,25 +237,36 @@ fn hooks_inserted_by_the_restore_land_once_in_order_on_both_backends() {
     ) {
         return;
     }
-    use knat::backend::{ChainListing, saved_listing};
+    use knat::backend::{ChainListing, Mode, saved_listing};
     use knat::rules::plan::SyncKind;
     use knat::rules::{AppliedState, compile, plan_with_hooks};
     let (snapshot, cfg) = common::load_fixture("mixed.yaml", "node-1", IpFamily::V4, |_| {});
     let rules = compile(&snapshot, &cfg).rules;
     let hooks: Vec<_> = rules.hooks.iter().collect();
-    let payload = plan_with_hooks(
-        &AppliedState::default(),
-        &rules,
-        SyncKind::Full,
-        &[],
-        &hooks,
-    )
-    .expect("a fresh compilation has all its text")
-    .payload;
-    for (backend, restore, save) in [
-        ("nft", "iptables-nft-restore", "iptables-nft-save"),
-        ("legacy", "iptables-legacy-restore", "iptables-legacy-save"),
+    for (backend, restore, save, mode) in [
+        (
+            "nft",
+            "iptables-nft-restore",
+            "iptables-nft-save",
+            Mode::Nft,
+        ),
+        (
+            "legacy",
+            "iptables-legacy-restore",
+            "iptables-legacy-save",
+            Mode::Legacy,
+        ),
     ] {
+        let payload = plan_with_hooks(
+            &AppliedState::default(),
+            &rules,
+            SyncKind::Full,
+            &[],
+            &hooks,
+            mode.chain_order(),
+        )
+        .expect("a fresh compilation has all its text")
+        .payload;
         let ns = Netns::new(&format!("hooks-{backend}"));
         let (ok, err) = ns.restore(restore, &["--noflush"], &payload);
         assert!(ok, "{backend}: {err}");

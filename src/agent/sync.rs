@@ -331,8 +331,14 @@ impl FamilySync {
             _ => (Vec::new(), Vec::new()),
         };
         lap(&mut phases.probe);
-        let plan = match plan_with_hooks(&self.applied, &compiled.rules, kind, &stale, &in_restore)
-        {
+        let plan = match plan_with_hooks(
+            &self.applied,
+            &compiled.rules,
+            kind,
+            &stale,
+            &in_restore,
+            self.ipt.mode.chain_order(),
+        ) {
             Ok(plan) => plan,
             Err(err) => {
                 // Nothing was written; the next sync is full and recompiles everything.

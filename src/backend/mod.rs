@@ -27,7 +27,7 @@ use tokio::process::Command;
 
 use crate::model::IpFamily;
 use crate::rules::rule::Hook;
-use crate::rules::{ChainName, TableName, Target};
+use crate::rules::{ChainName, ChainOrder, TableName, Target};
 
 /// Errors of the iptables backend.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +68,16 @@ pub enum Mode {
     Nft,
     /// `iptables-legacy` (the x_tables kernel API).
     Legacy,
+}
+
+impl Mode {
+    /// The chain order that keeps this front-end's tools fast (see [`ChainOrder`]).
+    pub fn chain_order(self) -> ChainOrder {
+        match self {
+            Mode::Nft => ChainOrder::Scattered,
+            Mode::Legacy => ChainOrder::Descending,
+        }
+    }
 }
 
 impl Mode {

@@ -13,6 +13,6 @@ pub mod rule;
 
 pub use chain::ChainName;
 pub use compile::{Compiled, ServiceHealth, compile};
-pub use plan::{AppliedState, Plan, PlanError, PlanStats, plan, plan_with_hooks};
+pub use plan::{AppliedState, ChainOrder, Plan, PlanError, PlanStats, plan, plan_with_hooks};
 pub use render::render_standalone;
 pub use rule::{ChainGroup, Match, Rule, RuleSet, RuleText, Table, TableName, Target};
