@@ -22,6 +22,8 @@ fn plan(
 }
 use proptest::prelude::*;
 
+mod common;
+
 /// A compact description of one service for generation.
 #[derive(Debug, Clone)]
 struct SvcSpec {
@@ -323,17 +325,8 @@ fn hooks_inserted_by_the_restore_land_once_in_order() {
         endpoints: vec![(1, true, true, false)],
     };
     let rules = compile(&build(&[Some(spec)]), &config(true)).rules;
-    let hooks: Vec<&knat::rules::rule::Hook> = rules.hooks.iter().collect();
-    assert!(hooks.len() >= 8, "{hooks:?}");
-    let planned = plan_with_hooks(
-        &AppliedState::default(),
-        &rules,
-        SyncKind::Full,
-        &[],
-        &hooks,
-        ChainOrder::Descending,
-    )
-    .expect("fresh text");
+    assert!(rules.hooks.len() >= 8, "{:?}", rules.hooks);
+    let planned = common::cold_start_plan(&rules, ChainOrder::Descending);
     let kernel = restored(Dump::default(), &planned.payload);
     for hook in &rules.hooks {
         let chain = &kernel.tables[hook.table.as_str()].chains[hook.chain.as_str()];
@@ -371,15 +364,7 @@ fn hooks_inserted_by_the_restore_land_once_in_order() {
     assert!(!plain.payload.contains("-I "), "{}", plain.payload);
     // The scattered order (iptables-nft) writes the same lines and reaches the same kernel
     // state; only the order of chains differs.
-    let scattered = plan_with_hooks(
-        &AppliedState::default(),
-        &rules,
-        SyncKind::Full,
-        &[],
-        &hooks,
-        ChainOrder::Scattered,
-    )
-    .expect("fresh text");
+    let scattered = common::cold_start_plan(&rules, ChainOrder::Scattered);
     assert_ne!(scattered.payload, planned.payload);
     let sorted_lines = |payload: &str| {
         let mut lines: Vec<&str> = payload.lines().collect();

@@ -238,11 +238,9 @@ fn hooks_inserted_by_the_restore_land_once_in_order_on_both_backends() {
         return;
     }
     use knat::backend::{ChainListing, Mode, saved_listing};
-    use knat::rules::plan::SyncKind;
-    use knat::rules::{AppliedState, compile, plan_with_hooks};
+    use knat::rules::compile;
     let (snapshot, cfg) = common::load_fixture("mixed.yaml", "node-1", IpFamily::V4, |_| {});
     let rules = compile(&snapshot, &cfg).rules;
-    let hooks: Vec<_> = rules.hooks.iter().collect();
     for (backend, restore, save, mode) in [
         (
             "nft",
@@ -257,16 +255,7 @@ fn hooks_inserted_by_the_restore_land_once_in_order_on_both_backends() {
             Mode::Legacy,
         ),
     ] {
-        let payload = plan_with_hooks(
-            &AppliedState::default(),
-            &rules,
-            SyncKind::Full,
-            &[],
-            &hooks,
-            mode.chain_order(),
-        )
-        .expect("a fresh compilation has all its text")
-        .payload;
+        let payload = common::cold_start_plan(&rules, mode.chain_order()).payload;
         let ns = Netns::new(&format!("hooks-{backend}"));
         let (ok, err) = ns.restore(restore, &["--noflush"], &payload);
         assert!(ok, "{backend}: {err}");

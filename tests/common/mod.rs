@@ -3,7 +3,10 @@
 use knat::config::{LocalDetector, ProxyConfig};
 use knat::input::{Source, load};
 use knat::model::IpFamily;
-use knat::rules::{compile, render_standalone};
+use knat::rules::plan::SyncKind;
+use knat::rules::{
+    AppliedState, ChainOrder, Plan, RuleSet, compile, plan_with_hooks, render_standalone,
+};
 
 /// The snapshot of a fixture and the configuration for `node` (the fixtures' pod CIDRs as the
 /// local detector, `tweak` applied).
@@ -41,4 +44,20 @@ pub fn render_fixture(
 ) -> String {
     let (snapshot, cfg) = load_fixture(fixture, node, family, tweak);
     render_standalone(&compile(&snapshot, &cfg).rules)
+}
+
+/// The cold-start plan of a fresh compilation: a full sync from nothing, every hook inserted
+/// by the restore, chains in `order`.
+#[allow(dead_code)]
+pub fn cold_start_plan(rules: &RuleSet, order: ChainOrder) -> Plan {
+    let hooks: Vec<_> = rules.hooks.iter().collect();
+    plan_with_hooks(
+        &AppliedState::default(),
+        rules,
+        SyncKind::Full,
+        &[],
+        &hooks,
+        order,
+    )
+    .expect("a fresh compilation has all its text")
 }
