@@ -15,7 +15,10 @@ use knat::config::{Dispatch, LocalDetector, ProxyConfig};
 use knat::model::*;
 use knat::rules::compile::IncrementalCompiler;
 use knat::rules::plan::SyncKind;
-use knat::rules::{AppliedState, ChainName, Plan, RuleSet, compile, plan, render_standalone};
+use knat::rules::{AppliedState, ChainName, RuleSet, compile, plan, render_standalone};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 // The same allocator as the knat binary, so the numbers describe what the agent does.
 #[global_allocator]
@@ -211,19 +214,6 @@ impl Walker {
     }
 }
 
-/// The agent's first full sync: compile everything and plan it onto an empty kernel (the
-/// compiled result is dropped, as the agent drops it before releasing text).
-fn first_sync(compiler: &mut IncrementalCompiler, snap: &Snapshot, cfg: &ProxyConfig) -> Plan {
-    let compiled = compiler.compile(snap, cfg);
-    plan(
-        &AppliedState::default(),
-        &compiled.rules,
-        SyncKind::Full,
-        &[],
-    )
-    .expect("a fresh compilation has all its text")
-}
-
 /// One endpoint of the middle Service gets a new address.
 fn change_one_endpoint(snap: &mut Snapshot, services: usize) {
     let target = ServiceName::new(
@@ -292,7 +282,7 @@ fn run_size(services: usize, dispatch: Dispatch) -> String {
 
     // The agent's path: an incremental compiler that saw the cluster before the change.
     let mut incremental = IncrementalCompiler::default();
-    let mut applied = first_sync(&mut incremental, &snap, &cfg).next;
+    let mut applied = common::first_sync(&mut incremental, &snap, &cfg).next;
     // As the agent does once the restore succeeded: keep digests only.
     applied.release_text(&mut incremental);
     change_one_endpoint(&mut snap, services);
@@ -375,7 +365,7 @@ fn main() {
         {
             // The agent's steady state: compiled, applied, then only digests kept.
             let mut compiler = IncrementalCompiler::default();
-            let full = first_sync(&mut compiler, &snap, &cfg);
+            let full = common::first_sync(&mut compiler, &snap, &cfg);
             let after_plan = rss_kib() / 1024;
             let live_after_plan = live_mib();
             let mut applied = full.next;
@@ -406,7 +396,7 @@ fn main() {
             // The standalone payload and the partial payload of one endpoint change, for timing
             // iptables-restore on its own.
             let mut compiler = IncrementalCompiler::default();
-            let full = first_sync(&mut compiler, &snap, &cfg);
+            let full = common::first_sync(&mut compiler, &snap, &cfg);
             let mut applied = full.next;
             applied.release_text(&mut compiler);
             let mut snap = snap;

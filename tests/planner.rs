@@ -36,6 +36,11 @@ struct SvcSpec {
     endpoints: Vec<(u8, bool, bool, bool)>,
 }
 
+/// Up to five Services (and gaps), for a cluster before and after a change.
+fn cluster() -> impl Strategy<Value = Vec<Option<SvcSpec>>> {
+    prop::collection::vec(prop::option::of(svc_spec()), 0..6)
+}
+
 fn svc_spec() -> impl Strategy<Value = SvcSpec> {
     (
         0u8..3,
@@ -141,17 +146,6 @@ fn config(tree: bool) -> ProxyConfig {
     cfg
 }
 
-/// The agent's first full sync with an incremental compiler (the compiled result dropped).
-fn first_sync(compiler: &mut IncrementalCompiler, snap: &Snapshot, cfg: &ProxyConfig) -> Plan {
-    let compiled = compiler.compile(snap, cfg);
-    plan(
-        &AppliedState::default(),
-        &compiled.rules,
-        SyncKind::Full,
-        &[],
-    )
-}
-
 /// The kernel state after a `--noflush` restore of `payload` onto `state`.
 fn restored(mut state: Dump, payload: &str) -> Dump {
     apply_restore(&mut state, payload, true)
@@ -164,8 +158,8 @@ proptest! {
 
     #[test]
     fn partial_payload_reaches_the_same_state_as_a_fresh_full_one(
-        old in prop::collection::vec(prop::option::of(svc_spec()), 0..6),
-        new in prop::collection::vec(prop::option::of(svc_spec()), 0..6),
+        old in cluster(),
+        new in cluster(),
         tree in any::<bool>(),
     ) {
         let cfg = config(tree);
@@ -196,8 +190,8 @@ proptest! {
     /// digests, plans the same partial payload as fresh compilations with all their text.
     #[test]
     fn released_text_plans_the_same_partial_payload(
-        old in prop::collection::vec(prop::option::of(svc_spec()), 0..6),
-        new in prop::collection::vec(prop::option::of(svc_spec()), 0..6),
+        old in cluster(),
+        new in cluster(),
         tree in any::<bool>(),
     ) {
         let cfg = config(tree);
@@ -208,7 +202,7 @@ proptest! {
         };
 
         let mut compiler = IncrementalCompiler::default();
-        let mut applied = first_sync(&mut compiler, &old_snap, &cfg).next;
+        let mut applied = common::first_sync(&mut compiler, &old_snap, &cfg).next;
         applied.release_text(&mut compiler);
         let compiled = compiler.compile(&new_snap, &cfg);
         let partial = plan(&applied, &compiled.rules, SyncKind::Partial, &[]);
@@ -238,7 +232,7 @@ fn released_text_is_never_written() {
     let snap = build(&[Some(spec)]);
     let cfg = config(false);
     let mut compiler = IncrementalCompiler::default();
-    let full = first_sync(&mut compiler, &snap, &cfg);
+    let full = common::first_sync(&mut compiler, &snap, &cfg);
     let mut applied = full.next;
     assert_eq!(
         applied.release_text(&mut compiler),

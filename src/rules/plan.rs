@@ -84,7 +84,8 @@ pub struct Plan {
 }
 
 /// Plans the restore that takes the kernel from `applied` to `desired`. `stale` lists chains
-/// found in the kernel that knat owns but did not write (deleted on full syncs).
+/// found in the kernel that knat owns but did not write (deleted on full syncs). No hooks,
+/// chains in [`ChainOrder::Descending`]; the agent uses [`plan_with_hooks`].
 pub fn plan(
     applied: &AppliedState,
     desired: &RuleSet,
@@ -110,9 +111,10 @@ pub enum ChainOrder {
     /// Scattered by a hash of the name, for iptables-nft. The kernel keeps chains in the
     /// order they were created, and iptables-nft's cache (iptables-save, -L, -S, every later
     /// command that lists chains) sorts them by insertion: over a table created in name
-    /// order, either direction, `iptables-nft-save` of 10,000 services ran 92-96 s (one run died
-    /// with SIGSEGV, another printed nothing), against 2.7-2.9 s created in a scattered order. The restore of the
-    /// same payload is about 8 % slower scattered than sorted (12.9-13.3 s vs 11.9-12.2 s).
+    /// order, either direction, `iptables-nft-save` of 10,000 services ran 92-96 s (one run
+    /// died with SIGSEGV, another printed nothing), against 2.7-2.9 s created in a scattered
+    /// order. The restore of the same payload is about 8 % slower scattered than sorted
+    /// (12.9-13.3 s vs 11.9-12.2 s).
     Scattered,
 }
 

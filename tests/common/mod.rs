@@ -1,8 +1,10 @@
-//! Shared by the test binaries that render the fixtures in `tests/fixtures/`.
+//! Shared by the test binaries (fixtures in `tests/fixtures/`, cold-start plans) and by the
+//! render benchmark (`bench/render.rs` includes this module for [`first_sync`]).
 
 use knat::config::{LocalDetector, ProxyConfig};
 use knat::input::{Source, load};
-use knat::model::IpFamily;
+use knat::model::{IpFamily, Snapshot};
+use knat::rules::compile::IncrementalCompiler;
 use knat::rules::plan::SyncKind;
 use knat::rules::{
     AppliedState, ChainOrder, Plan, RuleSet, compile, plan_with_hooks, render_standalone,
@@ -58,6 +60,23 @@ pub fn cold_start_plan(rules: &RuleSet, order: ChainOrder) -> Plan {
         &[],
         &hooks,
         order,
+    )
+    .expect("a fresh compilation has all its text")
+}
+
+/// The agent's first full sync with an incremental compiler: compile everything and plan it
+/// onto an empty kernel, without hooks (the compiled result is dropped, as the agent drops it
+/// before releasing text).
+#[allow(dead_code)]
+pub fn first_sync(compiler: &mut IncrementalCompiler, snap: &Snapshot, cfg: &ProxyConfig) -> Plan {
+    let compiled = compiler.compile(snap, cfg);
+    plan_with_hooks(
+        &AppliedState::default(),
+        &compiled.rules,
+        SyncKind::Full,
+        &[],
+        &[],
+        ChainOrder::Descending,
     )
     .expect("a fresh compilation has all its text")
 }
