@@ -23,11 +23,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use knat::lab::control_plane::{
+use knat::lab::{Backend, Family, Lab, LabOptions, ProbeResult, Proto, Scenario, preflight};
+use knat_testbed::control_plane::{
     self, ControlPlane, ControlPlaneOptions, Daemon, K8sBinaries, PodObject, ProxyKind,
     ProxyOptions,
 };
-use knat::lab::{Backend, Family, Lab, LabOptions, ProbeResult, Proto, Scenario, preflight};
 
 const KNAT: &str = env!("CARGO_BIN_EXE_knat");
 /// The Kubernetes namespace of the test's objects.

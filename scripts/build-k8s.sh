@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds (once) and caches the upstream binaries of knat's end-to-end tier: etcd, kube-apiserver,
-# kube-controller-manager, kubectl and kube-proxy, from Go modules pinned to one release.
+# kube-controller-manager, kube-scheduler, kubectl, kube-proxy, the kubelet (for the real-node
+# tier) and agnhost (the upstream e2e workload image's binary), from Go modules pinned to one
+# release.
 #
 #   scripts/build-k8s.sh            build if missing, then print the bin directory
 #   scripts/build-k8s.sh --print    print the bin directory, exit 1 if the binaries are missing
@@ -22,7 +24,7 @@ cache="${KNAT_E2E_CACHE:-/var/cache/knat-e2e}"
 root="$cache/k8s-$k8s_version-etcd-$etcd_version"
 bin="$root/bin"
 stamp="$bin/.complete"
-tools=(etcd kube-apiserver kube-controller-manager kubectl kube-proxy)
+tools=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kube-proxy kubelet agnhost)
 
 complete() {
   [ -f "$stamp" ] || return 1
@@ -56,7 +58,7 @@ mkdir -p "$src/kubernetes" "$src/etcd" "$bin.tmp"
 export GOFLAGS="-trimpath -buildvcs=false -mod=mod"
 export CGO_ENABLED=0
 
-# --- kube-apiserver, kube-controller-manager, kubectl, kube-proxy -------------------------------
+# --- the Kubernetes components and agnhost -------------------------------------------------------
 # A tool module that requires k8s.io/kubernetes and replaces every staging module (which the
 # kubernetes go.mod points at ./staging) with the matching published v0.X.Y version. The list is
 # read from the release's own go.mod, so it is exact for whichever version is requested.
@@ -92,14 +94,17 @@ vflags=""
 for p in "$pkg" "$cgo"; do
   vflags="$vflags -X $p.gitVersion=$k8s_version -X $p.gitMajor=$major -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
 done
-log "building kube-apiserver kube-controller-manager kubectl kube-proxy $k8s_version (log: $root/build.log)"
+log "building kube-apiserver kube-controller-manager kube-scheduler kubectl kube-proxy kubelet agnhost $k8s_version (log: $root/build.log)"
 (
   cd "$src/kubernetes"
   nice -n 10 go build -ldflags "-s -w $vflags" -o "$bin.tmp/" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kubectl \
-    k8s.io/kubernetes/cmd/kube-proxy
+    k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kube-proxy \
+    k8s.io/kubernetes/cmd/kubelet \
+    k8s.io/kubernetes/test/images/agnhost
 ) >>"$root/build.log" 2>&1 || { log "kubernetes build failed:"; tail -40 "$root/build.log" >&2; exit 1; }
 
 # --- etcd ----------------------------------------------------------------------------------------

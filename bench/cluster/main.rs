@@ -30,8 +30,8 @@ use std::process::{Command, ExitCode};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use knat::lab::control_plane::{ControlPlane, ControlPlaneOptions, K8sBinaries};
 use knat::lab::{Backend, Family, Lab, LabOptions, Scenario, preflight};
+use knat_testbed::control_plane::{ControlPlane, ControlPlaneOptions, K8sBinaries};
 
 use crate::proxy::{Launcher, Running, Side};
 use crate::report::{Latency, Report, SizeResult};
@@ -412,7 +412,7 @@ fn driver(setup_path: &Path) -> Result<(), BenchError> {
     // The listeners behind every endpoint address.
     let mut listeners = Vec::new();
     for pod_ns in &setup.pod_namespaces {
-        listeners.push(knat::lab::control_plane::Daemon::spawn(
+        listeners.push(knat_testbed::control_plane::Daemon::spawn(
             "listener",
             pod_ns,
             &me,
@@ -620,7 +620,7 @@ fn program_only(
                 side.label
             ));
             times.push((text, outcome.ok()));
-            if side.kind() == knat::lab::control_plane::ProxyKind::Knat {
+            if side.kind() == knat_testbed::control_plane::ProxyKind::Knat {
                 knat = Some(r);
             } else {
                 r.stop()?;

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use knat::lab::control_plane::{Daemon, K8sBinaries, ProxyKind, ProxyOptions};
+use knat_testbed::control_plane::{Daemon, K8sBinaries, ProxyKind, ProxyOptions};
 
 use crate::payloads::PayloadIndex;
 use crate::sys::{self, BenchError, ProcStats, RestoreCall};

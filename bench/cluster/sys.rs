@@ -24,7 +24,7 @@ pub enum BenchError {
     },
     /// The control plane or lab failed.
     #[error(transparent)]
-    ControlPlane(#[from] knat::lab::control_plane::ControlPlaneError),
+    ControlPlane(#[from] knat_testbed::control_plane::ControlPlaneError),
     #[error(transparent)]
     Lab(#[from] knat::lab::LabError),
     /// An API call failed.

@@ -14,7 +14,6 @@
 //! building, and, through a reaper process, when the process dies (Ctrl-C).
 
 pub mod cluster;
-pub mod control_plane;
 pub mod demo;
 pub mod echo;
 pub mod scenario;
@@ -28,7 +27,9 @@ pub use echo::{
 pub use scenario::{
     EndpointState, Family, Proto, Role, Scenario, ScenarioError, ServiceSpec, ServiceType,
 };
-pub use sys::{preflight, required_programs, test_prerequisites};
+pub use sys::{
+    Reaper, describe, find_program, in_netns, preflight, required_programs, run, test_prerequisites,
+};
 
 /// Everything that can go wrong in the lab.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ use super::LabError;
 use super::cluster::Backend;
 
 /// Renders a command line for error messages.
-pub(crate) fn describe(command: &Command) -> String {
+pub fn describe(command: &Command) -> String {
     let mut parts = vec![command.get_program().to_string_lossy().into_owned()];
     parts.extend(command.get_args().map(|a| a.to_string_lossy().into_owned()));
     parts.join(" ")
@@ -20,7 +20,7 @@ pub(crate) fn describe(command: &Command) -> String {
 
 /// Runs a command to completion, feeding `input` on stdin; returns stdout, or a
 /// [`LabError::Command`] carrying stderr.
-pub(crate) fn run(command: &mut Command, input: Option<&str>) -> Result<String, LabError> {
+pub fn run(command: &mut Command, input: Option<&str>) -> Result<String, LabError> {
     let text = describe(command);
     command
         .stdin(if input.is_some() {
@@ -56,7 +56,7 @@ pub(crate) fn run(command: &mut Command, input: Option<&str>) -> Result<String, 
 }
 
 /// `ip netns exec NS program args...` as a command, not yet run.
-pub(crate) fn in_netns<I, S>(namespace: &str, program: impl AsRef<OsStr>, args: I) -> Command
+pub fn in_netns<I, S>(namespace: &str, program: impl AsRef<OsStr>, args: I) -> Command
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
@@ -98,7 +98,7 @@ pub fn test_prerequisites(test: &str, programs: &[&str]) -> bool {
 }
 
 /// Finds an executable on `PATH` (plus the sbin directories, which non-login shells may lack).
-pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
+pub fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
@@ -182,14 +182,14 @@ exit 0
 /// as its stdin closes, which happens when the lab is dropped or its process dies for any
 /// reason. Being in its own process group, it does not receive the terminal's Ctrl-C.
 #[derive(Debug)]
-pub(crate) struct Reaper {
+pub struct Reaper {
     child: Child,
     stdin: Option<ChildStdin>,
 }
 
 impl Reaper {
     /// Starts the reaper.
-    pub(crate) fn start() -> Result<Reaper, LabError> {
+    pub fn start() -> Result<Reaper, LabError> {
         let mut command = Command::new("sh");
         command
             .args(["-c", REAPER_SCRIPT])
@@ -224,12 +224,12 @@ impl Reaper {
     }
 
     /// Registers a namespace for deletion; call this before creating it.
-    pub(crate) fn track_namespace(&mut self, name: &str) -> Result<(), LabError> {
+    pub fn track_namespace(&mut self, name: &str) -> Result<(), LabError> {
         self.send("ns", name)
     }
 
     /// Registers a scratch directory for removal.
-    pub(crate) fn track_dir(&mut self, path: &Path) -> Result<(), LabError> {
+    pub fn track_dir(&mut self, path: &Path) -> Result<(), LabError> {
         let text = path
             .to_str()
             .ok_or_else(|| LabError::Internal(format!("non-UTF-8 path {path:?}")))?;
@@ -237,7 +237,7 @@ impl Reaper {
     }
 
     /// Closes the reaper's stdin and waits for it to finish deleting.
-    pub(crate) fn finish(&mut self) {
+    pub fn finish(&mut self) {
         drop(self.stdin.take());
         let _ = self.child.wait();
     }
