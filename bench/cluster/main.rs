@@ -252,6 +252,7 @@ fn harness(options: &Options) -> Result<(), BenchError> {
         namespace: lab.fabric_namespace(),
         address,
         extra_sans: Vec::new(),
+        real_nodes: None,
     })?;
     log(&format!(
         "lab and control plane ready in {:.1?}",

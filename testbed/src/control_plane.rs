@@ -25,12 +25,15 @@ use nix::unistd::Pid;
 use knat::lab::{LabError, describe, in_netns, run};
 
 /// The binaries the tier needs, in the order `scripts/build-k8s.sh` builds them.
-pub const K8S_BINARIES: [&str; 5] = [
+pub const K8S_BINARIES: [&str; 8] = [
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
+    "kube-scheduler",
     "kubectl",
     "kube-proxy",
+    "kubelet",
+    "agnhost",
 ];
 /// The API server's secure port.
 pub const APISERVER_PORT: u16 = 6443;
@@ -176,6 +179,22 @@ impl Daemon {
         args: &[String],
         log: &Path,
     ) -> Result<Daemon, ControlPlaneError> {
+        Daemon::start(name, in_netns(namespace, program, args), log)
+    }
+
+    /// Starts `program args...` in the caller's namespaces, otherwise as [`spawn`](Self::spawn).
+    pub fn spawn_command(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+    ) -> Result<Daemon, ControlPlaneError> {
+        let mut command = Command::new(program);
+        command.args(args);
+        Daemon::start(name, command, log)
+    }
+
+    fn start(name: &str, mut command: Command, log: &Path) -> Result<Daemon, ControlPlaneError> {
         let out = File::options()
             .create(true)
             .append(true)
@@ -184,7 +203,6 @@ impl Daemon {
         let err = out
             .try_clone()
             .map_err(io_err(format!("open {}", log.display())))?;
-        let mut command = in_netns(namespace, program, args);
         command
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
@@ -280,6 +298,20 @@ pub struct ControlPlaneOptions {
     pub address: IpAddr,
     /// Extra IP SANs for the serving certificate.
     pub extra_sans: Vec<IpAddr>,
+    /// For real kubelet nodes: a full control plane (see [`RealNodes`]). `None` is the
+    /// harness-plays-the-kubelet control plane of the e2e tier.
+    pub real_nodes: Option<RealNodes>,
+}
+
+/// What a control plane for real kubelets runs in addition: kube-scheduler, every default
+/// controller of kube-controller-manager (daemonset, replicaset, deployment, endpointslice, node
+/// lifecycle, service-account tokens, node IPAM with `--allocate-node-cidrs` from
+/// `cluster_cidr`), ServiceAccount admission, Node+RBAC authorization, and a client
+/// certificate with which kube-apiserver reaches the kubelets (`kubectl logs`/`exec`).
+#[derive(Debug, Clone)]
+pub struct RealNodes {
+    /// The cluster (pod) CIDR node IPAM carves `/24`s from.
+    pub cluster_cidr: String,
 }
 
 /// A running etcd + kube-apiserver + kube-controller-manager. Dropping it stops them and
@@ -291,6 +323,7 @@ pub struct ControlPlane {
     etcd: Option<Daemon>,
     apiserver: Option<Daemon>,
     controller_manager: Option<Daemon>,
+    scheduler: Option<Daemon>,
     admin: PathBuf,
 }
 
@@ -315,13 +348,33 @@ impl ControlPlane {
             etcd: None,
             apiserver: None,
             controller_manager: None,
+            scheduler: None,
             admin,
         };
         cp.generate_pki()?;
         cp.write_kubeconfig("admin", "kubernetes-admin", &["system:masters"])?;
+        if cp.options.real_nodes.is_some() {
+            cp.issue(
+                "apiserver-kubelet-client",
+                "/CN=kube-apiserver-kubelet-client/O=system:masters",
+                "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n",
+            )?;
+        }
         cp.start_etcd()?;
         cp.start_apiserver()?;
         cp.start_controller_manager()?;
+        if cp.options.real_nodes.is_some() {
+            let args = vec![
+                format!("--kubeconfig={}", cp.admin.display()),
+                format!("--authentication-kubeconfig={}", cp.admin.display()),
+                format!("--authorization-kubeconfig={}", cp.admin.display()),
+                "--leader-elect=false".to_string(),
+                "--bind-address=127.0.0.1".to_string(),
+                "--secure-port=10259".to_string(),
+                "--v=1".to_string(),
+            ];
+            cp.scheduler = Some(cp.spawn("kube-scheduler", args)?);
+        }
         Ok(cp)
     }
 
@@ -366,8 +419,14 @@ impl ControlPlane {
         Ok(path)
     }
 
-    /// A key and a certificate signed by the cluster CA.
-    fn issue(&self, name: &str, subject: &str, extensions: &str) -> Result<(), ControlPlaneError> {
+    /// A key and a certificate signed by the cluster CA: `<name>.key` and `<name>.crt` in
+    /// [`dir`](Self::dir), for `subject`, with the `openssl x509` `extensions`.
+    pub fn issue(
+        &self,
+        name: &str,
+        subject: &str,
+        extensions: &str,
+    ) -> Result<(), ControlPlaneError> {
         let key = format!("{name}.key");
         let csr = format!("{name}.csr");
         let crt = format!("{name}.crt");
@@ -515,7 +574,7 @@ impl ControlPlane {
 
     fn apiserver_args(&self) -> Vec<String> {
         let d = self.dir.display();
-        vec![
+        let mut args = vec![
             "--etcd-servers=http://127.0.0.1:2379".to_string(),
             "--bind-address=0.0.0.0".to_string(),
             format!("--secure-port={APISERVER_PORT}"),
@@ -527,13 +586,26 @@ impl ControlPlane {
             format!("--service-account-signing-key-file={d}/sa.key"),
             "--service-account-issuer=https://kubernetes.default.svc".to_string(),
             format!("--service-cluster-ip-range={SERVICE_CIDR}"),
-            "--authorization-mode=RBAC".to_string(),
-            // No kubelet mounts tokens here and no serviceaccount controller runs.
-            "--disable-admission-plugins=ServiceAccount".to_string(),
             "--allow-privileged=true".to_string(),
             "--profiling=false".to_string(),
             "--v=1".to_string(),
-        ]
+        ];
+        if self.options.real_nodes.is_some() {
+            args.extend([
+                "--authorization-mode=Node,RBAC".to_string(),
+                "--enable-admission-plugins=NodeRestriction".to_string(),
+                "--kubelet-preferred-address-types=InternalIP".to_string(),
+                format!("--kubelet-client-certificate={d}/apiserver-kubelet-client.crt"),
+                format!("--kubelet-client-key={d}/apiserver-kubelet-client.key"),
+            ]);
+        } else {
+            args.extend([
+                "--authorization-mode=RBAC".to_string(),
+                // No kubelet mounts tokens here and no serviceaccount controller runs.
+                "--disable-admission-plugins=ServiceAccount".to_string(),
+            ]);
+        }
+        args
     }
 
     /// Starts (or restarts) kube-apiserver and waits until it is ready.
@@ -552,11 +624,15 @@ impl ControlPlane {
 
     fn start_controller_manager(&mut self) -> Result<(), ControlPlaneError> {
         let d = self.dir.display();
-        let args = vec![
+        let controllers = match &self.options.real_nodes {
+            Some(_) => "*".to_string(),
+            None => CONTROLLERS.to_string(),
+        };
+        let mut args = vec![
             format!("--kubeconfig={}", self.admin.display()),
             format!("--authentication-kubeconfig={}", self.admin.display()),
             format!("--authorization-kubeconfig={}", self.admin.display()),
-            format!("--controllers={CONTROLLERS}"),
+            format!("--controllers={controllers}"),
             "--leader-elect=false".to_string(),
             "--use-service-account-credentials=false".to_string(),
             "--bind-address=127.0.0.1".to_string(),
@@ -566,6 +642,17 @@ impl ControlPlane {
             "--concurrent-service-endpoint-syncs=5".to_string(),
             "--v=1".to_string(),
         ];
+        if let Some(real) = &self.options.real_nodes {
+            args.extend([
+                format!("--service-account-private-key-file={d}/sa.key"),
+                format!("--root-ca-file={d}/ca.crt"),
+                "--allocate-node-cidrs=true".to_string(),
+                format!("--cluster-cidr={}", real.cluster_cidr),
+                "--node-cidr-mask-size=24".to_string(),
+                // Real kubelets heartbeat; a node that stops is noticed within seconds.
+                "--node-monitor-grace-period=20s".to_string(),
+            ]);
+        }
         self.controller_manager = Some(self.spawn("kube-controller-manager", args)?);
         Ok(())
     }
@@ -814,6 +901,7 @@ impl ControlPlane {
     /// directory unless `KNAT_E2E_KEEP` is set.
     pub fn shutdown(&mut self) {
         for daemon in [
+            self.scheduler.take(),
             self.controller_manager.take(),
             self.apiserver.take(),
             self.etcd.take(),

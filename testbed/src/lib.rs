@@ -1,5 +1,10 @@
 //! knat's test beds, kept out of the shipped crate: a real Kubernetes control plane
-//! ([`control_plane`]) and real kubelet nodes with a container runtime ([`nodes`]), all inside
-//! network namespaces on one machine. Used by knat's end-to-end tests and benchmarks.
+//! ([`control_plane`]), real kubelet nodes with a container runtime ([`node`], [`cluster`]),
+//! their cgroups ([`cgroups`]) and the images they run ([`images`]), all inside network
+//! namespaces on one machine. Used by knat's end-to-end tests and benchmarks.
 
+pub mod cgroups;
+pub mod cluster;
 pub mod control_plane;
+pub mod images;
+pub mod node;
