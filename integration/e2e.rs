@@ -219,7 +219,7 @@ impl Cluster {
             namespace: lab.fabric_namespace(),
             address,
             extra_sans: Vec::new(),
-        real_nodes: None,
+            real_nodes: None,
         })
         .unwrap_or_else(|e| panic!("start the control plane: {e}"));
         eprintln!("e2e: control plane ready in {:.1?}", t.elapsed());
