@@ -8,3 +8,4 @@ pub mod cluster;
 pub mod control_plane;
 pub mod images;
 pub mod node;
+pub mod traffic;
