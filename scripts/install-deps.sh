@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs the system tools knat's tests and demo need (Debian/Ubuntu): iptables (both the nft
 # and legacy backends), nftables (the `nft` command), iproute2, conntrack, and openssl + curl for
-# the end-to-end tier. Runs apt-get only when something is missing.
+# the end-to-end tier, and for the real-node tier and knat's image: containerd (with ctr), runc,
+# the CNI plugins, umoci, skopeo and mmdebstrap. Runs apt-get only when something is missing.
 set -euo pipefail
 need=()
-for tool in iptables-nft-restore iptables-legacy-restore nft ip conntrack sysctl openssl curl flock; do
+for tool in iptables-nft-restore iptables-legacy-restore nft ip conntrack sysctl openssl curl flock \
+  containerd ctr runc umoci skopeo mmdebstrap nsenter unshare; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
+[ -x /usr/lib/cni/bridge ] || need+=("/usr/lib/cni/bridge")
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
@@ -14,7 +17,8 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps: missing ${need[*]} and not root; install iptables nftables iproute2 conntrack" >&2
   exit 1
 fi
-echo "install-deps: installing iptables nftables iproute2 conntrack (missing: ${need[*]})"
+echo "install-deps: installing Debian packages (missing: ${need[*]})"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq iptables nftables iproute2 conntrack procps openssl curl util-linux >/dev/null
+apt-get install -y -qq iptables nftables iproute2 conntrack procps openssl curl util-linux \
+  containerd runc containernetworking-plugins umoci skopeo mmdebstrap >/dev/null

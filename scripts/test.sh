@@ -19,15 +19,15 @@ bash scripts/install-deps.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --all-targets --quiet -- -D warnings
-echo "== scripts/build-k8s.sh (etcd, kube-apiserver, kube-controller-manager, kubectl, kube-proxy for the e2e tier; cached)"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== scripts/build-k8s.sh (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kube-proxy, kubelet, agnhost for the e2e and node tiers; cached)"
 if [ "${CI:-}" = "true" ]; then
   bash scripts/build-k8s.sh >/dev/null
 elif ! bash scripts/build-k8s.sh >/dev/null; then
   echo "test.sh: WARNING: could not build the Kubernetes binaries; the e2e tier will report SKIPPED" >&2
 fi
-echo "== cargo test (unit, golden, packet-flow, real-kernel namespace tests, real control plane)"
-cargo test --all-targets --no-fail-fast 2>&1 | tee /tmp/knat-test-$$.log
+echo "== cargo test (unit, golden, packet-flow, real-kernel namespace tests, real control plane, real kubelet nodes)"
+cargo test --workspace --all-targets --no-fail-fast 2>&1 | tee /tmp/knat-test-$$.log
 status=${PIPESTATUS[0]}
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' /tmp/knat-test-$$.log | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' /tmp/knat-test-$$.log | awk '{s+=$1} END {print s+0}')
