@@ -26,6 +26,34 @@ pub enum ConfigError {
     /// A dispatch leaf size of 1 cannot build a tree.
     #[error("--dispatch-leaf-size {0} must be 0 (linear) or at least 2")]
     LeafSize(usize),
+    /// A `--cluster-cidr` value is not a CIDR.
+    #[error("--cluster-cidr {value:?} is not a CIDR (such as 10.244.0.0/16): {reason}")]
+    ClusterCidr { value: String, reason: String },
+    /// A `--cluster-cidr=$(VAR)` the kubelet left unexpanded: the variable is not set.
+    #[error(
+        "--cluster-cidr {0:?}: the kubelet left the variable unexpanded because it is not set; \
+         add it (KNAT_CLUSTER_CIDR, empty for none) to ConfigMap kube-system/knat"
+    )]
+    UnexpandedVariable(String),
+}
+
+/// One `--cluster-cidr` value: empty (the DaemonSet's `--cluster-cidr=$(KNAT_CLUSTER_CIDR)` with
+/// the ConfigMap's empty default) means "not set"; a literal `$(...)` is refused with the fix.
+pub fn parse_cluster_cidr(text: &str) -> Result<Option<IpNet>, ConfigError> {
+    let value = text.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if value.starts_with("$(") {
+        return Err(ConfigError::UnexpandedVariable(value.to_string()));
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|e: ipnet::AddrParseError| ConfigError::ClusterCidr {
+            value: value.to_string(),
+            reason: e.to_string(),
+        })
 }
 
 /// How the proxy tells pod traffic from everything else (`--detect-local-mode`).
@@ -214,6 +242,29 @@ mod tests {
             ProxyConfig::new("  ", IpFamily::V4),
             Err(ConfigError::EmptyNodeName)
         );
+    }
+
+    #[test]
+    fn empty_cluster_cidr_is_unset() {
+        assert_eq!(parse_cluster_cidr(""), Ok(None));
+        assert_eq!(parse_cluster_cidr("  "), Ok(None));
+        assert_eq!(
+            parse_cluster_cidr(" 10.244.0.0/16 "),
+            Ok(Some("10.244.0.0/16".parse().unwrap()))
+        );
+        assert!(matches!(
+            parse_cluster_cidr("10.244.0.0"),
+            Err(ConfigError::ClusterCidr { .. })
+        ));
+        let unexpanded = parse_cluster_cidr("$(KNAT_CLUSTER_CIDR)");
+        assert_eq!(
+            unexpanded,
+            Err(ConfigError::UnexpandedVariable(
+                "$(KNAT_CLUSTER_CIDR)".into()
+            ))
+        );
+        let text = unexpanded.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(text.contains("ConfigMap kube-system/knat"), "{text}");
     }
 
     #[test]

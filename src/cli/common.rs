@@ -86,13 +86,18 @@ pub enum DispatchArg {
     Tree,
 }
 
+fn cluster_cidr(text: &str) -> Result<Option<ipnet::IpNet>, knat::config::ConfigError> {
+    knat::config::parse_cluster_cidr(text)
+}
+
 /// The flags that shape the rules, shared by `render`, `diff` and `run` so that all three
 /// compile exactly the same rules for the same flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RuleFlags {
     /// Pod CIDR(s): traffic from them is pod traffic (the first one per family is used).
-    #[arg(long = "cluster-cidr", value_delimiter = ',')]
-    pub cluster_cidrs: Vec<ipnet::IpNet>,
+    /// Empty values are ignored (`--cluster-cidr=` means none).
+    #[arg(long = "cluster-cidr", value_delimiter = ',', value_parser = cluster_cidr)]
+    pub cluster_cidrs: Vec<Option<ipnet::IpNet>>,
     /// Masquerade all traffic sent to ClusterIPs.
     #[arg(long)]
     pub masquerade_all: bool,
@@ -123,7 +128,8 @@ impl RuleFlags {
     ) -> Result<knat::config::ProxyConfig, knat::config::ConfigError> {
         use knat::config::{Dispatch, LocalDetector, ProxyConfig};
         let mut cfg = ProxyConfig::new(node_name, family)?;
-        cfg.local_detector = LocalDetector::from_cidrs(&self.cluster_cidrs, family);
+        let cidrs: Vec<ipnet::IpNet> = self.cluster_cidrs.iter().flatten().copied().collect();
+        cfg.local_detector = LocalDetector::from_cidrs(&cidrs, family);
         cfg.masquerade_all = self.masquerade_all;
         cfg.nodeport_addresses = self.nodeport_addresses.clone();
         cfg.localhost_nodeports = self.localhost_nodeports;
@@ -135,5 +141,46 @@ impl RuleFlags {
             },
         };
         Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::RuleFlags;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        rules: RuleFlags,
+    }
+
+    fn cidrs(args: &[&str]) -> Result<Vec<String>, String> {
+        let cli = Cli::try_parse_from(std::iter::once("knat").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        Ok(cli
+            .rules
+            .cluster_cidrs
+            .iter()
+            .flatten()
+            .map(|n| n.to_string())
+            .collect())
+    }
+
+    #[test]
+    fn empty_cluster_cidr_means_unset() {
+        assert_eq!(cidrs(&["--cluster-cidr="]), Ok(vec![]));
+        assert_eq!(cidrs(&[]), Ok(vec![]));
+        assert_eq!(
+            cidrs(&["--cluster-cidr=10.244.0.0/16,fd00:10:244::/56"]),
+            Ok(vec![
+                "10.244.0.0/16".to_string(),
+                "fd00:10:244::/56".to_string()
+            ])
+        );
+        let err = cidrs(&["--cluster-cidr=$(KNAT_CLUSTER_CIDR)"]).unwrap_err();
+        assert!(err.contains("ConfigMap kube-system/knat"), "{err}");
+        assert!(cidrs(&["--cluster-cidr=10.244.0.0"]).is_err());
     }
 }
