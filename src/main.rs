@@ -40,6 +40,8 @@ enum Command {
     Doctor(cli::doctor::DoctorArgs),
     /// Compare the live iptables (or saved dumps) with what knat would program; exit 1 on drift.
     Diff(cli::diff::DiffArgs),
+    /// Set net.ipv4.conf.all.route_localnet=1 (localhost NodePorts): the DaemonSet's privileged init container.
+    NodeSetup(cli::node_setup::NodeSetupArgs),
     /// Lab helper: TCP+UDP echo server run inside a pod namespace.
     #[command(hide = true)]
     LabEcho(cli::lab::LabEchoArgs),
@@ -72,6 +74,7 @@ fn main() -> std::process::ExitCode {
         Command::Cleanup(args) => cli::cleanup::run(args),
         Command::Doctor(args) => cli::doctor::run(args),
         Command::Diff(args) => cli::diff::run(args),
+        Command::NodeSetup(args) => cli::node_setup::run(args),
     };
     match result {
         Ok(code) => code,

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub objects_skipped: Family<Labels, Counter>,
     pub node_name_matches: Gauge,
     pub health_check_servers: Gauge,
+    pub api_watch_errors: Family<Labels, Counter>,
+    pub localhost_nodeports: Gauge,
 }
 
 impl Default for Metrics {
@@ -96,6 +98,8 @@ impl Metrics {
             objects_skipped: Family::default(),
             node_name_matches: Gauge::default(),
             health_check_servers: Gauge::default(),
+            api_watch_errors: Family::default(),
+            localhost_nodeports: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -204,6 +208,16 @@ impl Metrics {
             "Health-check node port servers currently listening",
             m.health_check_servers.clone(),
         );
+        r.register(
+            "knat_api_watch_errors",
+            "Failed lists and watches, by kind and reason (unreachable: no connection to the API server; other)",
+            m.api_watch_errors.clone(),
+        );
+        r.register(
+            "knat_localhost_nodeports",
+            "1 when NodePorts are programmed on 127.0.0.1 (IPv4), 0 when not (--localhost-nodeports=false, or route_localnet could not be set)",
+            m.localhost_nodeports.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -294,6 +308,13 @@ impl Metrics {
             .set(Self::unix_now());
     }
 
+    /// Counts a failed list or watch of `kind`; `reason` is `unreachable` or `other`.
+    pub fn api_error(&self, kind: &'static str, reason: &'static str) {
+        self.api_watch_errors
+            .get_or_create(&vec![("kind", kind), ("reason", reason)])
+            .inc();
+    }
+
     /// Counts an object skipped at conversion.
     pub fn skipped(&self, kind: &'static str, malformed: bool) {
         let reason = if malformed { "malformed" } else { "ignored" };
@@ -314,7 +335,14 @@ mod tests {
         m.restore_failed(IpFamily::V4, false);
         m.node_name_matches.set(1);
         m.healthz_total.get_or_create(&vec![("code", "503")]).inc();
+        m.api_error("Node", "unreachable");
+        m.localhost_nodeports.set(0);
         let text = m.encode();
+        assert!(
+            text.contains("knat_api_watch_errors_total{kind=\"Node\",reason=\"unreachable\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("knat_localhost_nodeports 0"), "{text}");
         assert!(
             text.contains(
                 "kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 1"

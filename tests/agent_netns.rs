@@ -84,30 +84,48 @@ impl Lab {
     }
 
     fn start(&mut self, extra: &[&str]) {
-        let log = std::fs::File::create(self.dir.join("agent.log")).expect("log file");
+        self.start_wrapped(&[], extra);
+    }
+
+    /// `knat run --from-files` behind `wrapper` (see [`Lab::spawn`]).
+    fn start_wrapped(&mut self, wrapper: &[&str], extra: &[&str]) {
         let manifests = self.manifests();
+        let manifests = manifests.to_string_lossy().into_owned();
+        let mut args = vec![
+            "run",
+            "--from-files",
+            &manifests,
+            "--healthz-bind-address",
+            "127.0.0.1:10256",
+            "--metrics-bind-address",
+            "127.0.0.1:10249",
+            "--iptables-min-sync-period",
+            "100ms",
+            "--files-poll-interval",
+            "100ms",
+        ];
+        args.extend_from_slice(extra);
+        self.spawn(wrapper, &args, &[]);
+    }
+
+    /// Starts `knat ARGS` in the namespace with `env` added, behind `wrapper`: a command line
+    /// that ends by exec'ing its trailing arguments (`unshare -m sh -c '...; exec "$0" "$@"'`),
+    /// so the agent keeps the PID that `stop` and `Drop` signal.
+    fn spawn(&mut self, wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) {
+        let log = std::fs::File::create(self.dir.join("agent.log")).expect("log file");
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, KNAT, "run", "--from-files"])
-            .arg(&manifests)
-            .args([
-                "--healthz-bind-address",
-                "127.0.0.1:10256",
-                "--metrics-bind-address",
-                "127.0.0.1:10249",
-            ])
-            .args([
-                "--iptables-min-sync-period",
-                "100ms",
-                "--files-poll-interval",
-                "100ms",
-            ])
-            .args(extra)
+            .args(["netns", "exec", &self.ns])
+            .args(wrapper)
+            .arg(KNAT)
+            .args(args)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
+            .env_remove("KUBECONFIG")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawn knat run");
+            .expect("spawn knat");
         self.agent = Some(child);
     }
 
@@ -623,4 +641,273 @@ fn metric_present(lab: &Lab) -> bool {
         "kubeproxy_conntrack_reconciler_deleted_entries_total",
     )
     .is_some_and(|v| v >= 1.0)
+}
+
+/// The namespace's own `route_localnet` file (the test process reads the root namespace's).
+const ROUTE_LOCALNET: &str = "/proc/sys/net/ipv4/conf/all/route_localnet";
+
+/// The root namespace's `route_localnet`, read (never written) by this test process.
+fn root_route_localnet() -> String {
+    std::fs::read_to_string(ROUTE_LOCALNET)
+        .expect("read the root namespace's route_localnet")
+        .trim()
+        .to_string()
+}
+
+impl Lab {
+    /// `route_localnet` inside the namespace.
+    fn route_localnet(&self) -> String {
+        self.exec(&["cat", ROUTE_LOCALNET]).trim().to_string()
+    }
+
+    /// A NodePort service with a local endpoint, and `route_localnet` 0 in the namespace (a new
+    /// namespace's default; set explicitly, inside the namespace, in case the machine makes
+    /// new namespaces inherit the root's settings).
+    fn localnet_lab(tag: &str) -> Lab {
+        let lab = Lab::new(tag);
+        let m = lab.manifests();
+        write(&m, "node.yaml", NODE);
+        write(&m, "service.yaml", SERVICE);
+        write(&m, "slice.yaml", &slice(&[("10.244.1.5", "node-1")]));
+        lab.exec(&["sysctl", "-qw", "net.ipv4.conf.all.route_localnet=0"]);
+        assert_eq!(lab.route_localnet(), "0");
+        lab
+    }
+}
+
+/// The NodePort dispatch rule of nat KUBE-SERVICES.
+fn nodeports_rule(dump: &str) -> String {
+    dump.lines()
+        .find(|l| l.starts_with("-A KUBE-SERVICES") && l.ends_with("-j KUBE-NODEPORTS"))
+        .unwrap_or_else(|| panic!("no KUBE-NODEPORTS dispatch rule:\n{dump}"))
+        .to_string()
+}
+
+/// knat cannot write route_localnet (a read-only /proc/sys, as in a non-privileged pod): it
+/// warns with the fix, writes no NodePort rule for 127.0.0.0/8, and reports it in a metric.
+/// The read-only /proc/sys is a bind mount in a private mount namespace of the agent only.
+#[test]
+fn localhost_nodeports_are_off_when_route_localnet_cannot_be_set() {
+    let test = "localhost_nodeports_are_off_when_route_localnet_cannot_be_set";
+    if !knat::lab::test_prerequisites(
+        test,
+        &["ip", "iptables-save", "curl", "unshare", "mount", "sysctl"],
+    ) {
+        return;
+    }
+    let root_before = root_route_localnet();
+    let mut lab = Lab::localnet_lab("rolocal");
+    let read_only_proc_sys = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec \"$0\" \"$@\"",
+    ];
+    lab.start_wrapped(
+        &read_only_proc_sys,
+        &["--hostname-override", "node-1", "--ip-families", "ipv4"],
+    );
+    let dump = lab.wait_rules("rules without localhost NodePorts", |d| {
+        d.contains(SEP_LOCAL)
+    });
+    let log = lab.log();
+    assert!(
+        log.contains(
+            "localhost NodePorts are off: net.ipv4.conf.all.route_localnet is 0 and cannot be set: \
+             write /proc/sys/net/ipv4/conf/all/route_localnet: Read-only file system (os error 30)"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("sysctl -w net.ipv4.conf.all.route_localnet=1") && log.contains(" WARN "),
+        "{log}"
+    );
+    assert!(
+        nodeports_rule(&dump).contains("! -d 127.0.0.0/8"),
+        "127.0.0.0/8 is excluded from NodePorts:\n{dump}"
+    );
+    assert!(
+        !dump.contains("block incoming localnet connections") && !dump.contains("-j KUBE-FIREWALL"),
+        "no localhost NodePort rules:\n{dump}"
+    );
+    let (_, _, metrics) = lab.wait("metrics", || {
+        let r = lab.http("http://127.0.0.1:10249/metrics");
+        (r.0 == 200).then_some(r)
+    });
+    assert_eq!(
+        metric(&metrics, "knat_localhost_nodeports"),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        lab.route_localnet(),
+        "0",
+        "the namespace's value is untouched"
+    );
+    assert_eq!(
+        root_route_localnet(),
+        root_before,
+        "the root namespace is untouched"
+    );
+    assert!(lab.stop().success());
+}
+
+/// knat can write route_localnet (root in its network namespace): it sets it to 1, says so, and
+/// programs localhost NodePorts.
+#[test]
+fn localhost_nodeports_are_on_after_knat_sets_route_localnet() {
+    let test = "localhost_nodeports_are_on_after_knat_sets_route_localnet";
+    if !knat::lab::test_prerequisites(test, &["ip", "iptables-save", "curl", "sysctl"]) {
+        return;
+    }
+    let root_before = root_route_localnet();
+    let mut lab = Lab::localnet_lab("rwlocal");
+    lab.start(&["--hostname-override", "node-1", "--ip-families", "ipv4"]);
+    let dump = lab.wait_rules("rules with localhost NodePorts", |d| d.contains(SEP_LOCAL));
+    assert_eq!(lab.route_localnet(), "1", "knat set it in its namespace");
+    let log = lab.log();
+    assert!(
+        log.contains(
+            " INFO knat::cli::run: net.ipv4.conf.all.route_localnet was 0; set it to 1 so \
+             NodePorts are served on 127.0.0.1 (--localhost-nodeports)"
+        ),
+        "{log}"
+    );
+    assert!(
+        !nodeports_rule(&dump).contains("127.0.0.0/8"),
+        "NodePorts include 127.0.0.1:\n{dump}"
+    );
+    assert!(
+        dump.lines().any(|l| l.starts_with("-A KUBE-FIREWALL ")
+            && l.contains("block incoming localnet connections")
+            && l.contains(" -d 127.0.0.0/8")
+            && l.ends_with("-j DROP")),
+        "the localnet guard is in place:\n{dump}"
+    );
+    let (_, _, metrics) = lab.wait("metrics", || {
+        let r = lab.http("http://127.0.0.1:10249/metrics");
+        (r.0 == 200).then_some(r)
+    });
+    assert_eq!(
+        metric(&metrics, "knat_localhost_nodeports"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        root_route_localnet(),
+        root_before,
+        "the root namespace is untouched"
+    );
+    assert!(lab.stop().success());
+}
+
+/// A throwaway CA certificate: kube-rs parses the in-cluster CA before it dials anything.
+const FAKE_CA: &str = "-----BEGIN CERTIFICATE-----
+MIIBhTCCASugAwIBAgIUDlVDe0r0caApvg4QMjF/ZNzrwwwwCgYIKoZIzj0EAwIw
+FzEVMBMGA1UEAwwMa25hdC10ZXN0LWNhMCAXDTI2MTIwNjIyMDMyN1oYDzIxMjYx
+MTEyMjIwMzI3WjAXMRUwEwYDVQQDDAxrbmF0LXRlc3QtY2EwWTATBgcqhkjOPQIB
+BggqhkjOPQMBBwNCAAQypqTI+CBIvzfDeFfpWe4slqXZ6mA2RLt2tkWOGRtdgY8P
+j86AD/GEK2QEl4tsHKUJBaXbrPIkfJlpEAJ2Pj1Xo1MwUTAdBgNVHQ4EFgQULyCC
+WmvSk8KUmTXfAXW8d11rZYIwHwYDVR0jBBgwFoAULyCCWmvSk8KUmTXfAXW8d11r
+ZYIwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiEAhyw01PUe+oqz
+yHdCJ7vm2MtDhzqo11C7JjePG3gRjs8CIC30KE/jndnWr0RVzvDrMH0K+N/6jPnd
+ozf668dCgGl3
+-----END CERTIFICATE-----
+";
+
+/// Finding 1 of issue 21 as a pod sees it: the in-cluster environment names the `kubernetes`
+/// Service's ClusterIP (here 127.0.0.1:443 of a fresh namespace, where nothing listens) and
+/// the ServiceAccount files are mounted (a tmpfs over /run in the agent's private mount
+/// namespace). The log names the address, where it came from, and the ConfigMap fix.
+#[test]
+fn in_cluster_service_ip_that_nothing_serves_is_explained() {
+    let test = "in_cluster_service_ip_that_nothing_serves_is_explained";
+    if !knat::lab::test_prerequisites(test, &["ip", "unshare", "mount"]) {
+        return;
+    }
+    let mut lab = Lab::new("incluster");
+    let sa = lab.dir.join("serviceaccount");
+    std::fs::create_dir_all(&sa).expect("service account dir");
+    std::fs::write(sa.join("ca.crt"), FAKE_CA).expect("ca.crt");
+    std::fs::write(sa.join("token"), "not-a-real-token").expect("token");
+    std::fs::write(sa.join("namespace"), "kube-system").expect("namespace");
+    let sa = sa.to_string_lossy().into_owned();
+    let home = lab.dir.to_string_lossy().into_owned();
+    let mount_service_account = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount -t tmpfs knat-test /run \
+         && mkdir -p /run/secrets/kubernetes.io/serviceaccount \
+         && cp \"$KNAT_TEST_SA\"/* /run/secrets/kubernetes.io/serviceaccount/ \
+         && exec \"$0\" \"$@\"",
+    ];
+    let started = Instant::now();
+    lab.spawn(
+        &mount_service_account,
+        &[
+            "run",
+            "--hostname-override",
+            "node-1",
+            "--ip-families",
+            "ipv4",
+            "--iptables-backend",
+            "legacy",
+            "--localhost-nodeports=false",
+            "--healthz-bind-address",
+            "127.0.0.1:10256",
+            "--metrics-bind-address",
+            "127.0.0.1:10249",
+        ],
+        &[
+            ("KNAT_TEST_SA", &sa),
+            ("HOME", &home),
+            ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+            ("KUBERNETES_SERVICE_PORT", "443"),
+            ("KUBERNETES_PORT", "tcp://127.0.0.1:443"),
+            ("KUBERNETES_PORT_443_TCP_ADDR", "127.0.0.1"),
+        ],
+    );
+    let line = lab.wait("the unreachable API server is explained", || {
+        lab.log()
+            .lines()
+            .find(|l| l.contains("cannot connect to the API server"))
+            .map(str::to_string)
+    });
+    assert!(
+        line.contains(
+            " ERROR knat::agent::watch: cannot connect to the API server at 127.0.0.1:443 \
+             (from the in-cluster environment KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT)"
+        ),
+        "{line}"
+    );
+    assert!(line.contains("Connection refused"), "{line}");
+    assert!(
+        line.contains(
+            "127.0.0.1 is the ClusterIP of the `kubernetes` Service, and no service proxy serves it \
+             before knat runs"
+        ),
+        "{line}"
+    );
+    assert!(
+        line.contains(
+            "set KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT in ConfigMap kube-system/knat"
+        ),
+        "{line}"
+    );
+    assert!(line.contains("retrying with backoff"), "{line}");
+    assert!(
+        lab.log().contains("API server api_server=127.0.0.1:443"),
+        "{}",
+        lab.log()
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Still retrying, not exited.
+    assert!(lab.stop().success(), "{}", lab.log());
 }

@@ -3,12 +3,16 @@
 //!
 //! - [`node_identity`]: which Node we are, and the loud error when no Node has that name;
 //! - [`index`]: the pure state the sources update (initial-list gating, re-list replacement);
+//! - [`api_server`]: which API server we dial, from where, and the messages when it fails;
 //! - [`watch`]: kube-rs watchers (the only Kubernetes client code);
 //! - [`files`]: the static `--from-files` source;
+//! - [`localnet`]: `route_localnet`, checked (and set when possible) for localhost NodePorts;
 //! - [`sync`]: the scheduler (pure) and the sync loop.
 
+pub mod api_server;
 pub mod files;
 pub mod index;
+pub mod localnet;
 pub mod node_identity;
 pub mod sync;
 pub mod watch;

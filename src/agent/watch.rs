@@ -4,7 +4,8 @@
 //! Each watcher uses `kube::runtime::watcher` with the default backoff; its events are applied
 //! to the shared [`SourceState`] with `send_if_modified`, so only real changes wake the sync
 //! loop. The watcher re-lists after errors (410 Gone included) and the index turns a re-list
-//! into a replacement of the kind's state.
+//! into a replacement of the kind's state. Errors are logged with the API server's address and
+//! where it came from ([`super::api_server`]) and counted in `knat_api_watch_errors_total`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +18,10 @@ use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
 
+use super::api_server::{
+    ApiTarget, ConfigSource, Failure, Placeholder, ServiceIp, check_placeholder, error_chain,
+    failure_message,
+};
 use super::index::{Applied, SourceState};
 use crate::metrics::Metrics;
 use crate::model::convert::Skip;
@@ -32,27 +37,109 @@ pub enum WatchError {
     /// No usable configuration (kubeconfig unreadable, not in a cluster). Not retryable.
     #[error("cannot load the Kubernetes client configuration: {0}")]
     Config(String),
+    /// The in-cluster address is still the ConfigMap's placeholder. Not retryable: the
+    /// operator must fill in ConfigMap kube-system/knat.
+    #[error(transparent)]
+    Placeholder(#[from] Placeholder),
     /// The client could not be built (TLS setup). Not retryable.
     #[error("cannot create the Kubernetes client: {0}")]
     Client(#[from] kube::Error),
 }
 
-/// A client from `--kubeconfig`, else `KUBECONFIG`/in-cluster inference (in-cluster first when
-/// running in a pod).
-pub async fn client(kubeconfig: Option<PathBuf>) -> Result<Client, WatchError> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(&path)
-                .map_err(|e| WatchError::Config(e.to_string()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|e| WatchError::Config(e.to_string()))?
-        }
-        None => kube::Config::infer()
+/// The client configuration, in `kube::Config::infer`'s order (a kubeconfig from `KUBECONFIG`
+/// or `~/.kube/config`, else in-cluster) after `--kubeconfig`, remembering which one it was.
+async fn load_config(
+    kubeconfig: Option<PathBuf>,
+) -> Result<(kube::Config, ConfigSource), WatchError> {
+    let options = kube::config::KubeConfigOptions::default();
+    if let Some(path) = kubeconfig {
+        let kc = kube::config::Kubeconfig::read_from(&path)
+            .map_err(|e| WatchError::Config(format!("{}: {e}", path.display())))?;
+        let config = kube::Config::from_custom_kubeconfig(kc, &options)
             .await
-            .map_err(|e| WatchError::Config(e.to_string()))?,
+            .map_err(|e| WatchError::Config(format!("{}: {e}", path.display())))?;
+        return Ok((config, ConfigSource::Flag(path)));
+    }
+    let (mut config, source) = match kube::Config::from_kubeconfig(&options).await {
+        Ok(config) => {
+            let source = match std::env::var("KUBECONFIG") {
+                Ok(value) if !value.is_empty() => ConfigSource::KubeconfigEnv(value),
+                _ => ConfigSource::DefaultKubeconfig,
+            };
+            (config, source)
+        }
+        Err(kubeconfig_err) => {
+            // kube accepts any host; the placeholder would only fail later, at DNS.
+            check_placeholder(std::env::var("KUBERNETES_SERVICE_HOST").ok().as_deref())?;
+            let config = kube::Config::incluster().map_err(|e| {
+                WatchError::Config(format!(
+                    "no kubeconfig ({kubeconfig_err}) and no in-cluster configuration ({e})"
+                ))
+            })?;
+            (config, ConfigSource::InCluster)
+        }
     };
-    Ok(Client::try_from(config)?)
+    config.apply_debug_overrides();
+    Ok((config, source))
+}
+
+/// A client from `--kubeconfig`, else `KUBECONFIG`/`~/.kube/config`, else in-cluster, and the
+/// API server it talks to.
+pub async fn connect(kubeconfig: Option<PathBuf>) -> Result<(Client, ApiTarget), WatchError> {
+    let (config, source) = load_config(kubeconfig).await?;
+    let url = &config.cluster_url;
+    let target = ApiTarget::new(
+        url.scheme_str(),
+        url.host(),
+        url.port_u16(),
+        source,
+        ServiceIp::from_process_env(),
+    );
+    Ok((Client::try_from(config)?, target))
+}
+
+/// A client as [`connect`] makes it.
+pub async fn client(kubeconfig: Option<PathBuf>) -> Result<Client, WatchError> {
+    Ok(connect(kubeconfig).await?.0)
+}
+
+/// Connection failures (refused, timed out, DNS, TLS handshake: a transport error with an I/O
+/// error among its causes) as opposed to answers from the server and local failures (a token
+/// that is not a valid header, ...).
+fn classify(err: &watcher::Error) -> Failure {
+    match err {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e)
+            if matches!(e, kube::Error::Service(_) | kube::Error::HyperError(_))
+                && has_io_cause(e) =>
+        {
+            Failure::Unreachable
+        }
+        _ => Failure::Other,
+    }
+}
+
+fn has_io_cause(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = err.source();
+    while let Some(e) = cause {
+        if e.is::<std::io::Error>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// Logs and counts one watch error (the watcher retries on its own, with backoff).
+fn report_error(kind: &'static str, err: &watcher::Error, target: &ApiTarget, metrics: &Metrics) {
+    let failure = classify(err);
+    metrics.api_error(kind, failure.as_str());
+    let message = failure_message(target, failure, kind, &error_chain(err));
+    match failure {
+        Failure::Unreachable => tracing::error!(kind, "{message}"),
+        Failure::Other => tracing::warn!(kind, "{message}"),
+    }
 }
 
 fn report(kind: &'static str, applied: &Applied, metrics: &Metrics) {
@@ -74,6 +161,7 @@ pub async fn drive<K, S>(
     tx: &watch::Sender<SourceState>,
     apply: fn(&mut SourceState, Event<K>) -> Applied,
     on_change: impl Fn(),
+    target: &ApiTarget,
     metrics: &Metrics,
 ) where
     S: Stream<Item = Result<Event<K>, watcher::Error>>,
@@ -100,7 +188,7 @@ pub async fn drive<K, S>(
                 }
                 report(kind, &applied, metrics);
             }
-            Err(err) => tracing::warn!(kind, %err, "watch error; retrying with backoff"),
+            Err(err) => report_error(kind, &err, target, metrics),
         }
     }
 }
@@ -108,6 +196,7 @@ pub async fn drive<K, S>(
 /// Runs the three watchers until they end (they do not, unless the task is aborted).
 pub async fn run(
     client: Client,
+    target: ApiTarget,
     node_name: String,
     tx: watch::Sender<SourceState>,
     metrics: Arc<Metrics>,
@@ -119,6 +208,7 @@ pub async fn run(
     let node_cfg = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
     let nodes = watcher(Api::<K8sNode>::all(client), node_cfg).default_backoff();
     let m = &metrics;
+    let t = &target;
     tokio::join!(
         drive(
             services,
@@ -128,6 +218,7 @@ pub async fn run(
             || {
                 m.service_changes_total.inc();
             },
+            t,
             m
         ),
         drive(
@@ -138,9 +229,10 @@ pub async fn run(
             || {
                 m.endpoint_changes_total.inc();
             },
+            t,
             m
         ),
-        drive(nodes, "Node", &tx, SourceState::node_event, || (), m),
+        drive(nodes, "Node", &tx, SourceState::node_event, || (), t, m),
     );
 }
 
@@ -295,6 +387,16 @@ mod tests {
         Client::new(service, "default")
     }
 
+    fn mock_target() -> ApiTarget {
+        ApiTarget::new(
+            Some("https"),
+            Some("10.96.0.1"),
+            None,
+            ConfigSource::InCluster,
+            Some(ServiceIp("10.96.0.1".into())),
+        )
+    }
+
     async fn wait_for(
         rx: &mut tokio::sync::watch::Receiver<SourceState>,
         what: &str,
@@ -320,7 +422,13 @@ mod tests {
         let client = mock(cluster.clone(), expire_rx, release_rx);
         let (tx, mut rx) = tokio::sync::watch::channel(SourceState::new("node-1", true));
         let metrics = Arc::new(Metrics::new());
-        let task = tokio::spawn(run(client, "node-1".into(), tx, metrics.clone()));
+        let task = tokio::spawn(run(
+            client,
+            mock_target(),
+            "node-1".into(),
+            tx,
+            metrics.clone(),
+        ));
 
         // Services and slices listed, the Node list still pending: still not writable.
         wait_for(&mut rx, "services and slices listed", |s| {
@@ -391,6 +499,62 @@ mod tests {
                 .encode()
                 .contains("kubeproxy_sync_proxy_rules_service_changes_total")
         );
+        task.abort();
+    }
+
+    /// A failure that is not a connection failure (here: a header the client cannot build) is
+    /// counted as `other`, not blamed on the address.
+    #[test]
+    fn only_io_causes_count_as_unreachable() {
+        let refused = watcher::Error::InitialListFailed(kube::Error::Service(Box::new(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        )));
+        let wrapped =
+            watcher::Error::InitialListFailed(kube::Error::Service("invalid bearer token".into()));
+        assert_eq!(classify(&refused), Failure::Unreachable);
+        assert_eq!(classify(&wrapped), Failure::Other);
+        assert_eq!(classify(&watcher::Error::NoResourceVersion), Failure::Other);
+    }
+
+    /// A transport that refuses every connection, as an unserved ClusterIP does: every kind's
+    /// list fails, is counted as unreachable, and the state stays unlisted (nothing to write).
+    #[tokio::test]
+    async fn connection_failures_are_counted_as_unreachable() {
+        let service = tower::service_fn(|_req: http::Request<kube::client::Body>| async {
+            Err::<http::Response<kube::client::Body>, _>(std::io::Error::from(
+                std::io::ErrorKind::ConnectionRefused,
+            ))
+        });
+        let client = Client::new(service, "default");
+        let (tx, rx) = tokio::sync::watch::channel(SourceState::new("node-1", true));
+        let metrics = Arc::new(Metrics::new());
+        let task = tokio::spawn(run(
+            client,
+            mock_target(),
+            "node-1".into(),
+            tx,
+            metrics.clone(),
+        ));
+        let want = [
+            "knat_api_watch_errors_total{kind=\"Service\",reason=\"unreachable\"}",
+            "knat_api_watch_errors_total{kind=\"EndpointSlice\",reason=\"unreachable\"}",
+            "knat_api_watch_errors_total{kind=\"Node\",reason=\"unreachable\"}",
+        ];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = metrics.encode();
+            if want.iter().all(|w| text.contains(w)) {
+                assert!(!text.contains("reason=\"other\""), "{text}");
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "errors not counted:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!rx.borrow().listed.node);
+        assert_eq!(rx.borrow().readiness(), Readiness::WaitingForLists);
         task.abort();
     }
 }

@@ -5,6 +5,7 @@ pub mod common;
 pub mod diff;
 pub mod doctor;
 pub mod lab;
+pub mod node_setup;
 pub mod render;
 pub mod run;
 pub mod trace;

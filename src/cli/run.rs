@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use knat::agent::index::SourceState;
+use knat::agent::localnet;
 use knat::agent::node_identity::{self, MISSING_NODE_FIX, NameSource};
 use knat::agent::sync::{FamilySync, Scheduler, SyncLoop, Timing};
 use knat::agent::{files, watch as kwatch};
@@ -145,8 +146,16 @@ impl RunArgs {
         }
     }
 
-    fn config(&self, node_name: &str, family: IpFamily) -> anyhow::Result<ProxyConfig> {
+    /// The configuration of one family; `localnet_ok` false turns localhost NodePorts off
+    /// (route_localnet is 0 and cannot be set).
+    fn config(
+        &self,
+        node_name: &str,
+        family: IpFamily,
+        localnet_ok: bool,
+    ) -> anyhow::Result<ProxyConfig> {
         let mut cfg = self.rules.config(node_name, family)?;
+        cfg.localhost_nodeports &= localnet_ok;
         cfg.masquerade_bit = self.iptables_masquerade_bit;
         if !cfg.nodeports_match_all() {
             cfg.local_addresses = local_addresses(family);
@@ -154,6 +163,29 @@ impl RunArgs {
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// When localhost NodePorts are asked for on IPv4, makes sure `route_localnet` is 1 (setting
+/// it if it can) and says so; false (with a warning naming the fix) when it cannot be.
+fn localhost_nodeports_check(
+    args: &RunArgs,
+    node_name: &str,
+    families: &[IpFamily],
+) -> anyhow::Result<bool> {
+    if !families.contains(&IpFamily::V4)
+        || !args
+            .config(node_name, IpFamily::V4, true)?
+            .localhost_nodeports_effective()
+    {
+        return Ok(true);
+    }
+    let state = localnet::ensure(&localnet::ProcSys::default());
+    if state.usable() {
+        tracing::info!("{}", state.message());
+    } else {
+        tracing::warn!("{}", state.message());
+    }
+    Ok(state.usable())
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -210,15 +242,18 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
             mode
         }
     };
+    let metrics = Arc::new(Metrics::new());
+    let localnet_ok = localhost_nodeports_check(&args, &node_name, &families)?;
     let mut family_syncs = Vec::new();
+    let mut localhost = false;
     for family in &families {
-        let cfg = args.config(&node_name, *family)?;
+        let cfg = args.config(&node_name, *family, localnet_ok)?;
+        localhost |= cfg.localhost_nodeports_effective();
         let ipt = Iptables::new(*family, mode);
         tracing::info!(family = family.label(), restore = %ipt.bins.restore, "programming family");
         family_syncs.push(FamilySync::new(cfg, ipt));
     }
-
-    let metrics = Arc::new(Metrics::new());
+    metrics.localhost_nodeports.set(i64::from(localhost));
     let health = Arc::new(Mutex::new(ProxyHealth::new(
         2 * args.iptables_sync_period,
         &families,
@@ -247,8 +282,19 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
             ))
         }
         None => {
-            let client = kwatch::client(args.kubeconfig.clone()).await?;
-            tokio::spawn(kwatch::run(client, node_name.clone(), tx, metrics.clone()))
+            let (client, target) = kwatch::connect(args.kubeconfig.clone()).await?;
+            tracing::info!(
+                api_server = %target.address(),
+                from = %target.source,
+                "API server"
+            );
+            tokio::spawn(kwatch::run(
+                client,
+                target,
+                node_name.clone(),
+                tx,
+                metrics.clone(),
+            ))
         }
     };
 
