@@ -3,8 +3,8 @@
 # development machines, which have none). Steps:
 #   1. create the cluster from kind-config.yaml (kubeProxyMode: none),
 #   2. build the image from daemonset/Containerfile and load it into the nodes,
-#   3. apply daemonset/ (pointing knat at the API server's node address, since no proxy serves
-#      the kubernetes Service yet, and passing the pod CIDR),
+#   3. apply daemonset/ with ConfigMap knat filled in: the API server's node address (no proxy
+#      serves the kubernetes Service yet) and the pod CIDR, and the image,
 #   4. the knat checks: Local NodePort traffic keeps the client address, nodes without
 #      endpoints drop, the health-check node port answers 200 / 503, scale to zero rejects,
 #   5. the upstream [sig-network] Services / LoadBalancer e2e focus (--provider=local), built
@@ -19,7 +19,7 @@ here="$repo/integration/kind"
 kind="${KIND:-kind}"
 engine="${ENGINE:-$(command -v docker >/dev/null 2>&1 && echo docker || echo podman)}"
 version="${KNAT_K8S_VERSION:-v1.37.2}"
-image="ghcr.io/knat/knat:kind"
+image="localhost/knat:kind"
 cluster=knat
 log() { echo "kind-e2e: $*" >&2; }
 fail() { echo "kind-e2e: FAIL: $*" >&2; exit 1; }
@@ -50,10 +50,18 @@ fi
 # the API server on the control-plane node's address, as every kube-proxy replacement does.
 api_host=$("$engine" inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$cluster-control-plane")
 log "applying daemonset/ (API server at $api_host:6443)"
-kubectl kustomize "$repo/daemonset" | sed "s|ghcr.io/knat/knat:latest|$image|" | kubectl apply -f -
-kubectl -n kube-system set env ds/knat KUBERNETES_SERVICE_HOST="$api_host" KUBERNETES_SERVICE_PORT=6443
-kubectl -n kube-system patch ds knat --type=json \
-  -p '[{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--cluster-cidr=10.244.0.0/16"}]'
+overlay=$(mktemp -d)
+cat >"$overlay/kustomization.yaml" <<EOF
+resources: [$(realpath --relative-to="$overlay" "$repo/daemonset")]
+images: [{name: knat, newName: ${image%:*}, newTag: ${image##*:}}]
+patches:
+  - patch: |-
+      {apiVersion: v1, kind: ConfigMap, metadata: {name: knat, namespace: kube-system},
+       data: {KUBERNETES_SERVICE_HOST: "$api_host", KUBERNETES_SERVICE_PORT: "6443",
+              KNAT_CLUSTER_CIDR: 10.244.0.0/16}}
+EOF
+kubectl kustomize "$overlay" | kubectl apply -f -
+rm -rf "$overlay"
 kubectl -n kube-system rollout status ds/knat --timeout=180s
 kubectl wait --for=condition=Ready nodes --all --timeout=180s
 
