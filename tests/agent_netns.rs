@@ -1,8 +1,11 @@
-//! `knat run --from-files` end to end inside a network namespace this test creates.
+//! `knat run --from-files` end to end inside a network namespace this test creates; also
+//! `route_localnet` handling (`knat run`, `knat node-setup`) and the in-cluster API-server
+//! message, where the agent additionally gets a private mount namespace (`unshare`).
 //!
-//! Needs root, `ip`, `iptables-save` and `curl`. With `CI=true` missing prerequisites are a
-//! failure; otherwise the test prints SKIPPED and returns. Only the namespace it creates is
-//! touched; it is deleted (and the agent killed by PID) also when the test fails.
+//! Needs root, `ip`, `iptables-save` and `curl` (some tests also `unshare`, `mount`,
+//! `sysctl`). With `CI=true` missing prerequisites are a failure; otherwise the test prints
+//! SKIPPED and returns. Only the namespace it creates is touched; it is deleted (and the
+//! agent killed by PID) also when the test fails.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -675,6 +678,18 @@ impl Lab {
     }
 }
 
+/// Runs its trailing arguments in a private mount namespace whose /proc/sys is read-only, as
+/// a non-privileged container sees it. Only that process's view changes.
+const READ_ONLY_PROC_SYS: [&str; 7] = [
+    "unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec \"$0\" \"$@\"",
+];
+
 /// The NodePort dispatch rule of nat KUBE-SERVICES.
 fn nodeports_rule(dump: &str) -> String {
     dump.lines()
@@ -697,17 +712,8 @@ fn localhost_nodeports_are_off_when_route_localnet_cannot_be_set() {
     }
     let root_before = root_route_localnet();
     let mut lab = Lab::localnet_lab("rolocal");
-    let read_only_proc_sys = [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec \"$0\" \"$@\"",
-    ];
     lab.start_wrapped(
-        &read_only_proc_sys,
+        &READ_ONLY_PROC_SYS,
         &["--hostname-override", "node-1", "--ip-families", "ipv4"],
     );
     let dump = lab.wait_rules("rules without localhost NodePorts", |d| {
@@ -802,6 +808,33 @@ fn localhost_nodeports_are_on_after_knat_sets_route_localnet() {
         "the root namespace is untouched"
     );
     assert!(lab.stop().success());
+}
+
+/// `knat node-setup` (the init container) sets route_localnet to 1 where it may, and fails
+/// with exit status 1 where /proc/sys is read-only, leaving the value alone.
+#[test]
+fn node_setup_sets_route_localnet_or_fails() {
+    let test = "node_setup_sets_route_localnet_or_fails";
+    if !knat::lab::test_prerequisites(test, &["ip", "unshare", "mount", "sysctl"]) {
+        return;
+    }
+    let root_before = root_route_localnet();
+    let lab = Lab::localnet_lab("nodesetup");
+    let mut read_only: Vec<&str> = READ_ONLY_PROC_SYS.to_vec();
+    read_only.extend([KNAT, "node-setup"]);
+    let (ok, _) = lab.try_exec(&read_only);
+    assert!(!ok, "node-setup must fail on a read-only /proc/sys");
+    assert_eq!(lab.route_localnet(), "0");
+    let (ok, _) = lab.try_exec(&[KNAT, "node-setup"]);
+    assert!(ok, "node-setup sets it where it may");
+    assert_eq!(lab.route_localnet(), "1");
+    let (ok, _) = lab.try_exec(&[KNAT, "node-setup"]);
+    assert!(ok, "and is idempotent");
+    assert_eq!(
+        root_route_localnet(),
+        root_before,
+        "the root namespace is untouched"
+    );
 }
 
 /// A throwaway CA certificate: kube-rs parses the in-cluster CA before it dials anything.
