@@ -106,9 +106,8 @@ closure=$(ldd_in "${programs[@]}" "${extensions[@]}" 2>&1) || die "ldd failed in
 if grep -q 'not found' <<<"$closure"; then
   die "unresolved libraries: $(grep 'not found' <<<"$closure" | sort -u | tr -s ' \t' ' ')"
 fi
-while read -r lib; do add "$lib"; done < <(
-  awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// && $2 ~ /^\(/ { print $1 }' <<<"$closure" | sort -u
-)
+libs=$(awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// && $2 ~ /^\(/ { print $1 }' <<<"$closure" | sort -u)
+for lib in $libs; do add "$lib"; done
 add "/usr/lib/$triplet/libgcc_s.so.1"
 
 # --- /etc, /tmp, /run -------------------------------------------------------------------------
