@@ -20,6 +20,7 @@ OCI_SUITE=bookworm
 # What the self-checks run inside every image built on oci_base_rootfs: both front-ends, the
 # unsuffixed names (through /etc/alternatives; upstream kube-proxy runs those), nft, conntrack,
 # and `-h` over the dlopened extensions knat and kube-proxy write (a missing one fails `-h`).
+# shellcheck disable=SC2034  # used by the scripts that source this file
 OCI_ROOTFS_CHECKS=(
   "iptables-nft --version"
   "iptables-legacy --version"
@@ -89,16 +90,18 @@ oci_packages() {
   sed -e 's/#.*//' -e 's/[[:space:]]\+/\n/g' "$OCI_IMAGE_DEF/packages" | sed '/^$/d'
 }
 
+# oci_apt_sources: the host's apt sources file (deb822 or one-line), which mmdebstrap reuses.
 oci_apt_sources() {
-  local f="${KNAT_APT_SOURCES:-}"
-  if [ -z "$f" ]; then
-    for f in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list ""; do
-      [ -z "$f" ] || ! grep -qsE '^[[:space:]]*(deb|Types:)' "$f" || break
-    done
-  fi
-  [ -n "$f" ] && [ -f "$f" ] || oci_die "no apt sources found (looked at /etc/apt/sources.list.d/debian.sources, /etc/apt/sources.list; set KNAT_APT_SOURCES)"
-  grep -qw "$OCI_SUITE" "$f" || oci_die "$f has no $OCI_SUITE suite; the image is cut from $OCI_SUITE (set KNAT_APT_SOURCES to a sources file that has it)"
-  echo "$f"
+  local f candidates=(/etc/apt/sources.list.d/debian.sources /etc/apt/sources.list)
+  [ -z "${KNAT_APT_SOURCES:-}" ] || candidates=("$KNAT_APT_SOURCES")
+  for f in "${candidates[@]}"; do
+    if grep -qsE '^[[:space:]]*(deb|Types:)' "$f"; then
+      grep -qw "$OCI_SUITE" "$f" || oci_die "$f has no $OCI_SUITE suite; the image is cut from $OCI_SUITE (set KNAT_APT_SOURCES to a sources file that has it)"
+      echo "$f"
+      return 0
+    fi
+  done
+  oci_die "no apt sources in ${candidates[*]} (set KNAT_APT_SOURCES to a sources file)"
 }
 
 # oci_base_rootfs: print the directory of the minimal root filesystem (daemonset/image/rootfs.sh
@@ -140,6 +143,7 @@ oci_base_rootfs() {
     oci_log "collecting the minimal root filesystem (daemonset/image/rootfs.sh)"
     bash "$OCI_IMAGE_DEF/rootfs.sh" "$dir/staging" "$dir/rootfs.tmp" || oci_die "daemonset/image/rootfs.sh failed"
     mv "$dir/rootfs.tmp" "$dir/rootfs"
+    # shellcheck disable=SC2016,SC2046  # dpkg-query's format; one word per package
     chroot "$dir/staging" dpkg-query -W -f '${Package} ${Version}\n' $(oci_packages) libc6 >"$dir/versions"
     touch "$dir/.complete"
     oci_log "base root filesystem built in $(($(date +%s) - start))s: $dir"
