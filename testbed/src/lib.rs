@@ -8,4 +8,5 @@ pub mod cluster;
 pub mod control_plane;
 pub mod images;
 pub mod node;
+pub mod proxies;
 pub mod traffic;

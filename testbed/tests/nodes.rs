@@ -13,12 +13,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use knat_testbed::cluster::{
-    CLIENT_IP, CLUSTER_CIDR, FABRIC_IP, NodeCluster, NodeRequest, node_ip,
-};
+use knat_testbed::cluster::{CLIENT_IP, NodeCluster, NodeRequest, node_ip};
 use knat_testbed::control_plane::K8sBinaries;
 use knat_testbed::images::{self, Images};
 use knat_testbed::node::KUBELET_TUNABLES;
+use knat_testbed::proxies::{self, Proxy};
 use knat_testbed::traffic::Traffic;
 
 const NODE1: &str = "node-1";
@@ -85,54 +84,8 @@ fn apply(c: &NodeCluster, yaml: &str) {
     }
 }
 
-/// Waits until the DaemonSet has a Ready, up-to-date pod on every node.
-fn wait_daemonset(c: &NodeCluster, name: &str) -> Duration {
-    let start = Instant::now();
-    let result = c.wait_for_within(&format!("DaemonSet {name} ready"), READY_TIMEOUT, || {
-        let out = c.kubectl(
-            &[
-                "-n",
-                "kube-system",
-                "get",
-                "ds",
-                name,
-                "-o",
-                "jsonpath={.status.desiredNumberScheduled} {.status.numberReady} {.status.updatedNumberScheduled} {.status.observedGeneration} {.metadata.generation}",
-            ],
-            None,
-        )?;
-        let v: Vec<&str> = out.split_whitespace().collect();
-        Ok((v.len() == 5 && v[0] == "2" && v[1] == "2" && v[2] == "2" && v[3] == v[4]).then_some(()))
-    });
-    if let Err(e) = result {
-        let pods = c
-            .kubectl(&["-n", "kube-system", "get", "pods", "-o", "wide"], None)
-            .unwrap_or_default();
-        panic!("{e}\n{pods}");
-    }
-    start.elapsed()
-}
-
-fn wait_gone(c: &NodeCluster, selector: &str) {
-    let result = c.wait_for_within(&format!("pods {selector} gone"), READY_TIMEOUT, || {
-        let out = c.kubectl(
-            &[
-                "-n",
-                "kube-system",
-                "get",
-                "pods",
-                "-l",
-                selector,
-                "-o",
-                "name",
-            ],
-            None,
-        )?;
-        Ok(out.trim().is_empty().then_some(()))
-    });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
+fn daemonset_ready(c: &NodeCluster, name: &str) -> Duration {
+    proxies::wait_daemonset(c, name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn curl(c: &NodeCluster, host: &str, url: &str) -> Result<String, String> {
@@ -195,35 +148,6 @@ fn set_lb_ip(c: &NodeCluster, service: &str, vip: Ipv4Addr) {
             &patch,
         ],
     );
-}
-
-/// The knat overlay an operator writes: only the image, the API server and the cluster CIDR.
-fn write_overlay(dir: &Path, image: &str) -> PathBuf {
-    let overlay = dir.join("knat-overlay");
-    std::fs::create_dir_all(&overlay).expect("create overlay dir");
-    let base = repo().join("daemonset");
-    let base = base.canonicalize().expect("daemonset/ exists");
-    // kustomize wants the base as a path relative to the overlay.
-    let depth = overlay.components().count() - 1;
-    let relative = format!(
-        "{}{}",
-        "../".repeat(depth),
-        base.display().to_string().trim_start_matches('/')
-    );
-    let (name, tag) = image.rsplit_once(':').expect("image reference has a tag");
-    let kustomization = format!(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {relative}\n\
-         images:\n  - name: knat\n    newName: {name}\n    newTag: {tag}\n\
-         patches:\n  - path: config.yaml\n"
-    );
-    std::fs::write(overlay.join("kustomization.yaml"), kustomization).expect("write overlay");
-    let config = format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: knat\n  namespace: kube-system\ndata:\n  \
-         KUBERNETES_SERVICE_HOST: \"{FABRIC_IP}\"\n  KUBERNETES_SERVICE_PORT: \"6443\"\n  \
-         KNAT_CLUSTER_CIDR: \"{CLUSTER_CIDR}\"\n"
-    );
-    std::fs::write(overlay.join("config.yaml"), config).expect("write overlay config");
-    overlay
 }
 
 fn pod_on(c: &NodeCluster, app: &str, node: &str) -> (String, String) {
@@ -313,13 +237,9 @@ fn knat_daemonset_on_real_kubelet_nodes() {
     let mut rows: Vec<Row> = Vec::new();
 
     // --- upstream kube-proxy as the DaemonSet, workloads, traffic -----------------------------
-    let kube_proxy = std::fs::read_to_string(repo.join("testbed/manifests/kube-proxy.yaml"))
-        .expect("kube-proxy manifest")
-        .replace("@SERVER@", &format!("https://{FABRIC_IP}:6443"))
-        .replace("@IMAGE@", &images.kube_proxy.reference)
-        .replace("@CLUSTER_CIDR@", CLUSTER_CIDR);
-    apply(&c, &kube_proxy);
-    let kube_proxy_ready = wait_daemonset(&c, "kube-proxy");
+    let up = |proxy| proxies::deploy(&c, proxy, &repo, &images).unwrap_or_else(|e| panic!("{e}"));
+    let down = |proxy| proxies::remove(&c, proxy).unwrap_or_else(|e| panic!("{e}"));
+    let kube_proxy_ready = up(Proxy::KubeProxy);
     let workloads = std::fs::read_to_string(repo.join("testbed/manifests/workloads.yaml"))
         .expect("workloads manifest")
         .replace("@IMAGE@", &images.agnhost.reference)
@@ -409,22 +329,8 @@ fn knat_daemonset_on_real_kubelet_nodes() {
 
     // --- takeover: remove kube-proxy's DaemonSet (its rules stay), apply knat's ----------------
     traffic.phase("takeover");
-    kubectl(
-        &c,
-        &[
-            "-n",
-            "kube-system",
-            "delete",
-            "ds",
-            "kube-proxy",
-            "--wait=true",
-        ],
-    );
-    wait_gone(&c, "k8s-app=kube-proxy");
-    let overlay = write_overlay(c.workdir(), &images.knat.reference);
-    let applied = Instant::now();
-    kubectl(&c, &["apply", "-k", &overlay.display().to_string()]);
-    let knat_ready = wait_daemonset(&c, "knat");
+    down(Proxy::KubeProxy);
+    let knat_ready = up(Proxy::Knat);
     std::thread::sleep(SETTLE);
     let takeover = traffic.counts("takeover");
     let log1 = knat_logs(&c, NODE1);
@@ -439,7 +345,6 @@ fn knat_daemonset_on_real_kubelet_nodes() {
         failed: takeover.failed,
         note: format!("knat Ready {:.1?} after apply", knat_ready),
     });
-    let _ = applied;
     traffic.phase("knat");
 
     // --- what the DaemonSet must do, checked with real packets ---------------------------------
@@ -623,7 +528,7 @@ fn knat_daemonset_on_real_kubelet_nodes() {
             &format!("knat={rolled}"),
         ],
     );
-    let rollout = wait_daemonset(&c, "knat");
+    let rollout = daemonset_ready(&c, "knat");
     std::thread::sleep(SETTLE);
     let r = traffic.counts("rollout");
     rows.push(Row {
@@ -741,7 +646,7 @@ fn knat_daemonset_on_real_kubelet_nodes() {
     );
     let incident = traffic.counts("incident");
     kubectl(&c, &["-n", "kube-system", "rollout", "undo", "ds/knat"]);
-    let fixed = wait_daemonset(&c, "knat");
+    let fixed = daemonset_ready(&c, "knat");
     std::thread::sleep(SETTLE);
     let after = traffic.counts("incident");
     rows.push(Row {
@@ -762,11 +667,7 @@ fn knat_daemonset_on_real_kubelet_nodes() {
 
     // --- knat's DaemonSet deleted: rules stay, traffic flows -----------------------------------
     traffic.phase("deleted");
-    kubectl(
-        &c,
-        &["-n", "kube-system", "delete", "ds", "knat", "--wait=true"],
-    );
-    wait_gone(&c, "app.kubernetes.io/name=knat");
+    down(Proxy::Knat);
     std::thread::sleep(SETTLE);
     let d = traffic.counts("deleted");
     rows.push(Row {
@@ -779,8 +680,7 @@ fn knat_daemonset_on_real_kubelet_nodes() {
 
     // --- the way back: kube-proxy takes over from knat -----------------------------------------
     traffic.phase("way-back");
-    apply(&c, &kube_proxy);
-    let back = wait_daemonset(&c, "kube-proxy");
+    let back = up(Proxy::KubeProxy);
     std::thread::sleep(SETTLE);
     let w = traffic.counts("way-back");
     rows.push(Row {
