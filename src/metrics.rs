@@ -62,6 +62,7 @@ pub struct Metrics {
     pub health_check_servers: Gauge,
     pub api_watch_errors: Family<Labels, Counter>,
     pub localhost_nodeports: Gauge,
+    pub events: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -100,6 +101,7 @@ impl Metrics {
             health_check_servers: Gauge::default(),
             api_watch_errors: Family::default(),
             localhost_nodeports: Gauge::default(),
+            events: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -218,6 +220,11 @@ impl Metrics {
             "1 when NodePorts are programmed on 127.0.0.1 (IPv4), 0 when not (--localhost-nodeports=false, or route_localnet could not be set)",
             m.localhost_nodeports.clone(),
         );
+        r.register(
+            "knat_events",
+            "Kubernetes Events knat tried to record on its own Pod, by reason and result (recorded or failed)",
+            m.events.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -312,6 +319,14 @@ impl Metrics {
     pub fn api_error(&self, kind: &'static str, reason: &'static str) {
         self.api_watch_errors
             .get_or_create(&vec![("kind", kind), ("reason", reason)])
+            .inc();
+    }
+
+    /// Counts a Kubernetes Event knat tried to record (`ok`: the API server accepted it).
+    pub fn event(&self, reason: &'static str, ok: bool) {
+        let result = if ok { "recorded" } else { "failed" };
+        self.events
+            .get_or_create(&vec![("reason", reason), ("result", result)])
             .inc();
     }
 

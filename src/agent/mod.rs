@@ -2,9 +2,10 @@
 //! one sync loop turns it into iptables rules, health-check servers and metrics.
 //!
 //! - [`node_identity`]: which Node we are, and the loud error when no Node has that name;
+//! - [`node_event`]: the Kubernetes Event on knat's own Pod while that Node is missing;
 //! - [`index`]: the pure state the sources update (initial-list gating, re-list replacement);
 //! - [`api_server`]: which API server we dial, from where, and the messages when it fails;
-//! - [`watch`]: kube-rs watchers (the only Kubernetes client code);
+//! - [`watch`]: kube-rs watchers (the only code that reads from the API server);
 //! - [`files`]: the static `--from-files` source;
 //! - [`localnet`]: `route_localnet`, checked (and set when possible) for localhost NodePorts;
 //! - [`sync`]: the scheduler (pure) and the sync loop.
@@ -13,6 +14,7 @@ pub mod api_server;
 pub mod files;
 pub mod index;
 pub mod localnet;
+pub mod node_event;
 pub mod node_identity;
 pub mod sync;
 pub mod watch;

@@ -1,5 +1,6 @@
 //! kube-rs watchers: Services and EndpointSlices (with upstream's label selector) and the own
-//! Node (by field selector). This is the only code that talks to the API server.
+//! Node (by field selector). This is the only code that reads from the API server (the one
+//! write, an Event on knat's own Pod, is [`super::node_event`]'s).
 //!
 //! Each watcher uses `kube::runtime::watcher` with the default backoff; its events are applied
 //! to the shared [`SourceState`] with `send_if_modified`, so only real changes wake the sync
@@ -257,6 +258,8 @@ mod tests {
         nodes: Vec<Value>,
         queries: Vec<String>,
         watches: HashMap<&'static str, usize>,
+        /// Events written: method, path and body.
+        events: Vec<(String, String, Value)>,
     }
 
     fn svc(name: &str, ip: &str) -> Value {
@@ -307,7 +310,7 @@ mod tests {
 
     /// A mock API server: lists come from `cluster`; the first watch of each kind answers
     /// 410 Gone once `expire` turns true (forcing a re-list), every other watch hangs. Node
-    /// lists wait for `release_nodes`.
+    /// lists wait for `release_nodes`. Events (events.k8s.io/v1) are stored and echoed.
     fn mock(
         cluster: Arc<Mutex<Cluster>>,
         expire: tokio::sync::watch::Receiver<bool>,
@@ -320,6 +323,14 @@ mod tests {
             async move {
                 let path = req.uri().path().to_string();
                 let query = decode(req.uri().query().unwrap_or(""));
+                if path.starts_with("/apis/events.k8s.io/v1/namespaces/") {
+                    let method = req.method().to_string();
+                    let bytes = req.into_body().collect_bytes().await.unwrap_or_default();
+                    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                    let mut c = cluster.lock().unwrap_or_else(|p| p.into_inner());
+                    c.events.push((method, path, body.clone()));
+                    return Ok(respond(body));
+                }
                 let (kind, list_kind, api_version) = match path.as_str() {
                     "/api/v1/services" => ("services", "ServiceList", "v1"),
                     "/apis/discovery.k8s.io/v1/endpointslices" => {
@@ -500,6 +511,113 @@ mod tests {
                 .contains("kubeproxy_sync_proxy_rules_service_changes_total")
         );
         task.abort();
+    }
+
+    /// The Node list completes without our Node: a Warning Event on knat's own Pod (the Node
+    /// cannot be named); when the Node registers, a Normal one.
+    #[tokio::test]
+    async fn missing_node_records_a_warning_event_on_the_pod() {
+        use crate::agent::node_event;
+        use crate::agent::node_identity::{MISSING_NODE_FIX, NameSource};
+
+        let cluster = Arc::new(Mutex::new(Cluster {
+            nodes: vec![node("other-node")],
+            ..Cluster::default()
+        }));
+        let (expire_tx, expire_rx) = tokio::sync::watch::channel(false);
+        let (_release_tx, release_rx) = tokio::sync::watch::channel(true);
+        let client = mock(cluster.clone(), expire_rx, release_rx);
+        let (tx, rx) = tokio::sync::watch::channel(SourceState::new("node-1", true));
+        let metrics = Arc::new(Metrics::new());
+        let pod = node_event::pod_reference(
+            Some("knat-x7k2p"),
+            Some("kube-system"),
+            Some("0b5c1f9e-uid"),
+        )
+        .expect("pod reference");
+        let events = tokio::spawn(node_event::run(
+            node_event::recorder(client.clone(), "node-1"),
+            pod,
+            "node-1".into(),
+            NameSource::Flag,
+            rx,
+            metrics.clone(),
+        ));
+        let watchers = tokio::spawn(run(client, mock_target(), "node-1".into(), tx, metrics));
+
+        let written = |n: usize| {
+            let cluster = cluster.clone();
+            async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+                loop {
+                    let events = cluster
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .events
+                        .clone();
+                    if events.len() >= n {
+                        return events;
+                    }
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "{n} events expected: {events:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        let events_written = written(1).await;
+        let (method, path, ev) = &events_written[0];
+        assert_eq!(method, "POST");
+        assert_eq!(path, "/apis/events.k8s.io/v1/namespaces/kube-system/events");
+        assert_eq!(ev["apiVersion"], "events.k8s.io/v1");
+        assert_eq!(ev["kind"], "Event");
+        assert_eq!(ev["type"], "Warning");
+        assert_eq!(ev["reason"], "NodeNameMismatch");
+        assert_eq!(ev["action"], "CheckNodeName");
+        assert_eq!(ev["reportingController"], "knat");
+        assert_eq!(ev["reportingInstance"], "node-1");
+        assert_eq!(ev["metadata"]["namespace"], "kube-system");
+        assert!(ev["eventTime"].is_string(), "{ev}");
+        assert_eq!(
+            ev["regarding"],
+            json!({"apiVersion": "v1", "kind": "Pod", "name": "knat-x7k2p",
+                   "namespace": "kube-system", "uid": "0b5c1f9e-uid"})
+        );
+        let note = ev["note"].as_str().unwrap_or_default();
+        assert!(
+            note.starts_with(
+                "no Node named \"node-1\" exists (name taken from --hostname-override)"
+            ),
+            "{note}"
+        );
+        assert!(note.contains(MISSING_NODE_FIX), "{note}");
+
+        // node-1 registers; the re-list finds it: one Normal Event, on the same Pod.
+        cluster
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .nodes
+            .push(node("node-1"));
+        expire_tx.send_replace(true);
+        let events_written = written(2).await;
+        let (method, _, ev) = &events_written[1];
+        assert_eq!(method, "POST");
+        assert_eq!(ev["type"], "Normal");
+        assert_eq!(ev["reason"], "NodeFound");
+        assert_eq!(ev["regarding"]["name"], "knat-x7k2p");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            cluster
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .events
+                .len(),
+            2,
+            "one Event per change"
+        );
+        watchers.abort();
+        events.abort();
     }
 
     /// A failure that is not a connection failure (here: a header the client cannot build) is

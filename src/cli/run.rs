@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use knat::agent::index::SourceState;
 use knat::agent::localnet;
+use knat::agent::node_event::{self, PodRefError};
 use knat::agent::node_identity::{self, MISSING_NODE_FIX, NameSource};
 use knat::agent::sync::{FamilySync, Scheduler, SyncLoop, Timing};
 use knat::agent::{files, watch as kwatch};
@@ -270,6 +271,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let (tx, rx) =
         tokio::sync::watch::channel(SourceState::new(&node_name, args.from_files.is_none()));
+    let mut events_task = None;
     let source_task = match &args.from_files {
         Some(dir) => {
             tracing::info!(dir = %dir.display(), "static source: reading manifests");
@@ -288,6 +290,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
                 from = %target.source,
                 "API server"
             );
+            events_task = node_events(&client, &node_name, source, &rx, &metrics);
             tokio::spawn(kwatch::run(
                 client,
                 target,
@@ -324,9 +327,46 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     sync_loop.run(shutdown_signal()).await;
     source_task.abort();
+    if let Some(task) = events_task {
+        task.abort();
+    }
     healthz_task.abort();
     metrics_task.abort();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts recording the node-name Events on knat's own Pod (from the downward API variables
+/// POD_NAME, POD_NAMESPACE and POD_UID); without a Pod name there is nothing to attach them to.
+fn node_events(
+    client: &kube::Client,
+    node_name: &str,
+    source: NameSource,
+    rx: &tokio::sync::watch::Receiver<SourceState>,
+    metrics: &Arc<Metrics>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let env = |name| std::env::var(name).ok();
+    match node_event::pod_reference(
+        env("POD_NAME").as_deref(),
+        env("POD_NAMESPACE").as_deref(),
+        env("POD_UID").as_deref(),
+    ) {
+        Ok(pod) => Some(tokio::spawn(node_event::run(
+            node_event::recorder(client.clone(), node_name),
+            pod,
+            node_name.to_string(),
+            source,
+            rx.clone(),
+            metrics.clone(),
+        ))),
+        Err(err @ PodRefError::NoName) => {
+            tracing::debug!("{err}");
+            None
+        }
+        Err(err) => {
+            tracing::warn!("{err}");
+            None
+        }
+    }
 }
 
 #[cfg(test)]
