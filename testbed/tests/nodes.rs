@@ -631,6 +631,30 @@ fn knat_daemonset_on_real_kubelet_nodes() {
         log.contains(&format!("host-of-{}", misnamed.1)),
         "the log names the wrong name it used:\n{log}"
     );
+    let events = c
+        .wait_for_within("a NodeNameMismatch Event", Duration::from_secs(30), || {
+            let selector = format!("reason=NodeNameMismatch,involvedObject.name={}", misnamed.0);
+            let out = c.kubectl(
+                &[
+                    "-n",
+                    "kube-system",
+                    "get",
+                    "events",
+                    "--field-selector",
+                    &selector,
+                    "-o",
+                    "jsonpath={range .items[*]}{.type} {.reason} {.message}{\"\\n\"}{end}",
+                ],
+                None,
+            )?;
+            Ok((!out.trim().is_empty()).then_some(out))
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        events.starts_with("Warning NodeNameMismatch")
+            && events.contains("--hostname-override=$(NODE_NAME)"),
+        "a Warning Event on the pod gives the fix: {events}"
+    );
     let misnamed_ip = if misnamed.1 == NODE1 {
         node_ip(0)
     } else {
