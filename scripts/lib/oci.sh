@@ -3,6 +3,7 @@
 # images built without a container engine or a registry.
 #
 #   oci_base_rootfs          the minimal iptables root filesystem of daemonset/image/ (cached)
+#   oci_debian_rootfs        a whole Debian root filesystem with given packages (cached)
 #   oci_pack                 a directory tree -> OCI layout (umoci) -> docker-archive (skopeo)
 #   oci_report               tag, archive digest, archive / gzip / rootfs sizes
 #   oci_selfcheck            round trip, entrypoint, and commands run inside the image (runc)
@@ -147,6 +148,57 @@ oci_base_rootfs() {
     chroot "$dir/staging" dpkg-query -W -f '${Package} ${Version}\n' $(oci_packages) libc6 >"$dir/versions"
     touch "$dir/.complete"
     oci_log "base root filesystem built in $(($(date +%s) - start))s: $dir"
+  ) || exit 1
+  echo "$dir/rootfs"
+}
+
+# oci_debian_rootfs PACKAGE...: print the directory of a whole Debian root filesystem, not a
+# collected minimal one: mmdebstrap --variant=essential (dash as /bin/sh, bash, coreutils, grep,
+# sed, util-linux, ...) plus PACKAGEs, then documentation, man pages, locales, package lists,
+# caches, logs and device nodes removed (the runtime mounts /dev). For the upstream e2e images
+# whose tests run shell commands inside them. Cached in $OCI_CACHE/image-debian/<key>, key =
+# sha256 of the sorted package list, the mmdebstrap command line, this function and the apt
+# sources; concurrent runs serialise on a lock. $dir/versions lists every installed package.
+oci_debian_rootfs() {
+  oci_need mmdebstrap sha256sum flock
+  local sources packages key dir start
+  sources=$(oci_apt_sources)
+  packages=$(printf '%s\n' "$@" | sed '/^$/d' | sort -u | paste -sd, -)
+  key=$({
+    echo "mmdebstrap --variant=essential --include=$packages $OCI_SUITE"
+    declare -f oci_debian_rootfs
+    cat "$sources"
+  } | sha256sum | cut -c1-16)
+  dir="$OCI_CACHE/image-debian/$key"
+  if [ -f "$dir/.complete" ]; then
+    oci_log "Debian root filesystem ($packages): cached ($dir)"
+    echo "$dir/rootfs"
+    return 0
+  fi
+  mkdir -p "$dir"
+  (
+    exec 9>"$dir/.lock"
+    flock 9
+    [ -f "$dir/.complete" ] && exit 0
+    start=$(date +%s)
+    rm -rf "$dir/rootfs" "$dir/rootfs.tmp"
+    oci_log "mmdebstrap $OCI_SUITE --variant=essential --include=$packages (apt sources: $sources; log: $dir/mmdebstrap.log)"
+    if ! mmdebstrap --variant=essential ${packages:+--include="$packages"} "$OCI_SUITE" "$dir/rootfs.tmp" "$sources" \
+      >"$dir/mmdebstrap.log" 2>&1; then
+      tail -20 "$dir/mmdebstrap.log" >&2
+      rm -rf "$dir/rootfs.tmp"
+      oci_die "mmdebstrap failed (log: $dir/mmdebstrap.log)"
+    fi
+    # shellcheck disable=SC2016  # dpkg-query's format
+    chroot "$dir/rootfs.tmp" dpkg-query -W -f '${Package} ${Version}\n' >"$dir/versions"
+    (
+      cd "$dir/rootfs.tmp"
+      rm -rf usr/share/doc usr/share/man usr/share/info usr/share/lintian usr/share/locale \
+        var/cache/* var/lib/apt/lists/* var/log/* dev/*
+    )
+    mv "$dir/rootfs.tmp" "$dir/rootfs"
+    touch "$dir/.complete"
+    oci_log "Debian root filesystem built in $(($(date +%s) - start))s: $dir"
   ) || exit 1
   echo "$dir/rootfs"
 }
