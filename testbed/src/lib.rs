@@ -10,3 +10,4 @@ pub mod images;
 pub mod node;
 pub mod proxies;
 pub mod traffic;
+pub mod upstream_e2e;

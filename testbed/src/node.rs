@@ -41,6 +41,8 @@ pub const KUBELET_TUNABLES: [(&str, &str); 6] = [
 ];
 /// The image the CRI uses for pod sandboxes (built by `integration/images/build.sh`).
 pub const PAUSE_IMAGE: &str = "localhost/pause:3.10";
+/// The cluster DNS Service address pods are pointed at (kube-dns's usual ClusterIP).
+pub const CLUSTER_DNS: &str = "10.96.0.10";
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Node errors.
@@ -355,6 +357,10 @@ protectKernelDefaults: true
 containerRuntimeEndpoint: unix://{d}/containerd.sock
 podLogsDir: /var/log/pods
 resolvConf: ""
+# Cluster DNS (CoreDNS as kube-dns, deployed by the upstream e2e runner); without it pods
+# only get a search path and an unanswered name server.
+clusterDNS: [{CLUSTER_DNS}]
+clusterDomain: cluster.local
 address: {ip}
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
