@@ -97,6 +97,8 @@ pub fn parse_report(text: &str) -> Result<BTreeMap<String, SpecResult>, String> 
 pub struct SuiteOptions {
     /// `e2e.test`.
     pub e2e_test: PathBuf,
+    /// The `kubectl` the suite runs (`kubectl exec` for most probes).
+    pub kubectl: PathBuf,
     /// `ginkgo` (for parallel processes); `None` runs `e2e.test` alone, serially.
     pub ginkgo: Option<PathBuf>,
     pub procs: usize,
@@ -204,6 +206,7 @@ pub fn run_suite(
         "--provider=local".to_string(),
         format!("--kubeconfig={kubeconfig}"),
         "--num-nodes=2".to_string(),
+        format!("--kubectl-path={}", options.kubectl.display()),
         format!("--report-dir={}", options.report_dir.join(name).display()),
         "--e2e-verify-service-account=false".to_string(),
         "--dump-logs-on-failure=false".to_string(),

@@ -82,6 +82,7 @@ fn run(args: &Args, repo: &std::path::Path) -> Result<ExitCode, Box<dyn std::err
     let ginkgo = args.e2e_bin.join("ginkgo");
     let options = SuiteOptions {
         e2e_test: args.e2e_bin.join("e2e.test"),
+        kubectl: binaries.path("kubectl"),
         ginkgo: (args.procs > 1).then_some(ginkgo),
         procs: args.procs,
         focus: args.focus.clone(),
