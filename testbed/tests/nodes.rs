@@ -88,6 +88,14 @@ fn daemonset_ready(c: &NodeCluster, name: &str) -> Duration {
     proxies::wait_daemonset(c, name).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// One field of knat's DaemonSet (`-o jsonpath=...`).
+fn knat_ds(c: &NodeCluster, jsonpath: &str) -> String {
+    kubectl(
+        c,
+        &["-n", "kube-system", "get", "ds", "knat", "-o", jsonpath],
+    )
+}
+
 fn curl(c: &NodeCluster, host: &str, url: &str) -> Result<String, String> {
     c.exec_in(host, "curl", &["-sS", "-m", "3", "-i", url])
         .map_err(|e| e.to_string())
@@ -452,17 +460,9 @@ fn knat_daemonset_on_real_kubelet_nodes() {
     assert_eq!(can("list", "services"), "yes");
     assert_eq!(can("get", "secrets"), "no");
     assert_eq!(can("update", "services"), "no");
-    let spec = kubectl(
+    let spec = knat_ds(
         &c,
-        &[
-            "-n",
-            "kube-system",
-            "get",
-            "ds",
-            "knat",
-            "-o",
-            "jsonpath={.spec.template.spec.containers[0].securityContext}",
-        ],
+        "jsonpath={.spec.template.spec.containers[0].securityContext}",
     );
     assert!(
         spec.contains("\"privileged\":false")
@@ -542,18 +542,7 @@ fn knat_daemonset_on_real_kubelet_nodes() {
     // --- the seed's incident: a DaemonSet without --hostname-override --------------------------
     // The nodes' host names (host-of-node-N) differ from their Node names, as on many clouds.
     traffic.phase("incident");
-    let args = kubectl(
-        &c,
-        &[
-            "-n",
-            "kube-system",
-            "get",
-            "ds",
-            "knat",
-            "-o",
-            "jsonpath={.spec.template.spec.containers[0].args}",
-        ],
-    );
+    let args = knat_ds(&c, "jsonpath={.spec.template.spec.containers[0].args}");
     let args: Vec<String> = serde_json::from_str(&args).expect("args are a JSON list");
     let without: Vec<String> = args
         .into_iter()
