@@ -54,9 +54,10 @@ while IFS= read -r ref || [ -n "$ref" ]; do
     *) unmapped+=("$ref"); continue ;;  # not an image reference (a log line)
   esac
   host=${ref%%/*}
-  path=${ref%%[:@]*}
-  base=${path##*/}
-  if [[ $host == invalid.* || $path == *authenticated* ]]; then
+  repo_path=${ref%/*}   # registry host (maybe with a port) and path, without the image name
+  base=${ref##*/}
+  base=${base%%[:@]*}   # the image name without tag or digest
+  if [[ $host == invalid.* || $repo_path == *authenticated* ]]; then
     unmapped+=("$ref (kept: the suite expects it not to be pullable)")
     continue
   fi
