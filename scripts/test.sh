@@ -26,7 +26,13 @@ if [ "${CI:-}" = "true" ]; then
 elif ! bash scripts/build-k8s.sh >/dev/null; then
   echo "test.sh: WARNING: could not build the Kubernetes binaries; the e2e tier will report SKIPPED" >&2
 fi
-echo "== cargo test (unit, golden, packet-flow, real-kernel namespace tests, real control plane, real kubelet nodes)"
+echo "== scripts/build-e2e.sh (upstream's e2e.test, ginkgo and CoreDNS for the sig-network conformance comparison; cached)"
+if [ "${CI:-}" = "true" ]; then
+  bash scripts/build-e2e.sh >/dev/null
+elif ! bash scripts/build-e2e.sh >/dev/null; then
+  echo "test.sh: WARNING: could not build e2e.test; the upstream conformance comparison will report SKIPPED" >&2
+fi
+echo "== cargo test (unit, golden, packet-flow, real-kernel namespace tests, real control plane, real kubelet nodes, upstream sig-network conformance with kube-proxy and knat)"
 cargo test --workspace --all-targets --no-fail-fast 2>&1 | tee /tmp/knat-test-$$.log
 status=${PIPESTATUS[0]}
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' /tmp/knat-test-$$.log | awk '{s+=$4} END {print s+0}')

@@ -339,6 +339,108 @@ pub fn table(runs: &[ProxyRun]) -> String {
     out
 }
 
+/// What the comparison is asked to run.
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    pub repo: PathBuf,
+    /// `scripts/build-e2e.sh --print`: e2e.test, ginkgo, images.txt.
+    pub e2e_bin: PathBuf,
+    pub focus: String,
+    pub skip: String,
+    pub procs: usize,
+    pub proxies: Vec<Proxy>,
+    pub timeout: Duration,
+    /// Reports, logs and `table.md`.
+    pub out: PathBuf,
+}
+
+/// Builds the images, runs the suite once per proxy (a fresh cluster each), and writes
+/// `out/table.md` (a summary line per proxy, then the table). Returns the runs.
+pub fn compare(c: &Comparison) -> Result<Vec<ProxyRun>, RunnerError> {
+    std::fs::create_dir_all(&c.out).map_err(io("create the output directory"))?;
+    let out = c
+        .out
+        .canonicalize()
+        .map_err(io("find the output directory"))?;
+    let binaries = crate::control_plane::K8sBinaries::locate(&c.repo, false)
+        .map_err(|e| RunnerError::Cluster(e.into()))?;
+    let image_dir = c.repo.join("target/images");
+    let built =
+        crate::images::build(&c.repo, &image_dir).map_err(|e| RunnerError::Io(e.to_string()))?;
+    let status = Command::new("bash")
+        .arg(c.repo.join("integration/images/build.sh"))
+        .arg(&image_dir)
+        .arg("e2e")
+        .status()
+        .map_err(io("run integration/images/build.sh"))?;
+    if !status.success() {
+        return Err(RunnerError::Io(format!(
+            "integration/images/build.sh e2e: {status}"
+        )));
+    }
+    let options = SuiteOptions {
+        e2e_test: c.e2e_bin.join("e2e.test"),
+        kubectl: binaries.path("kubectl"),
+        ginkgo: (c.procs > 1).then(|| c.e2e_bin.join("ginkgo")),
+        procs: c.procs,
+        focus: c.focus.clone(),
+        skip: c.skip.clone(),
+        report_dir: out.clone(),
+        timeout: c.timeout,
+    };
+    let list = c.e2e_bin.join("images.txt");
+    let mut runs = Vec::new();
+    for proxy in &c.proxies {
+        let run = run_for(
+            *proxy,
+            &c.repo,
+            binaries.clone(),
+            &built,
+            (&image_dir, &list),
+            &options,
+        )?;
+        eprintln!(
+            "upstream-e2e: {}: {:?} in {:.0?} (suite {})",
+            proxy.daemonset(),
+            counts(&run),
+            run.wall,
+            run.exit
+        );
+        runs.push(run);
+    }
+    let mut text = String::new();
+    for run in &runs {
+        text.push_str(&format!(
+            "- {}: {:?}, {:.0} s\n",
+            run.proxy.daemonset(),
+            counts(run),
+            run.wall.as_secs_f64()
+        ));
+    }
+    text.push('\n');
+    text.push_str(&table(&runs));
+    let path = out.join("table.md");
+    std::fs::write(&path, &text).map_err(io(format!("write {}", path.display())))?;
+    Ok(runs)
+}
+
+/// The specs that pass with kube-proxy and do not pass with knat.
+pub fn regressions(runs: &[ProxyRun]) -> Vec<String> {
+    let kube_proxy = runs.iter().find(|r| r.proxy == Proxy::KubeProxy);
+    let knat = runs.iter().find(|r| r.proxy == Proxy::Knat);
+    match (kube_proxy, knat) {
+        (Some(kp), Some(kn)) => kp
+            .results
+            .iter()
+            .filter(|(name, r)| {
+                r.state == "passed" && kn.results.get(*name).is_none_or(|k| k.state != "passed")
+            })
+            .map(|(name, _)| name.clone())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Counts per state of one run.
 pub fn counts(run: &ProxyRun) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
