@@ -42,24 +42,9 @@ complete() {
   for t in "${tools[@]}"; do [ -x "$bin/$t" ] || return 1; done
 }
 
-if [ "${1:-}" = "--print" ]; then
-  complete || { echo "build-e2e: binaries missing in $bin" >&2; exit 1; }
-  echo "$bin"
-  exit 0
-fi
-if complete; then
-  echo "$bin"
-  exit 0
-fi
-
-command -v go >/dev/null 2>&1 || { echo "build-e2e: go is not installed" >&2; exit 1; }
-mkdir -p "$root"
-exec 9>"$root/.lock"
-flock 9
-if complete; then  # another run finished it while we waited
-  echo "$bin"
-  exit 0
-fi
+# shellcheck source=scripts/lib/build-cache.sh
+source "$repo/scripts/lib/build-cache.sh"
+build_cache_gate build-e2e "${1:-}"
 
 log() { echo "build-e2e: $*" >&2; }
 start=$(date +%s)

@@ -105,13 +105,49 @@ oci_apt_sources() {
   oci_die "no apt sources in ${candidates[*]} (set KNAT_APT_SOURCES to a sources file)"
 }
 
+# oci_cached_rootfs DIR LABEL BUILD: print DIR/rootfs, first running `BUILD DIR` (which must
+# leave DIR/rootfs) when DIR/.complete is missing; concurrent runs serialise on DIR/.lock.
+oci_cached_rootfs() {
+  local dir=$1 label=$2 build=$3
+  if [ -f "$dir/.complete" ]; then
+    oci_log "$label: cached ($dir)"
+    echo "$dir/rootfs"
+    return 0
+  fi
+  mkdir -p "$dir"
+  (
+    exec 9>"$dir/.lock"
+    flock 9
+    [ -f "$dir/.complete" ] && exit 0
+    local start
+    start=$(date +%s)
+    "$build" "$dir"
+    touch "$dir/.complete"
+    oci_log "$label built in $(($(date +%s) - start))s: $dir"
+  ) || exit 1
+  echo "$dir/rootfs"
+}
+
+# oci_mmdebstrap PACKAGES TARGET SOURCES LOG: mmdebstrap --variant=essential of $OCI_SUITE with
+# the comma-separated PACKAGES into TARGET, output in LOG (its tail on failure).
+oci_mmdebstrap() {
+  local packages=$1 target=$2 sources=$3 log=$4
+  oci_log "mmdebstrap $OCI_SUITE --variant=essential --include=$packages (apt sources: $sources; log: $log)"
+  if ! mmdebstrap --variant=essential ${packages:+--include="$packages"} "$OCI_SUITE" "$target" "$sources" \
+    >"$log" 2>&1; then
+    tail -20 "$log" >&2
+    rm -rf "$target"
+    oci_die "mmdebstrap failed (log: $log)"
+  fi
+}
+
 # oci_base_rootfs: print the directory of the minimal root filesystem (daemonset/image/rootfs.sh
 # run over an mmdebstrap root of daemonset/image/packages), building it when missing. Cached in
 # $OCI_CACHE/image-base/<key>, key = sha256 of the package list, rootfs.sh and the mmdebstrap
-# command line (suite, variant, apt sources); concurrent runs serialise on a lock.
+# command line (suite, variant, apt sources).
 oci_base_rootfs() {
   oci_need mmdebstrap sha256sum flock
-  local sources packages key dir start
+  local sources packages key
   sources=$(oci_apt_sources)
   packages=$(oci_packages | paste -sd, -)
   [ -n "$packages" ] || oci_die "$OCI_IMAGE_DEF/packages lists no packages"
@@ -120,36 +156,19 @@ oci_base_rootfs() {
     echo "mmdebstrap --variant=essential --include=$packages $OCI_SUITE"
     cat "$sources"
   } | sha256sum | cut -c1-16)
-  dir="$OCI_CACHE/image-base/$key"
-  if [ -f "$dir/.complete" ]; then
-    oci_log "base root filesystem: cached ($dir)"
-    echo "$dir/rootfs"
-    return 0
-  fi
-  mkdir -p "$dir"
-  (
-    exec 9>"$dir/.lock"
-    flock 9
-    [ -f "$dir/.complete" ] && exit 0
-    start=$(date +%s)
-    rm -rf "$dir/staging" "$dir/staging.tmp" "$dir/rootfs" "$dir/rootfs.tmp"
-    oci_log "mmdebstrap $OCI_SUITE --variant=essential --include=$packages (apt sources: $sources; log: $dir/mmdebstrap.log)"
-    if ! mmdebstrap --variant=essential --include="$packages" "$OCI_SUITE" "$dir/staging.tmp" "$sources" \
-      >"$dir/mmdebstrap.log" 2>&1; then
-      tail -20 "$dir/mmdebstrap.log" >&2
-      rm -rf "$dir/staging.tmp"
-      oci_die "mmdebstrap failed (log: $dir/mmdebstrap.log)"
-    fi
-    mv "$dir/staging.tmp" "$dir/staging"
-    oci_log "collecting the minimal root filesystem (daemonset/image/rootfs.sh)"
-    bash "$OCI_IMAGE_DEF/rootfs.sh" "$dir/staging" "$dir/rootfs.tmp" || oci_die "daemonset/image/rootfs.sh failed"
-    mv "$dir/rootfs.tmp" "$dir/rootfs"
-    # shellcheck disable=SC2016,SC2046  # dpkg-query's format; one word per package
-    chroot "$dir/staging" dpkg-query -W -f '${Package} ${Version}\n' $(oci_packages) libc6 >"$dir/versions"
-    touch "$dir/.complete"
-    oci_log "base root filesystem built in $(($(date +%s) - start))s: $dir"
-  ) || exit 1
-  echo "$dir/rootfs"
+  oci_cached_rootfs "$OCI_CACHE/image-base/$key" "base root filesystem" oci_build_base_rootfs
+}
+
+oci_build_base_rootfs() {
+  local dir=$1
+  rm -rf "$dir/staging" "$dir/staging.tmp" "$dir/rootfs" "$dir/rootfs.tmp"
+  oci_mmdebstrap "$packages" "$dir/staging.tmp" "$sources" "$dir/mmdebstrap.log"
+  mv "$dir/staging.tmp" "$dir/staging"
+  oci_log "collecting the minimal root filesystem (daemonset/image/rootfs.sh)"
+  bash "$OCI_IMAGE_DEF/rootfs.sh" "$dir/staging" "$dir/rootfs.tmp" || oci_die "daemonset/image/rootfs.sh failed"
+  mv "$dir/rootfs.tmp" "$dir/rootfs"
+  # shellcheck disable=SC2016,SC2046  # dpkg-query's format; one word per package
+  chroot "$dir/staging" dpkg-query -W -f '${Package} ${Version}\n' $(oci_packages) libc6 >"$dir/versions"
 }
 
 # oci_debian_rootfs PACKAGE...: print the directory of a whole Debian root filesystem, not a
@@ -157,50 +176,33 @@ oci_base_rootfs() {
 # sed, util-linux, ...) plus PACKAGEs, then documentation, man pages, locales, package lists,
 # caches, logs and device nodes removed (the runtime mounts /dev). For the upstream e2e images
 # whose tests run shell commands inside them. Cached in $OCI_CACHE/image-debian/<key>, key =
-# sha256 of the sorted package list, the mmdebstrap command line, this function and the apt
-# sources; concurrent runs serialise on a lock. $dir/versions lists every installed package.
+# sha256 of the sorted package list, the mmdebstrap command line, the builder and the apt
+# sources. $dir/versions lists every installed package.
 oci_debian_rootfs() {
   oci_need mmdebstrap sha256sum flock
-  local sources packages key dir start
+  local sources packages key
   sources=$(oci_apt_sources)
   packages=$(printf '%s\n' "$@" | sed '/^$/d' | sort -u | paste -sd, -)
   key=$({
     echo "mmdebstrap --variant=essential --include=$packages $OCI_SUITE"
-    declare -f oci_debian_rootfs
+    declare -f oci_build_debian_rootfs
     cat "$sources"
   } | sha256sum | cut -c1-16)
-  dir="$OCI_CACHE/image-debian/$key"
-  if [ -f "$dir/.complete" ]; then
-    oci_log "Debian root filesystem ($packages): cached ($dir)"
-    echo "$dir/rootfs"
-    return 0
-  fi
-  mkdir -p "$dir"
+  oci_cached_rootfs "$OCI_CACHE/image-debian/$key" "Debian root filesystem ($packages)" oci_build_debian_rootfs
+}
+
+oci_build_debian_rootfs() {
+  local dir=$1
+  rm -rf "$dir/rootfs" "$dir/rootfs.tmp"
+  oci_mmdebstrap "$packages" "$dir/rootfs.tmp" "$sources" "$dir/mmdebstrap.log"
+  # shellcheck disable=SC2016  # dpkg-query's format
+  chroot "$dir/rootfs.tmp" dpkg-query -W -f '${Package} ${Version}\n' >"$dir/versions"
   (
-    exec 9>"$dir/.lock"
-    flock 9
-    [ -f "$dir/.complete" ] && exit 0
-    start=$(date +%s)
-    rm -rf "$dir/rootfs" "$dir/rootfs.tmp"
-    oci_log "mmdebstrap $OCI_SUITE --variant=essential --include=$packages (apt sources: $sources; log: $dir/mmdebstrap.log)"
-    if ! mmdebstrap --variant=essential ${packages:+--include="$packages"} "$OCI_SUITE" "$dir/rootfs.tmp" "$sources" \
-      >"$dir/mmdebstrap.log" 2>&1; then
-      tail -20 "$dir/mmdebstrap.log" >&2
-      rm -rf "$dir/rootfs.tmp"
-      oci_die "mmdebstrap failed (log: $dir/mmdebstrap.log)"
-    fi
-    # shellcheck disable=SC2016  # dpkg-query's format
-    chroot "$dir/rootfs.tmp" dpkg-query -W -f '${Package} ${Version}\n' >"$dir/versions"
-    (
-      cd "$dir/rootfs.tmp"
-      rm -rf usr/share/doc usr/share/man usr/share/info usr/share/lintian usr/share/locale \
-        var/cache/* var/lib/apt/lists/* var/log/* dev/*
-    )
-    mv "$dir/rootfs.tmp" "$dir/rootfs"
-    touch "$dir/.complete"
-    oci_log "Debian root filesystem built in $(($(date +%s) - start))s: $dir"
-  ) || exit 1
-  echo "$dir/rootfs"
+    cd "$dir/rootfs.tmp" || exit 1
+    rm -rf usr/share/doc usr/share/man usr/share/info usr/share/lintian usr/share/locale \
+      var/cache/* var/lib/apt/lists/* var/log/* dev/*
+  )
+  mv "$dir/rootfs.tmp" "$dir/rootfs"
 }
 
 # oci_pack NAME REF TREE OUTDIR [umoci config options...]: one image whose only layer is TREE
