@@ -530,12 +530,17 @@ spec:
 ";
 
 fn dns_slice(ip: &str) -> String {
+    dns_slice_on(ip, 53)
+}
+
+/// The DNS service's slice with one endpoint at `ip:port`.
+fn dns_slice_on(ip: &str, port: u16) -> String {
     format!(
         "apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {{name: dns-1, namespace: demo, labels: {{kubernetes.io/service-name: dns}}}}
 addressType: IPv4
-ports: [{{name: dns, port: 53, protocol: UDP}}]
+ports: [{{name: dns, port: {port}, protocol: UDP}}]
 endpoints:
 - addresses: [{ip}]
   nodeName: node-1
@@ -543,17 +548,10 @@ endpoints:
     )
 }
 
-/// The UDP conntrack reconciler against the real `conntrack` tool: a flow DNATed to an endpoint
-/// that goes away is deleted after the next sync (so the client's next datagram is DNATed to the
-/// new endpoint), while an unrelated UDP flow is left alone (never a blanket flush).
-#[test]
-fn udp_flows_to_a_removed_endpoint_are_deleted_and_others_kept() {
-    let test = "udp_flows_to_a_removed_endpoint_are_deleted_and_others_kept";
-    if !knat::lab::test_prerequisites(test, &["ip", "iptables-save", "conntrack"]) {
-        return;
-    }
-    let mut lab = Lab::new("ct");
-    // Two "pods" as local addresses of the namespace, so DNATed datagrams are delivered locally.
+/// A lab whose namespace holds two "pods" (10.244.1.5 and .6) as local addresses, so DNATed
+/// datagrams are delivered locally, and a route for the service range, as a node has.
+fn udp_lab(name: &str) -> Lab {
+    let lab = Lab::new(name);
     // (A veth pair with both ends inside: the dummy module is not available everywhere.)
     lab.exec(&[
         "ip",
@@ -572,6 +570,76 @@ fn udp_flows_to_a_removed_endpoint_are_deleted_and_others_kept() {
     lab.exec(&["ip", "addr", "add", "10.244.1.6/32", "dev", "pods"]);
     // A route for the service range, as a node has (otherwise the socket fails before NAT).
     lab.exec(&["ip", "route", "add", "10.96.0.0/16", "dev", "pods"]);
+    lab
+}
+
+/// Upstream's conntrack test "cleanup conntrack entries when UDP service target port changes",
+/// in seconds: the same pod, a new target port; the flow pinned to the old port is deleted and
+/// the client's next datagram reaches the new one.
+#[test]
+fn udp_flows_to_an_old_target_port_are_deleted() {
+    let test = "udp_flows_to_an_old_target_port_are_deleted";
+    if !knat::lab::test_prerequisites(test, &["ip", "iptables-save", "conntrack"]) {
+        return;
+    }
+    let mut lab = udp_lab("ctport");
+    let m = lab.manifests();
+    write(&m, "node.yaml", NODE);
+    write(&m, "dns.yaml", DNS_SERVICE);
+    write(&m, "slice.yaml", &dns_slice_on("10.244.1.5", 8080));
+    lab.start(&["--hostname-override", "node-1", "--ip-families", "ipv4"]);
+    lab.wait_rules("the DNS service DNATs to port 8080", |d| {
+        d.contains("--to-destination 10.244.1.5:8080")
+    });
+    let send = || {
+        lab.exec(&[
+            KNAT,
+            "lab-probe",
+            "--udp",
+            "--connect",
+            "10.96.0.53:53",
+            "--timeout-ms",
+            "100",
+        ]);
+    };
+    let flows = || lab.exec(&["conntrack", "-L", "-p", "udp", "--orig-dst", "10.96.0.53"]);
+    send();
+    let before = flows();
+    assert!(
+        before.contains("src=10.244.1.5") && before.contains("sport=8080"),
+        "the flow was DNATed to port 8080:\n{before}"
+    );
+    write(&m, "slice.yaml", &dns_slice_on("10.244.1.5", 9090));
+    lab.wait_rules("the DNS service DNATs to port 9090", |d| {
+        d.contains("--to-destination 10.244.1.5:9090") && !d.contains("10.244.1.5:8080")
+    });
+    lab.wait("the flow to the old port is deleted", || {
+        let now = flows();
+        (!now.contains("sport=8080")).then_some(now)
+    });
+    send();
+    let fresh = flows();
+    assert!(
+        fresh.contains("sport=9090"),
+        "the next datagram is DNATed to the new port:\n{fresh}"
+    );
+    let status = lab.stop();
+    assert!(
+        status.success(),
+        "knat run exits cleanly on SIGTERM: {status:?}"
+    );
+}
+
+/// The UDP conntrack reconciler against the real `conntrack` tool: a flow DNATed to an endpoint
+/// that goes away is deleted after the next sync (so the client's next datagram is DNATed to the
+/// new endpoint), while an unrelated UDP flow is left alone (never a blanket flush).
+#[test]
+fn udp_flows_to_a_removed_endpoint_are_deleted_and_others_kept() {
+    let test = "udp_flows_to_a_removed_endpoint_are_deleted_and_others_kept";
+    if !knat::lab::test_prerequisites(test, &["ip", "iptables-save", "conntrack"]) {
+        return;
+    }
+    let mut lab = udp_lab("ct");
     let m = lab.manifests();
     write(&m, "node.yaml", NODE);
     write(&m, "dns.yaml", DNS_SERVICE);

@@ -1,11 +1,15 @@
 //! UDP conntrack cleanup, as upstream's reconciler (`pkg/proxy/conntrack/cleanup.go`) does it.
 //!
-//! For every UDP service port with at least one serving endpoint, entries whose original
-//! destination is a service `IP:port` (ClusterIP, external IP, LB VIP), or whose original
-//! destination port is the NodePort, are deleted when their reply source is not one of the
-//! serving endpoint IPs. That removes both "black hole" entries (created while the service had
-//! no endpoints, reply source = the service IP) and entries pinned to a gone backend. Ports
-//! without serving endpoints are left alone; nothing is ever flushed wholesale.
+//! For every UDP service port, entries whose original destination is a service `IP:port`
+//! (ClusterIP, external IP, LB VIP) are deleted when their reply source `IP:port` is not one of
+//! the serving endpoints (a port without serving endpoints loses every such entry: they were
+//! DNATed to endpoints that are gone, before the REJECT rule could see them); entries whose
+//! original destination port is the NodePort likewise, but only for ports with serving
+//! endpoints (a NodePort match is on the port alone, so with none it would hit unrelated
+//! flows). Matching the endpoint's port as well as its IP removes flows pinned to an endpoint
+//! whose target port changed (same pod, new port). That removes "black hole" entries (created
+//! while the service had no endpoints, reply source = the service IP) and entries pinned to a
+//! gone backend; nothing is ever flushed wholesale.
 //!
 //! The decision ([`stale_entries`]) is pure; [`Conntrack`] lists and deletes with the
 //! `conntrack` binary, one exact-tuple delete per stale entry.
@@ -39,6 +43,7 @@ pub struct Flow {
     pub orig_sport: u16,
     pub orig_dport: u16,
     pub reply_src: IpAddr,
+    pub reply_sport: u16,
 }
 
 /// Parses one line of `conntrack -L -p udp` (original tuple first, then the reply tuple).
@@ -64,36 +69,41 @@ pub fn parse_flow(line: &str) -> Option<Flow> {
         orig_sport: *sports.first()?,
         orig_dport: *dports.first()?,
         reply_src: *srcs.get(1)?,
+        reply_sport: *sports.get(1)?,
     })
 }
 
 /// The flows to delete, given the UDP service ports of one family (upstream's reconciler).
 pub fn stale_entries(ports: &[UdpServicePort], flows: &[Flow]) -> Vec<Flow> {
-    let mut by_dest: BTreeMap<(IpAddr, u16), BTreeSet<IpAddr>> = BTreeMap::new();
-    let mut by_nodeport: BTreeMap<u16, BTreeSet<IpAddr>> = BTreeMap::new();
-    for port in ports.iter().filter(|p| !p.serving_ips.is_empty()) {
+    type Serving = BTreeSet<(IpAddr, u16)>;
+    let mut by_dest: BTreeMap<(IpAddr, u16), Serving> = BTreeMap::new();
+    let mut by_nodeport: BTreeMap<u16, Serving> = BTreeMap::new();
+    for port in ports {
         for dest in &port.destinations {
             by_dest
                 .entry(*dest)
                 .or_default()
-                .extend(port.serving_ips.iter().copied());
+                .extend(port.serving.iter().copied());
         }
-        if let Some(np) = port.node_port {
+        if let Some(np) = port.node_port
+            && !port.serving.is_empty()
+        {
             by_nodeport
                 .entry(np)
                 .or_default()
-                .extend(port.serving_ips.iter().copied());
+                .extend(port.serving.iter().copied());
         }
     }
     flows
         .iter()
         .filter(|f| {
+            let backend = (f.reply_src, f.reply_sport);
             let stale_dest = by_dest
                 .get(&(f.orig_dst, f.orig_dport))
-                .is_some_and(|set| !set.contains(&f.reply_src));
+                .is_some_and(|set| !set.contains(&backend));
             let stale_np = by_nodeport
                 .get(&f.orig_dport)
-                .is_some_and(|set| !set.contains(&f.reply_src));
+                .is_some_and(|set| !set.contains(&backend));
             stale_dest || stale_np
         })
         .cloned()
@@ -124,7 +134,7 @@ impl Conntrack {
 
     /// Lists UDP flows, finds the stale ones and deletes them; returns how many were deleted.
     pub async fn reconcile(&self, ports: &[UdpServicePort]) -> Result<usize, ConntrackError> {
-        if ports.iter().all(|p| p.serving_ips.is_empty()) {
+        if ports.is_empty() {
             return Ok(0);
         }
         let out = Command::new(&self.program)
@@ -155,6 +165,7 @@ impl Conntrack {
                 .args(["--orig-port-src", &flow.orig_sport.to_string()])
                 .args(["--orig-port-dst", &flow.orig_dport.to_string()])
                 .args(["--reply-src", &flow.reply_src.to_string()])
+                .args(["--reply-port-src", &flow.reply_sport.to_string()])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -204,36 +215,49 @@ mod tests {
                 spn: spn.clone(),
                 destinations: vec![(ip("10.96.0.10"), 53)],
                 node_port: Some(30053),
-                serving_ips: vec![ip("10.244.1.5")],
+                serving: vec![(ip("10.244.1.5"), 53)],
             },
-            // No serving endpoints: left alone.
+            // No serving endpoints: its service IP's flows go, its NodePort's stay.
             UdpServicePort {
                 spn,
                 destinations: vec![(ip("10.96.0.11"), 53)],
-                node_port: None,
-                serving_ips: vec![],
+                node_port: Some(30054),
+                serving: vec![],
             },
         ];
-        let flow = |dst: &str, dport, reply: &str| Flow {
+        let flow = |dst: &str, dport, reply: &str, reply_port| Flow {
             orig_src: ip("10.0.0.1"),
             orig_dst: ip(dst),
             orig_sport: 5000,
             orig_dport: dport,
             reply_src: ip(reply),
+            reply_sport: reply_port,
         };
         let flows = vec![
-            flow("10.96.0.10", 53, "10.244.1.5"),      // good
-            flow("10.96.0.10", 53, "10.96.0.10"),      // black hole
-            flow("10.96.0.10", 53, "10.244.9.9"),      // gone backend
-            flow("192.168.1.1", 30053, "192.168.1.1"), // NodePort black hole
-            flow("192.168.1.1", 30053, "10.244.1.5"),  // NodePort good
-            flow("10.96.0.11", 53, "10.96.0.11"),      // no serving endpoints
-            flow("10.96.0.99", 53, "10.96.0.99"),      // not a service
+            flow("10.96.0.10", 53, "10.244.1.5", 53),         // 0 good
+            flow("10.96.0.10", 53, "10.96.0.10", 53),         // 1 black hole
+            flow("10.96.0.10", 53, "10.244.9.9", 53),         // 2 gone backend
+            flow("192.168.1.1", 30053, "192.168.1.1", 30053), // 3 NodePort black hole
+            flow("192.168.1.1", 30053, "10.244.1.5", 53),     // 4 NodePort good
+            flow("10.96.0.11", 53, "10.244.2.2", 53),         // 5 backend of a port with none left
+            flow("10.96.0.99", 53, "10.96.0.99", 53),         // 6 not a service
+            flow("10.96.0.10", 53, "10.244.1.5", 5353),       // 7 same pod, old target port
+            flow("192.168.1.1", 30053, "10.244.1.5", 5353),   // 8 NodePort, old target port
+            flow("192.168.1.1", 30054, "10.244.2.2", 53),     // 9 NodePort without endpoints
         ];
         let stale = stale_entries(&ports, &flows);
-        assert_eq!(
-            stale,
-            vec![flows[1].clone(), flows[2].clone(), flows[3].clone()]
-        );
+        let expected: Vec<Flow> = [1, 2, 3, 5, 7, 8]
+            .iter()
+            .map(|i| flows[*i].clone())
+            .collect();
+        assert_eq!(stale, expected);
+    }
+
+    #[test]
+    fn parses_the_reply_source_port() {
+        let line = "udp      17 29 src=10.244.0.7 dst=192.168.78.12 sport=12345 dport=31319 src=10.244.1.9 dst=10.244.0.7 sport=8080 dport=12345 mark=0 use=1";
+        let flow = parse_flow(line).expect("flow");
+        assert_eq!((flow.reply_src, flow.reply_sport), (ip("10.244.1.9"), 8080));
+        assert_eq!(flow.orig_dport, 31319);
     }
 }

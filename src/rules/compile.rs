@@ -30,13 +30,14 @@ pub struct ServiceHealth {
     pub local_endpoints: usize,
 }
 
-/// Destinations of one UDP service port and the endpoint IPs serving it (for conntrack cleanup).
+/// Destinations of one UDP service port and the endpoints (`IP`, port) serving it, for conntrack
+/// cleanup. Every UDP service port is listed, with or without serving endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UdpServicePort {
     pub spn: ServicePortName,
     pub destinations: Vec<(IpAddr, u16)>,
     pub node_port: Option<u16>,
-    pub serving_ips: Vec<IpAddr>,
+    pub serving: Vec<(IpAddr, u16)>,
 }
 
 /// The result of compilation for one IP family.
@@ -609,26 +610,24 @@ impl ServiceCompiler<'_> {
             frag.nat.set(rules);
         }
         if proto == Protocol::Udp {
-            let serving: Vec<IpAddr> = endpoints
+            let serving: Vec<(IpAddr, u16)> = endpoints
                 .iter()
                 .filter(|e| e.serving)
-                .map(|e| e.ip)
+                .map(|e| (e.ip, e.port))
                 .collect();
-            if !serving.is_empty() {
-                let mut destinations = vec![(ctx.cluster_ip, port.port)];
-                destinations.extend(
-                    ctx.external_ips
-                        .iter()
-                        .chain(ctx.lb_ips)
-                        .map(|ip| (*ip, port.port)),
-                );
-                frag.udp.push(UdpServicePort {
-                    spn: ctx.spn.clone(),
-                    destinations,
-                    node_port: port.node_port,
-                    serving_ips: serving,
-                });
-            }
+            let mut destinations = vec![(ctx.cluster_ip, port.port)];
+            destinations.extend(
+                ctx.external_ips
+                    .iter()
+                    .chain(ctx.lb_ips)
+                    .map(|ip| (*ip, port.port)),
+            );
+            frag.udp.push(UdpServicePort {
+                spn: ctx.spn.clone(),
+                destinations,
+                node_port: port.node_port,
+                serving,
+            });
         }
     }
 
