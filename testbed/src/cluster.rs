@@ -439,6 +439,34 @@ impl Drop for NodeCluster {
     }
 }
 
+/// The programs a node cluster needs (Debian's containerd, runc, CNI plugins, umoci, skopeo,
+/// mmdebstrap; util-linux; curl for the checks).
+pub const PROGRAMS: [&str; 10] = [
+    "ip",
+    "containerd",
+    "ctr",
+    "runc",
+    "umoci",
+    "skopeo",
+    "mmdebstrap",
+    "nsenter",
+    "unshare",
+    "curl",
+];
+
+/// For tests on a node cluster: true when root and every program and the CNI bridge plugin
+/// are there; otherwise false (a skip), and under `CI=true` a panic naming what is missing.
+pub fn test_prerequisites(test: &str) -> bool {
+    if !knat::lab::test_prerequisites(test, &PROGRAMS) {
+        return false;
+    }
+    let cni = std::path::Path::new("/usr/lib/cni/bridge").is_file();
+    if !cni && std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: /usr/lib/cni/bridge missing (containernetworking-plugins); CI=true");
+    }
+    cni
+}
+
 /// The address of the `i`-th node on the fabric.
 pub fn node_ip(i: usize) -> Ipv4Addr {
     let last = u8::try_from(11 + i).unwrap_or(254);

@@ -44,33 +44,6 @@ fn host_tunables() -> Vec<(String, String)> {
         .collect()
 }
 
-/// The programs the tier needs; under CI=true a missing one is a failure.
-fn prerequisites() -> bool {
-    knat::lab::test_prerequisites(
-        "real-node tier",
-        &[
-            "ip",
-            "containerd",
-            "ctr",
-            "runc",
-            "umoci",
-            "skopeo",
-            "mmdebstrap",
-            "nsenter",
-            "unshare",
-            "curl",
-        ],
-    ) && {
-        let cni = Path::new("/usr/lib/cni/bridge").is_file();
-        if !cni && std::env::var("CI").as_deref() == Ok("true") {
-            panic!(
-                "real-node tier: /usr/lib/cni/bridge missing (containernetworking-plugins); CI=true"
-            );
-        }
-        cni
-    }
-}
-
 fn kubectl(c: &NodeCluster, args: &[&str]) -> String {
     match c.kubectl(args, None) {
         Ok(out) => out,
@@ -216,7 +189,7 @@ struct Row {
 
 #[test]
 fn knat_daemonset_on_real_kubelet_nodes() {
-    if !prerequisites() {
+    if !knat_testbed::cluster::test_prerequisites("real-node tier") {
         return;
     }
     let tunables_before = host_tunables();

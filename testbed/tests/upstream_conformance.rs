@@ -38,17 +38,7 @@ fn e2e_bin(repo: &Path) -> Option<PathBuf> {
 
 #[test]
 fn sig_network_conformance_passes_with_knat_as_with_kube_proxy() {
-    let programs = [
-        "ip",
-        "containerd",
-        "ctr",
-        "runc",
-        "umoci",
-        "skopeo",
-        "mmdebstrap",
-        "nsenter",
-    ];
-    if !knat::lab::test_prerequisites("upstream sig-network conformance", &programs) {
+    if !knat_testbed::cluster::test_prerequisites("upstream sig-network conformance") {
         return;
     }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
