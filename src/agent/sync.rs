@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::index::{Readiness, SourceState};
+use super::node_cidr::NodeCidrGate;
 use super::node_identity::{NameSource, NodeCheck, missing_message};
 use crate::backend::conntrack::Conntrack;
 use crate::backend::{BackendError, ChainListing, Iptables};
@@ -548,6 +549,10 @@ impl SyncLoop {
         let mut alarm_at = Instant::now();
         let mut last_readiness = None;
         let mut synced_once = false;
+        let mut node_cidr = NodeCidrGate::new(
+            self.families.iter().map(|f| &f.cfg.local_detector),
+            sync_period,
+        );
         loop {
             let now = Instant::now();
             let (readiness, node_missing) = {
@@ -576,8 +581,23 @@ impl SyncLoop {
                 }
                 last_readiness = Some(readiness);
             }
+            // --detect-local-mode=NodeCIDR: nothing is written before the Node's podCIDRs.
+            let cidrs_known = match node_cidr.as_mut() {
+                Some(gate) if readiness == Readiness::Ready => {
+                    let state = self.source.borrow();
+                    NodeCidrGate::report(&gate.check(
+                        &state.node_name,
+                        state.snapshot.node.as_ref(),
+                        now,
+                    ))
+                }
+                _ => true,
+            };
             let mut deadline = None;
-            match self.scheduler.decide(now, readiness == Readiness::Ready) {
+            match self
+                .scheduler
+                .decide(now, readiness == Readiness::Ready && cidrs_known)
+            {
                 Decision::Sync(kind) => {
                     self.scheduler.started(now);
                     let (snapshot, triggers) = {

@@ -125,6 +125,11 @@ pub fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
     for (family_arg, dump) in args.targets() {
         let cfg = args.render_args(family_arg).config()?;
         let family = cfg.family;
+        knat::config::node_cidr_ready(
+            &cfg.local_detector,
+            &cfg.node_name,
+            loaded.snapshot.node.as_ref(),
+        )?;
         let (text, what) = match dump {
             Some(path) => (
                 std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?,

@@ -62,6 +62,11 @@ pub fn run(args: RenderArgs) -> anyhow::Result<ExitCode> {
             loaded.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
         );
     }
+    knat::config::node_cidr_ready(
+        &cfg.local_detector,
+        &cfg.node_name,
+        loaded.snapshot.node.as_ref(),
+    )?;
     let compiled = compile(&loaded.snapshot, &cfg);
     super::common::emit(&render_standalone(&compiled.rules))?;
     Ok(ExitCode::SUCCESS)

@@ -251,7 +251,13 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
         let cfg = args.config(&node_name, *family, localnet_ok)?;
         localhost |= cfg.localhost_nodeports_effective();
         let ipt = Iptables::new(*family, mode);
-        tracing::info!(family = family.label(), restore = %ipt.bins.restore, "programming family");
+        tracing::info!(family = family.label(), restore = %ipt.bins.restore, local_detector = ?cfg.local_detector, "programming family");
+        if cfg.local_detector == knat::config::LocalDetector::None {
+            tracing::info!(
+                family = family.label(),
+                "--detect-local-mode=ClusterCIDR but no --cluster-cidr of this family: pod traffic cannot be told apart (no ClusterIP masquerade rule, no pod short-circuit for Local services)"
+            );
+        }
         family_syncs.push(FamilySync::new(cfg, ipt));
     }
     metrics.localhost_nodeports.set(i64::from(localhost));

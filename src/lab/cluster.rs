@@ -5,7 +5,8 @@
 //!
 //! ```text
 //!  client-1 ──┐            fabric namespace: bridge br0 (192.168.77.1, fd00:77::1)
-//!  client-2 ──┼── br0 ──┬── node-1 ──┬── pod web-1      (veth per pod, routed, no bridge)
+//!  client-2 ──┼── br0 ──┬── node-1 ──┬── pod web-1      (veth per pod, routed, no bridge;
+//!             │         │            │                  or a bridge: [`PodLinks`])
 //!             │         │            └── pod web-2
 //!             │         └── node-2 ───── pod api-1
 //! ```
@@ -51,6 +52,26 @@ impl std::fmt::Display for Backend {
     }
 }
 
+/// How a node's pods are attached to it (what `--detect-local-mode` interface modes see).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodLinks {
+    /// One routed veth per pod, named `<prefix>1`, `<prefix>2`, ... on the node, no bridge;
+    /// the node holds its gateway address on each (the default, prefix `vp`).
+    Routed { prefix: String },
+    /// The pods' veths (`veth1`, `veth2`, ...) are ports of this bridge (`cni0` as the CNI
+    /// bridge plugin names it), which holds the node's gateway address with the pod CIDR's
+    /// prefix length.
+    Bridge { name: String },
+}
+
+impl Default for PodLinks {
+    fn default() -> Self {
+        PodLinks::Routed {
+            prefix: "vp".into(),
+        }
+    }
+}
+
 /// How to build a lab.
 #[derive(Debug, Clone)]
 pub struct LabOptions {
@@ -59,6 +80,8 @@ pub struct LabOptions {
     pub backend: Backend,
     /// Per-attempt probe timeout ([`DEFAULT_PROBE_TIMEOUT`] by default).
     pub probe_timeout: Duration,
+    /// How pods are attached to their node ([`PodLinks::Routed`] with prefix `vp` by default).
+    pub pod_links: PodLinks,
 }
 
 impl LabOptions {
@@ -68,6 +91,7 @@ impl LabOptions {
             knat: knat.to_path_buf(),
             backend,
             probe_timeout: DEFAULT_PROBE_TIMEOUT,
+            pod_links: PodLinks::default(),
         }
     }
 }
@@ -326,12 +350,37 @@ impl Lab {
                     b.add(format!("route add {cidr} via {via} dev eth0"));
                 }
             }
+            if let PodLinks::Bridge { name } = &self.options.pod_links {
+                b.add(format!("link add {name} type bridge mcast_snooping 0"));
+                for f in &families {
+                    let gw = s
+                        .node_gateway(node, *f)
+                        .ok_or_else(|| missing("gateway", node))?;
+                    let cidr = s
+                        .pod_cidr(node, *f)
+                        .ok_or_else(|| missing("pod CIDR", node))?;
+                    b.add(format!(
+                        "addr add {gw}/{} dev {name}{}",
+                        cidr.prefix_len(),
+                        nodad(gw)
+                    ));
+                }
+                b.add(format!("link set {name} up"));
+            }
             for (k, pod) in s.pods_on(node).enumerate() {
-                let dev = format!("vp{}", k + 1);
+                let (dev, bridge) = match &self.options.pod_links {
+                    PodLinks::Routed { prefix } => (format!("{prefix}{}", k + 1), None),
+                    PodLinks::Bridge { name } => (format!("veth{}", k + 1), Some(name)),
+                };
                 b.add(format!(
                     "link add {dev} type veth peer name eth0 netns {}",
                     self.ns(&pod.name)
                 ));
+                if let Some(bridge) = bridge {
+                    b.add(format!("link set {dev} master {bridge}"));
+                    b.add(format!("link set {dev} up"));
+                    continue;
+                }
                 b.add(format!("link set {dev} up"));
                 for f in &families {
                     let gw = s

@@ -21,7 +21,7 @@ pub mod scenario;
 mod sys;
 
 pub use backend::Backend;
-pub use cluster::{DEFAULT_PROBE_TIMEOUT, Lab, LabOptions};
+pub use cluster::{DEFAULT_PROBE_TIMEOUT, Lab, LabOptions, PodLinks};
 pub use demo::{DemoReport, DemoRow, demo_scenario, run_demo};
 pub use echo::{
     EchoArgs, EchoReply, EchoServer, ProbeArgs, ProbeResult, probe, run_echo_server, run_probe,
