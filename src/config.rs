@@ -29,6 +29,12 @@ pub enum ConfigError {
     /// A `--cluster-cidr` value is not a CIDR.
     #[error("--cluster-cidr {value:?} is not a CIDR (such as 10.244.0.0/16): {reason}")]
     ClusterCidr { value: String, reason: String },
+    /// `--detect-local-mode=BridgeInterface` or `InterfaceNamePrefix` without its interface.
+    #[error("--detect-local-mode={mode} needs a non-empty {flag}")]
+    EmptyInterface {
+        mode: &'static str,
+        flag: &'static str,
+    },
     /// A `--cluster-cidr=$(VAR)` the kubelet left unexpanded: the variable is not set.
     #[error(
         "--cluster-cidr {0:?}: the kubelet left the variable unexpanded because it is not set; \
@@ -61,8 +67,11 @@ pub fn parse_cluster_cidr(text: &str) -> Result<Option<IpNet>, ConfigError> {
 pub enum LocalDetector {
     /// No detector for this family: no ClusterIP masquerade rule and no pod short-circuit.
     None,
-    /// `ClusterCIDR` / `NodeCIDR`: `-s CIDR` / `! -s CIDR`.
+    /// `ClusterCIDR`, or `NodeCIDR` once resolved: `-s CIDR` / `! -s CIDR`.
     Cidr(IpNet),
+    /// `NodeCIDR`: the first CIDR of this family in the Node's `spec.podCIDRs`, resolved by
+    /// the compiler from the snapshot's Node ([`LocalDetector::resolve`]).
+    NodeCidr,
     /// `BridgeInterface`: `-i BRIDGE` / `! -i BRIDGE`.
     Bridge(String),
     /// `InterfaceNamePrefix`: `-i PREFIX+` / `! -i PREFIX+`.
@@ -79,13 +88,23 @@ impl LocalDetector {
             .unwrap_or(LocalDetector::None)
     }
 
+    /// `NodeCidr` becomes the Node's first pod CIDR of `family` (or `None` without one, as
+    /// upstream's per-family no-op detector); every other detector is returned as it is.
+    pub fn resolve(&self, node_pod_cidrs: &[IpNet], family: IpFamily) -> Self {
+        match self {
+            LocalDetector::NodeCidr => LocalDetector::from_cidrs(node_pod_cidrs, family),
+            other => other.clone(),
+        }
+    }
+
+    /// Whether the detector produces rules (an unresolved `NodeCidr` does not).
     pub fn is_implemented(&self) -> bool {
-        !matches!(self, LocalDetector::None)
+        !matches!(self, LocalDetector::None | LocalDetector::NodeCidr)
     }
 
     fn matcher(&self, negated: bool) -> Option<Match> {
         match self {
-            LocalDetector::None => None,
+            LocalDetector::None | LocalDetector::NodeCidr => None,
             LocalDetector::Cidr(net) => Some(Match::Src {
                 negated,
                 addr: Addr::Net(*net),

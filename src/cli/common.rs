@@ -86,6 +86,23 @@ pub enum DispatchArg {
     Tree,
 }
 
+/// `--detect-local-mode` values, spelled as kube-proxy spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DetectLocalModeArg {
+    /// Pod traffic comes from `--cluster-cidr` (the first CIDR per family).
+    #[value(name = "ClusterCIDR")]
+    ClusterCidr,
+    /// Pod traffic comes from the Node's `spec.podCIDRs` (the first CIDR per family).
+    #[value(name = "NodeCIDR")]
+    NodeCidr,
+    /// Pod traffic arrives on `--pod-bridge-interface`.
+    #[value(name = "BridgeInterface")]
+    BridgeInterface,
+    /// Pod traffic arrives on interfaces named `--pod-interface-name-prefix`*.
+    #[value(name = "InterfaceNamePrefix")]
+    InterfaceNamePrefix,
+}
+
 fn cluster_cidr(text: &str) -> Result<Option<ipnet::IpNet>, knat::config::ConfigError> {
     knat::config::parse_cluster_cidr(text)
 }
@@ -98,6 +115,15 @@ pub struct RuleFlags {
     /// Empty values are ignored (`--cluster-cidr=` means none).
     #[arg(long = "cluster-cidr", value_delimiter = ',', value_parser = cluster_cidr)]
     pub cluster_cidrs: Vec<Option<ipnet::IpNet>>,
+    /// How pod traffic is told from other traffic (kube-proxy's modes).
+    #[arg(long, value_enum, default_value = "ClusterCIDR")]
+    pub detect_local_mode: DetectLocalModeArg,
+    /// With `--detect-local-mode=BridgeInterface`: the bridge the pods are attached to.
+    #[arg(long, default_value = "")]
+    pub pod_bridge_interface: String,
+    /// With `--detect-local-mode=InterfaceNamePrefix`: the prefix of the pods' interfaces.
+    #[arg(long, default_value = "")]
+    pub pod_interface_name_prefix: String,
     /// Masquerade all traffic sent to ClusterIPs.
     #[arg(long)]
     pub masquerade_all: bool,
@@ -126,10 +152,9 @@ impl RuleFlags {
         node_name: &str,
         family: knat::model::IpFamily,
     ) -> Result<knat::config::ProxyConfig, knat::config::ConfigError> {
-        use knat::config::{Dispatch, LocalDetector, ProxyConfig};
+        use knat::config::{Dispatch, ProxyConfig};
         let mut cfg = ProxyConfig::new(node_name, family)?;
-        let cidrs: Vec<ipnet::IpNet> = self.cluster_cidrs.iter().flatten().copied().collect();
-        cfg.local_detector = LocalDetector::from_cidrs(&cidrs, family);
+        cfg.local_detector = self.local_detector(family)?;
         cfg.masquerade_all = self.masquerade_all;
         cfg.nodeport_addresses = self.nodeport_addresses.clone();
         cfg.localhost_nodeports = self.localhost_nodeports;
@@ -142,11 +167,48 @@ impl RuleFlags {
         };
         Ok(cfg)
     }
+
+    /// The detector of `--detect-local-mode` for one family (validated as kube-proxy does:
+    /// the interface modes need a non-empty name; `--cluster-cidr` counts only in ClusterCIDR).
+    pub fn local_detector(
+        &self,
+        family: knat::model::IpFamily,
+    ) -> Result<knat::config::LocalDetector, knat::config::ConfigError> {
+        use knat::config::{ConfigError, LocalDetector};
+        let named = |value: &str, mode: &'static str, flag: &'static str| {
+            let value = value.trim();
+            if value.is_empty() {
+                Err(ConfigError::EmptyInterface { mode, flag })
+            } else {
+                Ok(value.to_string())
+            }
+        };
+        Ok(match self.detect_local_mode {
+            DetectLocalModeArg::ClusterCidr => {
+                let cidrs: Vec<ipnet::IpNet> =
+                    self.cluster_cidrs.iter().flatten().copied().collect();
+                LocalDetector::from_cidrs(&cidrs, family)
+            }
+            DetectLocalModeArg::NodeCidr => LocalDetector::NodeCidr,
+            DetectLocalModeArg::BridgeInterface => LocalDetector::Bridge(named(
+                &self.pod_bridge_interface,
+                "BridgeInterface",
+                "--pod-bridge-interface",
+            )?),
+            DetectLocalModeArg::InterfaceNamePrefix => LocalDetector::InterfacePrefix(named(
+                &self.pod_interface_name_prefix,
+                "InterfaceNamePrefix",
+                "--pod-interface-name-prefix",
+            )?),
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use clap::Parser;
+    use knat::config::LocalDetector;
+    use knat::model::IpFamily;
 
     use super::RuleFlags;
 
@@ -182,5 +244,58 @@ mod tests {
         let err = cidrs(&["--cluster-cidr=$(KNAT_CLUSTER_CIDR)"]).unwrap_err();
         assert!(err.contains("ConfigMap kube-system/knat"), "{err}");
         assert!(cidrs(&["--cluster-cidr=10.244.0.0"]).is_err());
+    }
+
+    fn detector(args: &[&str]) -> Result<LocalDetector, String> {
+        let cli = Cli::try_parse_from(std::iter::once("knat").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        cli.rules
+            .local_detector(IpFamily::V4)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn detect_local_modes_as_kube_proxy_spells_them() {
+        let net = |s: &str| s.parse::<ipnet::IpNet>().expect("cidr");
+        assert_eq!(
+            detector(&["--cluster-cidr=10.244.0.0/16"]),
+            Ok(LocalDetector::Cidr(net("10.244.0.0/16"))),
+            "ClusterCIDR is the default"
+        );
+        assert_eq!(detector(&[]), Ok(LocalDetector::None));
+        assert_eq!(
+            detector(&[
+                "--detect-local-mode=NodeCIDR",
+                "--cluster-cidr=10.244.0.0/16"
+            ]),
+            Ok(LocalDetector::NodeCidr)
+        );
+        assert_eq!(
+            detector(&[
+                "--detect-local-mode",
+                "BridgeInterface",
+                "--pod-bridge-interface",
+                "cni0",
+                "--cluster-cidr=10.244.0.0/16",
+            ]),
+            Ok(LocalDetector::Bridge("cni0".into()))
+        );
+        assert_eq!(
+            detector(&[
+                "--detect-local-mode=InterfaceNamePrefix",
+                "--pod-interface-name-prefix=veth",
+            ]),
+            Ok(LocalDetector::InterfacePrefix("veth".into()))
+        );
+        let err = detector(&["--detect-local-mode=BridgeInterface"]).unwrap_err();
+        assert!(err.contains("--pod-bridge-interface"), "{err}");
+        let err = detector(&[
+            "--detect-local-mode=InterfaceNamePrefix",
+            "--pod-interface-name-prefix= ",
+        ])
+        .unwrap_err();
+        assert!(err.contains("--pod-interface-name-prefix"), "{err}");
+        assert!(detector(&["--detect-local-mode=clustercidr"]).is_err());
+        assert!(detector(&["--detect-local-mode=Bridge"]).is_err());
     }
 }
