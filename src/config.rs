@@ -62,6 +62,59 @@ pub fn parse_cluster_cidr(text: &str) -> Result<Option<IpNet>, ConfigError> {
         })
 }
 
+/// One `--nodeport-addresses` / `nodePortAddresses` entry: a CIDR or one of kube-proxy's
+/// keywords (`primary`: the node's primary IP of each family; `localhost`: 127.0.0.0/8 and
+/// ::1/128; `all`: 0.0.0.0/0 and ::/0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodePortAddress {
+    Cidr(IpNet),
+    Primary,
+    Localhost,
+    All,
+}
+
+impl std::str::FromStr for NodePortAddress {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "primary" => Ok(NodePortAddress::Primary),
+            "localhost" => Ok(NodePortAddress::Localhost),
+            "all" => Ok(NodePortAddress::All),
+            other => crate::model::convert::parse_cidr_sloppy(other)
+                .map(NodePortAddress::Cidr)
+                .ok_or_else(|| {
+                    format!(
+                        "{other:?} must be a valid CIDR or one of the keywords 'primary', 'localhost', 'all'"
+                    )
+                }),
+        }
+    }
+}
+
+impl NodePortAddress {
+    /// The CIDRs of the entries (keywords `localhost` and `all` expanded), and whether
+    /// `primary` is among them (resolved per sync by [`ProxyConfig::resolve_for_node`]).
+    pub fn expand(list: &[NodePortAddress]) -> (Vec<IpNet>, bool) {
+        let net = |s: &str| s.parse::<IpNet>().ok();
+        let mut nets = Vec::new();
+        let mut primary = false;
+        for entry in list {
+            match entry {
+                NodePortAddress::Cidr(n) => nets.push(*n),
+                NodePortAddress::Primary => primary = true,
+                NodePortAddress::Localhost => {
+                    nets.extend(net("127.0.0.0/8").into_iter().chain(net("::1/128")))
+                }
+                NodePortAddress::All => {
+                    nets.extend(net("0.0.0.0/0").into_iter().chain(net("::/0")))
+                }
+            }
+        }
+        (nets, primary)
+    }
+}
+
 /// How the proxy tells pod traffic from everything else (`--detect-local-mode`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LocalDetector {
@@ -189,6 +242,9 @@ pub struct ProxyConfig {
     pub masquerade_bit: u8,
     /// `--nodeport-addresses` of this family; empty means every local address.
     pub nodeport_addresses: Vec<IpNet>,
+    /// `--nodeport-addresses` contains `primary`: the node's primary IP of this family is
+    /// added to `nodeport_addresses` per sync ([`ProxyConfig::resolve_for_node`]).
+    pub nodeport_primary: bool,
     /// Local interface addresses (needed only when `nodeport_addresses` is restricted).
     pub local_addresses: Vec<IpAddr>,
     /// Primary node IPs (used for the loadBalancerSourceRanges "allow from node" rules);
@@ -222,6 +278,7 @@ impl ProxyConfig {
             masquerade_all: false,
             masquerade_bit: 14,
             nodeport_addresses: Vec::new(),
+            nodeport_primary: false,
             local_addresses: Vec::new(),
             node_ips: Vec::new(),
             localhost_nodeports: true,
@@ -246,6 +303,36 @@ impl ProxyConfig {
             return Err(ConfigError::LeafSize(leaf_size));
         }
         Ok(())
+    }
+
+    /// The configuration for one sync on a node described by `node` (the snapshot's Node):
+    /// `primary` in `--nodeport-addresses` becomes the node's IP of this family as a /32 or
+    /// /128 (`--bind-address` first, then the Node's addresses, InternalIP before ExternalIP;
+    /// a loopback or missing IP adds nothing, as upstream's keyword expansion). `None` when
+    /// nothing needs resolving.
+    pub fn resolve_for_node(&self, node: Option<&crate::model::NodeInfo>) -> Option<ProxyConfig> {
+        if !self.nodeport_primary {
+            return None;
+        }
+        let family = self.family;
+        let ip = self
+            .node_ips
+            .iter()
+            .copied()
+            .find(|ip| family.contains(ip))
+            .or_else(|| {
+                node.and_then(|n| n.addresses.iter().copied().find(|ip| family.contains(ip)))
+            });
+        let mut resolved = self.clone();
+        resolved.nodeport_primary = false;
+        if let Some(ip) = ip.filter(|ip| !ip.is_loopback()) {
+            resolved.nodeport_addresses.push(IpNet::from(ip));
+            // The node's own address is local (render and diff take it from the Node object).
+            if !resolved.local_addresses.contains(&ip) {
+                resolved.local_addresses.push(ip);
+            }
+        }
+        Some(resolved)
     }
 
     /// The masquerade mark as upstream formats it (`0x00004000`).

@@ -299,7 +299,10 @@ impl FamilySync {
             // Full syncs write every chain; the cached ones keep digests only.
             self.compiler.forget();
         }
-        let mut compiled = self.compiler.compile(snapshot, &self.cfg);
+        // `--nodeport-addresses primary` follows the Node's IP of this family.
+        let resolved = self.cfg.resolve_for_node(snapshot.node.as_ref());
+        let cfg = resolved.as_ref().unwrap_or(&self.cfg);
+        let mut compiled = self.compiler.compile(snapshot, cfg);
         lap(&mut phases.compile);
         let listing = if full {
             // Canary chains the listing shows are left alone: on iptables-legacy each `-N`

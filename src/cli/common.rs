@@ -111,6 +111,10 @@ fn cluster_cidr(text: &str) -> Result<Option<ipnet::IpNet>, knat::config::Config
 /// compile exactly the same rules for the same flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RuleFlags {
+    /// kube-proxy's configuration file (`KubeProxyConfiguration` v1alpha1, YAML or JSON, as
+    /// in kubeadm's `kube-proxy` ConfigMap). A flag given on the command line wins over it.
+    #[arg(long = "config", value_name = "FILE")]
+    pub config_file: Option<std::path::PathBuf>,
     /// Pod CIDR(s): traffic from them is pod traffic (the first one per family is used).
     /// Empty values are ignored (`--cluster-cidr=` means none).
     #[arg(long = "cluster-cidr", value_delimiter = ',', value_parser = cluster_cidr)]
@@ -124,14 +128,20 @@ pub struct RuleFlags {
     /// With `--detect-local-mode=InterfaceNamePrefix`: the prefix of the pods' interfaces.
     #[arg(long, default_value = "")]
     pub pod_interface_name_prefix: String,
-    /// Masquerade all traffic sent to ClusterIPs.
-    #[arg(long)]
+    /// Masquerade all traffic sent to ClusterIPs (`--masquerade-all[=true|false]`).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false,
+          action = clap::ArgAction::Set)]
     pub masquerade_all: bool,
-    /// Accept NodePorts only on local addresses in these CIDRs (default: all local addresses).
+    /// The bit of the packet mark used for masquerading (0-31).
+    #[arg(long, default_value_t = 14)]
+    pub iptables_masquerade_bit: u8,
+    /// Accept NodePorts only on local addresses in these CIDRs or keywords (`primary`: the
+    /// node's IP per family; `localhost`; `all`). Default: all local addresses.
     #[arg(long = "nodeport-addresses", value_delimiter = ',')]
-    pub nodeport_addresses: Vec<ipnet::IpNet>,
+    pub nodeport_addresses: Vec<knat::config::NodePortAddress>,
     /// Serve NodePorts on 127.0.0.1 (IPv4), as upstream does by default.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, alias = "iptables-localhost-nodeports", num_args = 0..=1,
+          default_missing_value = "true", default_value_t = true, action = clap::ArgAction::Set)]
     pub localhost_nodeports: bool,
     /// Append --random-fully to MASQUERADE.
     #[arg(long)]
@@ -156,7 +166,10 @@ impl RuleFlags {
         let mut cfg = ProxyConfig::new(node_name, family)?;
         cfg.local_detector = self.local_detector(family)?;
         cfg.masquerade_all = self.masquerade_all;
-        cfg.nodeport_addresses = self.nodeport_addresses.clone();
+        cfg.masquerade_bit = self.iptables_masquerade_bit;
+        let (nets, primary) = knat::config::NodePortAddress::expand(&self.nodeport_addresses);
+        cfg.nodeport_addresses = nets;
+        cfg.nodeport_primary = primary;
         cfg.localhost_nodeports = self.localhost_nodeports;
         cfg.random_fully = self.random_fully;
         cfg.dispatch = match self.dispatch {
@@ -166,6 +179,60 @@ impl RuleFlags {
             },
         };
         Ok(cfg)
+    }
+
+    /// With `--config`: reads the file, logs its warnings and applies it ([`Self::apply_file`]).
+    /// For `render` and `diff`, which use only the rule settings of the file.
+    pub fn load_file(&mut self, matches: &clap::ArgMatches) -> anyhow::Result<()> {
+        let Some(path) = self.config_file.clone() else {
+            return Ok(());
+        };
+        let loaded = knat::kube_proxy_config::load(&path)?;
+        for warning in &loaded.warnings {
+            tracing::warn!("{}: {}", path.display(), warning.message);
+        }
+        self.apply_file(&loaded.settings, matches);
+        Ok(())
+    }
+
+    /// Takes every rule setting of a `--config` file that was not given on the command line
+    /// (`matches` are this subcommand's).
+    pub fn apply_file(
+        &mut self,
+        file: &knat::kube_proxy_config::FileSettings,
+        matches: &clap::ArgMatches,
+    ) {
+        use knat::kube_proxy_config::DetectLocalMode;
+        let from_file = |id: &str| !super::kube_proxy_flags::explicit(matches, id);
+        if from_file("cluster_cidrs") {
+            self.cluster_cidrs = file.cluster_cidrs.iter().copied().map(Some).collect();
+        }
+        if from_file("detect_local_mode") {
+            self.detect_local_mode = match file.detect_local_mode {
+                DetectLocalMode::ClusterCidr => DetectLocalModeArg::ClusterCidr,
+                DetectLocalMode::NodeCidr => DetectLocalModeArg::NodeCidr,
+                DetectLocalMode::BridgeInterface => DetectLocalModeArg::BridgeInterface,
+                DetectLocalMode::InterfaceNamePrefix => DetectLocalModeArg::InterfaceNamePrefix,
+            };
+        }
+        if from_file("pod_bridge_interface") {
+            self.pod_bridge_interface = file.pod_bridge_interface.clone();
+        }
+        if from_file("pod_interface_name_prefix") {
+            self.pod_interface_name_prefix = file.pod_interface_name_prefix.clone();
+        }
+        if from_file("masquerade_all") {
+            self.masquerade_all = file.masquerade_all;
+        }
+        if from_file("iptables_masquerade_bit") {
+            self.iptables_masquerade_bit = file.masquerade_bit;
+        }
+        if from_file("nodeport_addresses") {
+            self.nodeport_addresses = file.nodeport_addresses.clone();
+        }
+        if from_file("localhost_nodeports") {
+            self.localhost_nodeports = file.localhost_nodeports;
+        }
     }
 
     /// The detector of `--detect-local-mode` for one family (validated as kube-proxy does:
