@@ -33,7 +33,7 @@ enum Command {
     /// Follow one new connection through an iptables-save dump and explain the verdict.
     Trace(cli::trace::TraceArgs),
     /// Run the proxy agent (the DaemonSet's process): watch the API (or --from-files DIR) and program iptables.
-    Run(cli::run::RunArgs),
+    Run(Box<cli::run::RunArgs>),
     /// Remove every chain and hook jump knat or kube-proxy (iptables mode) installed.
     Cleanup(cli::cleanup::CleanupArgs),
     /// Check node identity, Local-service spread and Services that cannot work; exit 1 when something is broken.
@@ -83,7 +83,7 @@ fn main() -> std::process::ExitCode {
     // `knat run` reads its --config file before logging starts: the file's verbosity (or -v)
     // decides the log level, and an invalid file stops it before anything is touched.
     let (cli, prepared) = match cli.command {
-        Command::Run(args) => match cli::run::prepare(args, &sub("run")) {
+        Command::Run(args) => match cli::run::prepare(*args, &sub("run")) {
             Ok(prepared) => (None, Some(prepared)),
             Err(err) => {
                 init_logging("info");

@@ -416,7 +416,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     if hc_primary && let Some(ip) = args.bind_address.filter(|ip| !ip.is_unspecified()) {
         hc_addresses.push(ip);
     }
-    if hc_nets.is_empty() && !(hc_primary && !hc_addresses.is_empty()) {
+    if hc_nets.is_empty() && (!hc_primary || hc_addresses.is_empty()) {
         hc_addresses.clear();
     }
     let sync_loop = SyncLoop {
