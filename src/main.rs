@@ -48,6 +48,9 @@ enum Command {
     /// Lab helper: connect (or send a datagram) and print the outcome as JSON lines.
     #[command(hide = true)]
     LabProbe(cli::lab::LabProbeArgs),
+    /// Lab helper: send packets conntrack classifies as INVALID (unsolicited echo replies).
+    #[command(hide = true)]
+    LabInvalid(cli::lab::LabInvalidArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -68,6 +71,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo(args) => cli::lab::demo(args),
         Command::LabEcho(args) => cli::lab::lab_echo(args),
         Command::LabProbe(args) => cli::lab::lab_probe(args),
+        Command::LabInvalid(args) => cli::lab::lab_invalid(args),
         Command::Render(args) => cli::render::run(args),
         Command::Trace(args) => cli::trace::run(args),
         Command::Run(args) => cli::run::run(args),

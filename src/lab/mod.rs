@@ -16,6 +16,7 @@
 pub mod cluster;
 pub mod demo;
 pub mod echo;
+pub mod invalid;
 pub mod scenario;
 mod sys;
 
