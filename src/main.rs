@@ -48,6 +48,9 @@ enum Command {
     /// Lab helper: connect (or send a datagram) and print the outcome as JSON lines.
     #[command(hide = true)]
     LabProbe(cli::lab::LabProbeArgs),
+    /// Lab helper: send packets conntrack classifies as INVALID (unsolicited echo replies).
+    #[command(hide = true)]
+    LabInvalid(cli::lab::LabInvalidArgs),
 }
 
 fn init_logging(default_filter: &str) {
@@ -114,6 +117,7 @@ fn main() -> std::process::ExitCode {
         (Some(Command::Demo(args)), None) => cli::lab::demo(args),
         (Some(Command::LabEcho(args)), None) => cli::lab::lab_echo(args),
         (Some(Command::LabProbe(args)), None) => cli::lab::lab_probe(args),
+        (Some(Command::LabInvalid(args)), None) => cli::lab::lab_invalid(args),
         (Some(Command::Render(args)), None) => cli::render::run(args, &sub("render")),
         (Some(Command::Trace(args)), None) => cli::trace::run(args),
         (Some(Command::Cleanup(args)), None) => cli::cleanup::run(args),

@@ -8,10 +8,12 @@
 //! - [`api_server`]: which API server we dial, from where, and the messages when it fails;
 //! - [`watch`]: kube-rs watchers (the only code that reads from the API server);
 //! - [`files`]: the static `--from-files` source;
+//! - [`capabilities`]: nfacct and `--random-fully`, detected at start;
 //! - [`localnet`]: `route_localnet`, checked (and set when possible) for localhost NodePorts;
 //! - [`sync`]: the scheduler (pure) and the sync loop.
 
 pub mod api_server;
+pub mod capabilities;
 pub mod files;
 pub mod index;
 pub mod localnet;

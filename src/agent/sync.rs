@@ -28,6 +28,7 @@ use super::index::{Readiness, SourceState};
 use super::node_cidr::NodeCidrGate;
 use super::node_identity::{NameSource, NodeCheck, missing_message};
 use crate::backend::conntrack::Conntrack;
+use crate::backend::nfacct::Nfacct;
 use crate::backend::{BackendError, ChainListing, Iptables, canary_payload, command_timeout};
 use crate::config::ProxyConfig;
 use crate::health::{ProxyHealth, ServiceHealthServers};
@@ -264,6 +265,8 @@ pub struct FamilySync {
     /// Recompiles only Services whose object or slices changed since the last sync.
     compiler: IncrementalCompiler,
     last_udp: Option<Vec<UdpServicePort>>,
+    /// The nfacct counters' client (None: nfacct unavailable or turned off).
+    nfacct: Option<Arc<Nfacct>>,
 }
 
 impl FamilySync {
@@ -276,7 +279,38 @@ impl FamilySync {
             applied: AppliedState::default(),
             compiler: IncrementalCompiler::default(),
             last_udp: None,
+            nfacct: None,
         }
+    }
+
+    /// Creates the nfacct counters on every full sync (as upstream does) and writes the
+    /// `-m nfacct` clauses while they exist.
+    pub fn with_nfacct(mut self, client: Option<Arc<Nfacct>>) -> Self {
+        self.cfg.nfacct = client.is_some();
+        self.nfacct = client;
+        self
+    }
+
+    /// Full syncs: (re)creates the counters; the clauses follow whether that worked.
+    fn ensure_nfacct(&mut self) {
+        let Some(client) = &self.nfacct else {
+            return;
+        };
+        let ok = match client.ensure_counters() {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::error!(%err, "cannot create the nfacct counters; rules without -m nfacct clauses until a full sync succeeds in creating them");
+                false
+            }
+        };
+        if ok != self.cfg.nfacct {
+            tracing::info!(
+                family = self.cfg.family.label(),
+                nfacct = ok,
+                "nfacct clauses changed"
+            );
+        }
+        self.cfg.nfacct = ok;
     }
 
     /// One sync of this family. On error the applied state is unchanged unless the restore
@@ -298,6 +332,7 @@ impl FamilySync {
         if full {
             // Full syncs write every chain; the cached ones keep digests only.
             self.compiler.forget();
+            self.ensure_nfacct();
         }
         // `--nodeport-addresses primary` follows the Node's IP of this family.
         let resolved = self.cfg.resolve_for_node(snapshot.node.as_ref());

@@ -20,6 +20,8 @@
 //! payload) is pure and unit-tested here.
 
 pub mod conntrack;
+pub mod nfacct;
+pub mod random_fully;
 
 use std::collections::HashSet;
 use std::process::Stdio;

@@ -143,9 +143,17 @@ pub struct RuleFlags {
     #[arg(long, alias = "iptables-localhost-nodeports", num_args = 0..=1,
           default_missing_value = "true", default_value_t = true, action = clap::ArgAction::Set)]
     pub localhost_nodeports: bool,
-    /// Append --random-fully to MASQUERADE.
-    #[arg(long)]
-    pub random_fully: bool,
+    /// MASQUERADE --random-fully (`--random-fully`, `--random-fully=false`). render and diff:
+    /// on unless `=false`, as on any current node; run: detected (iptables binary and kernel)
+    /// unless given.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub random_fully: Option<bool>,
+    /// The nfacct counters' `-m nfacct` clauses and localhost NodePort counting rules
+    /// (`--nfacct`, `--nfacct=false`). render and diff: off unless given (a restore of them
+    /// fails where the counters do not exist); run: on when the kernel has nfacct (the agent
+    /// creates the counters), `--nfacct=true` makes its absence fatal.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub nfacct: Option<bool>,
     /// `linear` writes nat KUBE-SERVICES exactly as upstream; `tree` dispatches by prefix.
     #[arg(long, value_enum, default_value = "tree")]
     pub dispatch: DispatchArg,
@@ -171,7 +179,8 @@ impl RuleFlags {
         cfg.nodeport_addresses = nets;
         cfg.nodeport_primary = primary;
         cfg.localhost_nodeports = self.localhost_nodeports;
-        cfg.random_fully = self.random_fully;
+        cfg.random_fully = self.random_fully.unwrap_or(true);
+        cfg.nfacct = self.nfacct.unwrap_or(false);
         cfg.dispatch = match self.dispatch {
             DispatchArg::Linear => Dispatch::Linear,
             DispatchArg::Tree => Dispatch::Tree {

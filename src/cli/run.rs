@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use knat::agent::index::SourceState;
-use knat::agent::localnet;
 use knat::agent::node_event::{self, PodRefError};
 use knat::agent::node_identity::{self, MISSING_NODE_FIX, NameSource};
 use knat::agent::sync::{FamilySync, Scheduler, SyncLoop, Timing};
+use knat::agent::{capabilities, localnet};
 use knat::agent::{files, watch as kwatch};
 use knat::backend::{self, Iptables, Mode};
 use knat::config::ProxyConfig;
@@ -339,14 +339,20 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
             mode
         }
     };
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    let nfacct = capabilities::nfacct_client(args.rules.nfacct)?;
+    if let Some(client) = &nfacct {
+        metrics.register_nfacct(client.clone());
+    }
+    let metrics = Arc::new(metrics);
     let localnet_ok = localhost_nodeports_check(&args, &node_name, &families)?;
     let mut family_syncs = Vec::new();
     let mut localhost = false;
     for family in &families {
-        let cfg = args.config(&node_name, *family, localnet_ok)?;
+        let mut cfg = args.config(&node_name, *family, localnet_ok)?;
         localhost |= cfg.localhost_nodeports_effective();
         let ipt = Iptables::new(*family, mode);
+        cfg.random_fully = capabilities::random_fully(args.rules.random_fully, &ipt).await;
         tracing::info!(family = family.label(), restore = %ipt.bins.restore, local_detector = ?cfg.local_detector, "programming family");
         if cfg.local_detector == knat::config::LocalDetector::None {
             tracing::info!(
@@ -354,7 +360,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
                 "--detect-local-mode=ClusterCIDR but no --cluster-cidr of this family: pod traffic cannot be told apart (no ClusterIP masquerade rule, no pod short-circuit for Local services)"
             );
         }
-        family_syncs.push(FamilySync::new(cfg, ipt));
+        family_syncs.push(FamilySync::new(cfg, ipt).with_nfacct(nfacct.clone()));
     }
     metrics.localhost_nodeports.set(i64::from(localhost));
     let health = Arc::new(Mutex::new(ProxyHealth::new(

@@ -17,6 +17,7 @@ mod backend;
 pub mod cluster;
 pub mod demo;
 pub mod echo;
+pub mod invalid;
 pub mod scenario;
 mod sys;
 
