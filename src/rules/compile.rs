@@ -60,7 +60,8 @@ pub struct Compiled {
 const COMMENT_NODEPORTS_TAIL: &str =
     "kubernetes service nodeports; NOTE: this must be the last rule in this chain";
 
-fn c(text: impl Into<Arc<str>>) -> Match {
+/// A `-m comment --comment TEXT` match.
+fn comment_match(text: impl Into<Arc<str>>) -> Match {
     Match::Comment(text.into())
 }
 
@@ -82,7 +83,7 @@ fn destination_rule(
 ) -> Rule {
     Rule::new(
         vec![
-            c(comment),
+            comment_match(comment),
             Match::Proto(proto),
             dst_ip(ip),
             Match::DPort(port),
@@ -390,7 +391,7 @@ impl ServiceCompiler<'_> {
                 if self.cfg.nfacct && self.cfg.localhost_nodeports_effective() {
                     frag.nat_nodeports.push_rule(&Rule::new(
                         vec![
-                            c(spn_text.clone()),
+                            comment_match(spn_text.clone()),
                             Match::Proto(proto),
                             Match::Dst {
                                 negated: false,
@@ -402,14 +403,14 @@ impl ServiceCompiler<'_> {
                         jump(&chains.ext),
                     ));
                 }
-                let mut matches = vec![c(spn_text.clone())];
+                let mut matches = vec![comment_match(spn_text.clone())];
                 matches.extend(proto_port(node_port));
                 frag.nat_nodeports
                     .push_rule(&Rule::new(matches, jump(&chains.ext)));
             }
             if !has_external {
                 let mut matches = vec![
-                    c(external_comment.clone()),
+                    comment_match(external_comment.clone()),
                     Match::AddrTypeLocal {
                         dir: AddrTypeDir::Dst,
                         negated: false,
@@ -422,7 +423,7 @@ impl ServiceCompiler<'_> {
         }
         // Health-check node port.
         if let Some(hc) = svc.health_check_node_port {
-            let mut matches = vec![c(format!("{spn_text} health check node port"))];
+            let mut matches = vec![comment_match(format!("{spn_text} health check node port"))];
             matches.extend(proto_port_tcp(hc));
             frag.filter_nodeports
                 .push_rule(&Rule::new(matches, Target::Accept));
@@ -431,7 +432,7 @@ impl ServiceCompiler<'_> {
         // Internal traffic masquerade, first rule of the internal chain.
         if has_internal {
             let mut matches = vec![
-                c(format!("{spn_text} cluster IP")),
+                comment_match(format!("{spn_text} cluster IP")),
                 Match::Proto(proto),
                 dst_ip(ctx.cluster_ip),
                 Match::DPort(port.port),
@@ -459,7 +460,7 @@ impl ServiceCompiler<'_> {
                 frag.nat.push(
                     ext,
                     Rule::new(
-                        vec![c(format!(
+                        vec![comment_match(format!(
                             "masquerade traffic for {spn_text} external destinations"
                         ))],
                         jump(&self.kube_mark_masq),
@@ -471,7 +472,9 @@ impl ServiceCompiler<'_> {
                         ext,
                         Rule::new(
                             vec![
-                                c(format!("pod traffic for {spn_text} external destinations")),
+                                comment_match(format!(
+                                    "pod traffic for {spn_text} external destinations"
+                                )),
                                 local,
                             ],
                             jump(&chains.svc),
@@ -486,7 +489,7 @@ impl ServiceCompiler<'_> {
                     ext,
                     Rule::new(
                         vec![
-                            c(format!(
+                            comment_match(format!(
                                 "masquerade LOCAL traffic for {spn_text} external destinations"
                             )),
                             src_local.clone(),
@@ -498,7 +501,7 @@ impl ServiceCompiler<'_> {
                     ext,
                     Rule::new(
                         vec![
-                            c(format!(
+                            comment_match(format!(
                                 "route LOCAL traffic for {spn_text} external destinations"
                             )),
                             src_local,
@@ -515,7 +518,7 @@ impl ServiceCompiler<'_> {
         // loadBalancerSourceRanges.
         if uses_fw_chain {
             let fw = &chains.fw;
-            let comment = c(format!("{spn_text} loadbalancer IP"));
+            let comment = comment_match(format!("{spn_text} loadbalancer IP"));
             for range in ctx.ranges {
                 frag.nat.push(
                     fw,
@@ -554,7 +557,7 @@ impl ServiceCompiler<'_> {
             frag.nat.push(
                 fw,
                 Rule::new(
-                    vec![c(format!(
+                    vec![comment_match(format!(
                         "other traffic to {spn_text} will be dropped by KUBE-PROXY-FIREWALL"
                     ))],
                     Target::None,
@@ -940,7 +943,7 @@ impl Compiler<'_> {
         nat.push(
             &postrouting,
             Rule::new(
-                vec![c("kubernetes service traffic requiring SNAT")],
+                vec![comment_match("kubernetes service traffic requiring SNAT")],
                 Target::Masquerade {
                     random_fully: self.cfg.random_fully,
                 },
@@ -967,7 +970,7 @@ impl Compiler<'_> {
             &forward,
             Rule::new(
                 vec![
-                    c("kubernetes forwarding rules"),
+                    comment_match("kubernetes forwarding rules"),
                     Match::Mark {
                         negated: false,
                         mark: mark.clone(),
@@ -980,7 +983,7 @@ impl Compiler<'_> {
             &forward,
             Rule::new(
                 vec![
-                    c("kubernetes forwarding conntrack rule"),
+                    comment_match("kubernetes forwarding conntrack rule"),
                     Match::CtState {
                         negated: false,
                         states: "RELATED,ESTABLISHED",
@@ -995,7 +998,7 @@ impl Compiler<'_> {
                 &fw,
                 Rule::new(
                     vec![
-                        c("block incoming localnet connections"),
+                        comment_match("block incoming localnet connections"),
                         Match::Dst {
                             negated: false,
                             addr: Addr::Net(loopback_net()),
@@ -1105,7 +1108,7 @@ impl Compiler<'_> {
                         states: "NEW",
                     });
                 }
-                matches.extend(comment.map(c));
+                matches.extend(comment.map(comment_match));
                 Hook {
                     table,
                     chain: ChainName::fixed(chain),
@@ -1173,7 +1176,7 @@ impl Compiler<'_> {
             &mut self.rs.nat,
         );
         // The NodePort tail rule, last in nat KUBE-SERVICES.
-        let tail_comment = c(COMMENT_NODEPORTS_TAIL);
+        let tail_comment = comment_match(COMMENT_NODEPORTS_TAIL);
         if self.cfg.nodeports_match_all() {
             let mut matches = vec![
                 tail_comment,
