@@ -58,9 +58,10 @@ pub enum Readiness {
     Ready,
 }
 
-/// The result of applying one event.
+/// The result of applying one watch event to the index (not to be confused with
+/// `rules::plan::AppliedState`, what the kernel holds).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Applied {
+pub struct EventOutcome {
     /// The published state changed (the sync loop must be woken).
     pub changed: bool,
     /// Objects that were not converted, with who they are and why.
@@ -162,26 +163,26 @@ impl SourceState {
     }
 
     /// Applies a Service watch event.
-    pub fn service_event(&mut self, event: Event<K8sService>) -> Applied {
+    pub fn service_event(&mut self, event: Event<K8sService>) -> EventOutcome {
         self.apply::<Services>(event)
     }
 
     /// Applies an EndpointSlice watch event.
-    pub fn slice_event(&mut self, event: Event<K8sEndpointSlice>) -> Applied {
+    pub fn slice_event(&mut self, event: Event<K8sEndpointSlice>) -> EventOutcome {
         self.apply::<Slices>(event)
     }
 
     /// Applies an event of the own-Node watcher (field selector `metadata.name=<node>`).
     /// Nodes with another name are ignored (defensive; the selector excludes them).
-    pub fn node_event(&mut self, event: Event<K8sNode>) -> Applied {
+    pub fn node_event(&mut self, event: Event<K8sNode>) -> EventOutcome {
         self.apply::<OwnNode>(event)
     }
 
     /// One watch event of any kind: the single place where `Apply`, `Delete` and a re-list
     /// (`Init`, `InitApply`, `InitDone`) are told apart, as kube-runtime's
     /// `Writer::apply_watcher_event` does for its store.
-    fn apply<K: Kind>(&mut self, event: Event<K::Object>) -> Applied {
-        let mut applied = Applied::default();
+    fn apply<K: Kind>(&mut self, event: Event<K::Object>) -> EventOutcome {
+        let mut applied = EventOutcome::default();
         let mut convert = |obj: &K::Object| match K::convert(obj) {
             Ok(value) => Some(value),
             Err(skip) => {
