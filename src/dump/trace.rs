@@ -25,8 +25,6 @@ use super::model::{Dump, Rule};
 use super::target::Target;
 use crate::model::Protocol;
 
-pub use super::report::format_text;
-
 /// Nested jumps deeper than this are reported and not followed.
 pub const MAX_DEPTH: usize = 64;
 
@@ -533,7 +531,7 @@ impl Tracer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dump::parse::parse;
+    use crate::dump::read::parse;
 
     fn request(src: &str, dst: &str, dport: u16) -> TraceRequest {
         TraceRequest {
