@@ -8,7 +8,7 @@
 //! published state changed, so no-op updates do not wake the sync loop. A re-list (after a
 //! watch error such as 410 Gone) is buffered from `Init` to `InitDone` and then replaces the
 //! kind's state: whatever was not re-listed is deleted. Each kind says how it is keyed,
-//! converted and stored ([`Kind`]); one generic [`SourceState::apply`] and one [`Relist`]
+//! converted and stored (`Kind`); one generic `SourceState::apply` and one `Relist`
 //! buffer serve all three.
 //!
 //! Everything here is pure and synchronous; the watchers publish it through a
