@@ -9,8 +9,6 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::model::{IpFamily, NodeInfo};
-use crate::rules::Match;
-use crate::rules::rule::Addr;
 
 /// Configuration errors. None is retryable: the operator must fix the flags.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -153,34 +151,6 @@ impl LocalDetector {
     /// Whether the detector produces rules (an unresolved `NodeCidr` does not).
     pub fn is_implemented(&self) -> bool {
         !matches!(self, LocalDetector::None | LocalDetector::NodeCidr)
-    }
-
-    fn matcher(&self, negated: bool) -> Option<Match> {
-        match self {
-            LocalDetector::None | LocalDetector::NodeCidr => None,
-            LocalDetector::Cidr(net) => Some(Match::Src {
-                negated,
-                addr: Addr::Net(*net),
-            }),
-            LocalDetector::Bridge(name) => Some(Match::InIface {
-                negated,
-                name: name.clone(),
-            }),
-            LocalDetector::InterfacePrefix(prefix) => Some(Match::InIface {
-                negated,
-                name: format!("{prefix}+"),
-            }),
-        }
-    }
-
-    /// The match for "comes from a local pod".
-    pub fn if_local(&self) -> Option<Match> {
-        self.matcher(false)
-    }
-
-    /// The match for "does not come from a local pod".
-    pub fn if_not_local(&self) -> Option<Match> {
-        self.matcher(true)
     }
 }
 
@@ -435,7 +405,7 @@ mod tests {
             "printed as the network, as Go's ParseCIDR does"
         );
         assert_eq!(d.resolve(&v4.pod_cidrs, IpFamily::V6), LocalDetector::None);
-        assert!(!d.is_implemented() && d.if_local().is_none());
+        assert!(!d.is_implemented());
         let bridge = LocalDetector::Bridge("cni0".into());
         assert_eq!(bridge.resolve(&v4.pod_cidrs, IpFamily::V4), bridge);
 

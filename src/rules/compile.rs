@@ -12,6 +12,7 @@ use ipnet::IpNet;
 
 use super::chain::{ChainName, ServiceChains, endpoint_chain};
 use super::dispatch::{self, Entry};
+use super::local_traffic;
 use super::rule::*;
 use crate::config::{LocalDetector, ProxyConfig};
 use crate::model::categorize::{NodeTopology, categorize};
@@ -439,7 +440,9 @@ impl ServiceCompiler<'_> {
             ];
             let masq = if self.cfg.masquerade_all {
                 true
-            } else if let Some(not_local) = self.cfg.local_detector.if_not_local() {
+            } else if let Some(not_local) =
+                local_traffic::not_from_local_pod(&self.cfg.local_detector)
+            {
                 matches.push(not_local);
                 true
             } else {
@@ -467,7 +470,7 @@ impl ServiceCompiler<'_> {
                     ),
                 );
             } else {
-                if let Some(local) = self.cfg.local_detector.if_local() {
+                if let Some(local) = local_traffic::from_local_pod(&self.cfg.local_detector) {
                     frag.nat.push(
                         ext,
                         Rule::new(
