@@ -216,7 +216,10 @@ fn edited(dir: &Path, name: &str, from: &str, to: &str) -> String {
 }
 
 fn prerequisites(test: &str) -> bool {
-    knat::lab::test_prerequisites(test, &["ip", "iptables-save", "iptables-restore"])
+    knat_testbed::prerequisites::test_prerequisites(
+        test,
+        &["ip", "iptables-save", "iptables-restore"],
+    )
 }
 
 #[test]
