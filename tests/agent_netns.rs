@@ -431,6 +431,8 @@ fn run_from_files_programs_follows_changes_survives_sigterm_and_cleans_up() {
         "-j",
         "KUBE-SERVICES",
     ]);
+    // (The canary chain holds one rule: flushed first, as `-X` removes only empty chains.)
+    lab.exec(&["iptables", "-t", "mangle", "-F", "KUBE-PROXY-CANARY"]);
     lab.exec(&["iptables", "-t", "mangle", "-X", "KUBE-PROXY-CANARY"]);
     assert_eq!(count(&lab.save(), prerouting_hook), 0);
     lab.wait("a full sync after the canary loss", || {

@@ -9,8 +9,10 @@
 //! - [`Iptables::ensure_hooks`] makes sure the builtin-chain jumps exist (`-C`, then `-I`), on
 //!   full syncs only, for hooks whose target chain already existed; the others cannot exist
 //!   yet and are inserted by the restore itself ([`ChainListing::split_hooks`]).
-//! - [`Iptables::ensure_canaries`] / [`Iptables::canaries_present`] implement the
-//!   `KUBE-PROXY-CANARY` flush detection.
+//! - [`canary_payload`] (written by full syncs) / [`Iptables::canaries_present`] implement the
+//!   `KUBE-PROXY-CANARY` flush detection: a chain with one rule in mangle, nat and filter.
+//! - Every command has a time limit ([`command_timeout`]) and runs in its own process group,
+//!   which is killed when the limit passes.
 //! - [`Iptables::list_chains`] lists the chains present in the kernel: full syncs delete the
 //!   per-service ones that are not wanted any more.
 //!
@@ -24,9 +26,12 @@ pub mod random_fully;
 use std::collections::HashSet;
 use std::process::Stdio;
 
-use tokio::io::AsyncWriteExt;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
+use crate::dump::words::{TokenError, split};
 use crate::model::IpFamily;
 use crate::rules::rule::Hook;
 use crate::rules::{ChainName, ChainOrder, TableName, Target};
@@ -53,6 +58,11 @@ pub enum BackendError {
         context: String,
         stderr: String,
     },
+    /// A command did not finish within its time limit ([`command_timeout`]); it was killed
+    /// with its process group. Retryable: the next sync is full; a table whose transaction had
+    /// not been committed when the restore was killed is unchanged.
+    #[error("{program} did not finish within {} s; killed it and its process group", limit.as_secs())]
+    Timeout { program: String, limit: Duration },
     /// Another iptables command failed. Retryable (transient lock contention, a chain that
     /// another agent just removed); persistent failures are logged on every attempt.
     #[error("`{command}` failed ({status}): {stderr}")]
@@ -147,7 +157,12 @@ struct Finished {
     stderr: String,
 }
 
-async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<Finished, BackendError> {
+async fn run(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+    limit: Duration,
+) -> Result<Finished, BackendError> {
     let spawn_err = |source| BackendError::Spawn {
         program: program.to_string(),
         source,
@@ -161,19 +176,84 @@ async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<Finish
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group, so a timeout also ends whatever a wrapper script started.
+        .process_group(0)
         .kill_on_drop(true);
     let mut child = cmd.spawn().map_err(spawn_err)?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes()).await.map_err(spawn_err)?;
-        drop(pipe);
+    let input = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let work = async {
+        let feed = async {
+            if let (Some(text), Some(mut pipe)) = (stdin, input) {
+                // A restore that stops at a bad line stops reading: its exit status and
+                // message say why, so a closed pipe is not an error of its own.
+                match pipe.write_all(text.as_bytes()).await {
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e),
+                    _ => {}
+                }
+            }
+            Ok(())
+        };
+        let (fed, out, err) = tokio::join!(feed, read_all(stdout), read_all(stderr));
+        fed?;
+        let status = child.wait().await?;
+        Ok::<_, std::io::Error>((status, out?, err?))
+    };
+    match tokio::time::timeout(limit, work).await {
+        Ok(done) => {
+            let (status, out, err) = done.map_err(spawn_err)?;
+            Ok(Finished {
+                code: status.code(),
+                stdout: String::from_utf8_lossy(&out).into_owned(),
+                stderr: String::from_utf8_lossy(&err).trim().to_string(),
+            })
+        }
+        Err(_) => {
+            end_process_group(&mut child).await;
+            Err(BackendError::Timeout {
+                program: program.to_string(),
+                limit,
+            })
+        }
     }
-    let out = child.wait_with_output().await.map_err(spawn_err)?;
-    Ok(Finished {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    })
 }
+
+/// Reads a child's pipe to the end (nothing when it was not captured).
+async fn read_all(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    if let Some(mut pipe) = pipe {
+        pipe.read_to_end(&mut buf).await?;
+    }
+    Ok(buf)
+}
+
+/// SIGKILLs the process group a timed-out child leads and reaps the child, so no process of
+/// it is left behind or becomes a zombie.
+async fn end_process_group(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
+        let group = nix::unistd::Pid::from_raw(pid);
+        if let Err(err) = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL) {
+            tracing::warn!(pid, %err, "cannot kill the process group of a timed-out command");
+        }
+    }
+    let _ = child.kill().await;
+}
+
+/// How long one iptables command may run before it is killed: twice the sync period (a sync
+/// that takes longer has made `/healthz` fail already), and never less than
+/// [`MIN_COMMAND_TIMEOUT`], so that a restore of a large table on a slow node is not cut short
+/// by a small `--iptables-sync-period`.
+pub fn command_timeout(sync_period: Duration) -> Duration {
+    (2 * sync_period).max(MIN_COMMAND_TIMEOUT)
+}
+
+/// The shortest command timeout: the lock wait (`-w 5`) with a wide margin; a restore of
+/// 10,000 services takes 3-9 s on the 2-core development machine.
+pub const MIN_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `--iptables-sync-period`'s default, for backends built outside the agent (cleanup, diff).
+pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(30);
 
 fn command_error(program: &str, args: &[&str], out: &Finished) -> BackendError {
     BackendError::Command {
@@ -192,6 +272,8 @@ pub struct Iptables {
     pub family: IpFamily,
     pub mode: Mode,
     pub bins: Binaries,
+    /// The time limit of each command ([`command_timeout`]).
+    pub timeout: Duration,
 }
 
 impl Iptables {
@@ -200,13 +282,14 @@ impl Iptables {
             family,
             mode,
             bins: Binaries::new(family, mode),
+            timeout: command_timeout(DEFAULT_SYNC_PERIOD),
         }
     }
 
     async fn iptables(&self, args: &[&str]) -> Result<Finished, BackendError> {
         let mut full: Vec<&str> = WAIT_ARGS.to_vec();
         full.extend_from_slice(args);
-        run(&self.bins.iptables, &full, None).await
+        run(&self.bins.iptables, &full, None, self.timeout).await
     }
 
     /// Applies `payload` in one `iptables-restore --noflush --counters` transaction.
@@ -224,7 +307,7 @@ impl Iptables {
             );
         }
         let payload = adapted.as_deref().unwrap_or(payload);
-        let out = run(&self.bins.restore, &args, Some(payload)).await?;
+        let out = run(&self.bins.restore, &args, Some(payload), self.timeout).await?;
         if out.code == Some(0) {
             return Ok(());
         }
@@ -245,7 +328,7 @@ impl Iptables {
             Some(t) => vec!["-t", t],
             None => vec![],
         };
-        let out = run(&self.bins.save, &args, None).await?;
+        let out = run(&self.bins.save, &args, None, self.timeout).await?;
         if out.code != Some(0) {
             return Err(command_error(&self.bins.save, &args, &out));
         }
@@ -258,7 +341,12 @@ impl Iptables {
     pub async fn ensure_hooks(&self, hooks: &[&Hook]) -> Result<usize, BackendError> {
         let mut inserted = 0;
         for hook in hooks.iter().rev() {
-            let rule_args = split_args(&hook.rule.to_string());
+            let rendered = hook.rule.to_string();
+            let rule_args = split_args(&rendered).map_err(|e| BackendError::Command {
+                command: format!("iptables -C {} {rendered}", hook.chain.as_str()),
+                status: "not run".into(),
+                stderr: format!("the hook rule does not split into arguments: {e}"),
+            })?;
             let rule: Vec<&str> = rule_args.iter().map(String::as_str).collect();
             let mut check = vec!["-t", hook.table.as_str(), "-C", hook.chain.as_str()];
             check.extend(&rule);
@@ -279,40 +367,16 @@ impl Iptables {
         Ok(inserted)
     }
 
-    /// Creates the empty `KUBE-PROXY-CANARY` chain in mangle, nat and filter.
-    pub async fn ensure_canaries(&self) -> Result<(), BackendError> {
-        self.create_canaries(&CANARY_TABLES).await
-    }
-
-    /// Creates the canary chain in each of `tables` (an existing one is fine).
-    pub async fn create_canaries(&self, tables: &[&str]) -> Result<(), BackendError> {
-        for &table in tables {
-            let args = ["-t", table, "-N", ChainName::KUBE_PROXY_CANARY];
-            let out = self.iptables(&args).await?;
-            // Exit 1 with "exists" is fine; anything else we check by listing the chain.
-            if out.code != Some(0)
-                && !self
-                    .chain_exists(table, ChainName::KUBE_PROXY_CANARY)
-                    .await?
-            {
-                return Err(command_error(&self.bins.iptables, &args, &out));
-            }
-        }
-        Ok(())
-    }
-
-    async fn chain_exists(&self, table: &str, chain: &str) -> Result<bool, BackendError> {
-        Ok(self.iptables(&["-t", table, "-S", chain]).await?.code == Some(0))
-    }
-
-    /// True when all canary chains still exist. Unlike upstream (which checks only mangle,
-    /// issue #129128), every table is checked, so a flush of only nat is noticed too.
+    /// True when every canary chain still exists and still holds [`CANARY_RULE`]. Unlike
+    /// upstream (which checks only that the mangle chain exists, issue #129128), every table is
+    /// checked, and a flush that leaves the chains (`iptables -t nat -F`) is noticed too.
     pub async fn canaries_present(&self) -> Result<bool, BackendError> {
+        let marker = canary_rule_line();
         for table in CANARY_TABLES {
-            if !self
-                .chain_exists(table, ChainName::KUBE_PROXY_CANARY)
-                .await?
-            {
+            let out = self
+                .iptables(&["-t", table, "-S", ChainName::KUBE_PROXY_CANARY])
+                .await?;
+            if out.code != Some(0) || !out.stdout.lines().any(|l| l.trim_end() == marker) {
                 return Ok(false);
             }
         }
@@ -331,7 +395,7 @@ impl Iptables {
                     IpFamily::V6 => "ip6",
                 };
                 let args = ["list", "chains", family];
-                let out = run(nft, &args, None).await?;
+                let out = run(nft, &args, None, self.timeout).await?;
                 if out.code != Some(0) {
                     return Err(command_error(nft, &args, &out));
                 }
@@ -416,6 +480,31 @@ impl ChainListing {
 /// The tables that carry a canary chain, checked in this order.
 pub const CANARY_TABLES: [&str; 3] = ["mangle", "nat", "filter"];
 
+/// The one rule of each canary chain. Nothing jumps to the chain, so it never sees a packet;
+/// it is there because flushing a table (`iptables -t nat -F`) removes every rule but keeps
+/// every chain, which an empty canary chain would survive unnoticed.
+pub const CANARY_RULE: &str = "-m comment --comment \"knat flush canary\" -j RETURN";
+
+/// [`CANARY_RULE`] as `iptables -S` and `iptables-save` print it.
+pub fn canary_rule_line() -> String {
+    format!("-A {} {CANARY_RULE}", ChainName::KUBE_PROXY_CANARY)
+}
+
+/// The restore sections that (re)create the canary chain with its rule in every canary
+/// table; full syncs append them to their payload (declaring the chain flushes it, so the
+/// rule is never doubled).
+pub fn canary_payload() -> String {
+    let mut out = String::new();
+    for table in CANARY_TABLES {
+        out.push_str(&format!(
+            "*{table}\n:{} - [0:0]\n{}\nCOMMIT\n",
+            ChainName::KUBE_PROXY_CANARY,
+            canary_rule_line()
+        ));
+    }
+    out
+}
+
 /// Tables whose payload declares more chains than this get a leading `-Z` on iptables-nft.
 pub const NFT_BULK_CHAINS: usize = 10_000;
 
@@ -488,44 +577,17 @@ pub fn line_context(payload: &str, line: usize, around: usize) -> String {
         .join("\n")
 }
 
-/// Splits a rendered rule into arguments: whitespace-separated, double quotes group words
-/// (the only quoting knat's renderer and iptables-save produce).
-pub fn split_args(text: &str) -> Vec<String> {
-    let mut args = Vec::new();
-    let mut current = String::new();
-    let mut in_quotes = false;
-    let mut has_token = false;
-    let mut chars = text.chars();
-    while let Some(ch) = chars.next() {
-        match ch {
-            '"' => {
-                in_quotes = !in_quotes;
-                has_token = true;
-            }
-            '\\' if in_quotes => {
-                if let Some(next) = chars.next() {
-                    current.push(next);
-                }
-            }
-            c if c.is_whitespace() && !in_quotes => {
-                if has_token {
-                    args.push(std::mem::take(&mut current));
-                    has_token = false;
-                }
-            }
-            c => {
-                current.push(c);
-                has_token = true;
-            }
-        }
-    }
-    if has_token {
-        args.push(current);
-    }
-    args
+/// A rendered rule or an `iptables-save` rule line split into arguments as iptables-restore
+/// splits it (the one tokenizer, [`crate::dump::words::split`]).
+pub fn split_args(text: &str) -> Result<Vec<String>, TokenError> {
+    Ok(split(text)?.into_iter().map(|word| word.text).collect())
 }
 
 /// `(table, chain)` for every chain declared in `iptables-save` output (builtins included).
+///
+/// A scan of the `*table` and `:chain` lines only, not a second parser: the agent's chain
+/// listing needs no rule, and [`crate::dump::parse`] would tokenize and type every one of them
+/// (a hundred thousand at 10,000 Services) on each full sync.
 pub fn saved_chains(text: &str) -> Vec<(String, String)> {
     let mut table = String::new();
     let mut out = Vec::new();
@@ -620,12 +682,12 @@ async fn evidence(mode: Mode) -> ModeEvidence {
         if !bins.save.contains(mode.as_str()) {
             continue;
         }
-        if let Ok(out) = run(&bins.save, &["-t", "mangle"], None).await
+        if let Ok(out) = run(&bins.save, &["-t", "mangle"], None, MIN_COMMAND_TIMEOUT).await
             && out.code == Some(0)
         {
             ev.kubelet_hint |= has_kubelet_hint(&out.stdout);
         }
-        if let Ok(out) = run(&bins.save, &[], None).await
+        if let Ok(out) = run(&bins.save, &[], None, MIN_COMMAND_TIMEOUT).await
             && out.code == Some(0)
         {
             ev.rules += count_rules(&out.stdout);
@@ -707,7 +769,8 @@ pub fn cleanup_payload(save: &str) -> String {
             let Some(rule) = line.strip_prefix("-A ") else {
                 continue;
             };
-            let args = split_args(rule);
+            // A line iptables-save printed always splits; one that does not is not touched.
+            let Ok(args) = split_args(rule) else { continue };
             let Some(chain) = args.first() else { continue };
             if owned.contains(chain) {
                 continue;
@@ -852,7 +915,8 @@ mod tests {
     #[test]
     fn split_args_handles_quotes() {
         assert_eq!(
-            split_args("-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"),
+            split_args("-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES")
+                .unwrap(),
             vec![
                 "-m",
                 "comment",
@@ -863,10 +927,11 @@ mod tests {
             ]
         );
         assert_eq!(
-            split_args("-m comment --comment \"\" -j X"),
+            split_args("-m comment --comment \"\" -j X").unwrap(),
             vec!["-m", "comment", "--comment", "", "-j", "X"]
         );
-        assert_eq!(split_args("  "), Vec::<String>::new());
+        assert_eq!(split_args("  ").unwrap(), Vec::<String>::new());
+        assert!(split_args("-m comment --comment \"unterminated").is_err());
     }
 
     #[test]
@@ -992,6 +1057,71 @@ COMMIT
             ..listing
         };
         assert_eq!(names_only.split_hooks(&hooks).1.len(), 3);
+    }
+
+    #[test]
+    fn the_canary_payload_declares_and_fills_one_chain_per_table() {
+        let payload = canary_payload();
+        assert_eq!(
+            payload,
+            "*mangle\n:KUBE-PROXY-CANARY - [0:0]\n-A KUBE-PROXY-CANARY -m comment --comment \"knat flush canary\" -j RETURN\nCOMMIT\n\
+             *nat\n:KUBE-PROXY-CANARY - [0:0]\n-A KUBE-PROXY-CANARY -m comment --comment \"knat flush canary\" -j RETURN\nCOMMIT\n\
+             *filter\n:KUBE-PROXY-CANARY - [0:0]\n-A KUBE-PROXY-CANARY -m comment --comment \"knat flush canary\" -j RETURN\nCOMMIT\n"
+        );
+        // Cleanup still removes the chain with its rule.
+        let save = format!(
+            "*nat\n:KUBE-PROXY-CANARY - [0:0]\n{}\nCOMMIT\n",
+            canary_rule_line()
+        );
+        assert_eq!(
+            cleanup_payload(&save),
+            "*nat\n:KUBE-PROXY-CANARY - [0:0]\n-X KUBE-PROXY-CANARY\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn command_timeout_is_twice_the_sync_period_and_at_least_the_minimum() {
+        assert_eq!(
+            command_timeout(Duration::from_secs(30)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(command_timeout(Duration::from_secs(1)), MIN_COMMAND_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn a_command_past_its_limit_is_killed_with_its_process_group() {
+        // The shell starts a grandchild and waits for it: both must be gone after the limit.
+        let marker = format!("knat-timeout-test-{}", std::process::id());
+        let script = format!("(exec -a {marker} sleep 30) & wait");
+        let started = std::time::Instant::now();
+        let err = run("bash", &["-c", &script], None, Duration::from_millis(300))
+            .await
+            .expect_err("the command outlives its limit");
+        assert!(matches!(err, BackendError::Timeout { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let alive = std::fs::read_dir("/proc")
+            .expect("/proc")
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .filter(|cmdline| cmdline.starts_with(marker.as_bytes()))
+            .count();
+        assert_eq!(alive, 0, "the grandchild was killed with the group");
+    }
+
+    #[tokio::test]
+    async fn a_child_that_stops_reading_its_input_reports_its_own_error() {
+        // 1 MB of payload into a process that reads nothing and fails: its message, not EPIPE.
+        let payload = "x".repeat(1 << 20);
+        let out = run(
+            "sh",
+            &["-c", "echo 'line 1 failed' >&2; exit 1"],
+            Some(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("a finished command");
+        assert_eq!(out.code, Some(1));
+        assert_eq!(out.stderr, "line 1 failed");
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! The decisions are pure ([`binary_supports`], [`kernel_supports`]); [`detect`] runs the
 //! binary and reads the release.
 
-use super::{Iptables, run};
+use super::{Iptables, MIN_COMMAND_TIMEOUT, run};
 
 /// The first Linux release with fully random source-port allocation in NAT.
 pub const MIN_KERNEL: (u32, u32) = (3, 14);
@@ -78,10 +78,15 @@ pub fn kernel_supports(release: &str) -> bool {
 /// Runs the family's iptables binary for MASQUERADE's help and reads the kernel release.
 pub async fn detect(ipt: &Iptables) -> RandomFully {
     let binary = ipt.bins.iptables.clone();
-    let help = run(&binary, &["-j", "MASQUERADE", "--help"], None)
-        .await
-        .map(|out| format!("{}\n{}", out.stdout, out.stderr))
-        .unwrap_or_default();
+    let help = run(
+        &binary,
+        &["-j", "MASQUERADE", "--help"],
+        None,
+        MIN_COMMAND_TIMEOUT,
+    )
+    .await
+    .map(|out| format!("{}\n{}", out.stdout, out.stderr))
+    .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|r| r.trim().to_string())
         .unwrap_or_default();

@@ -34,7 +34,11 @@ pub fn checksum(bytes: &[u8]) -> u16 {
 /// ICMPv6 checksum covers a pseudo-header the kernel fills in on raw ICMPv6 sockets, so it is
 /// left 0 there.
 pub fn echo_reply(v6: bool, id: u16, seq: u16) -> Vec<u8> {
-    let kind = if v6 { ICMPV6_ECHO_REPLY } else { ICMP_ECHO_REPLY };
+    let kind = if v6 {
+        ICMPV6_ECHO_REPLY
+    } else {
+        ICMP_ECHO_REPLY
+    };
     let mut out = vec![kind, 0, 0, 0];
     out.extend_from_slice(&id.to_be_bytes());
     out.extend_from_slice(&seq.to_be_bytes());
@@ -74,7 +78,10 @@ mod tests {
     #[test]
     fn checksum_of_rfc1071_example() {
         // RFC 1071 section 3: 0001 f203 f4f5 f6f7 sums to ddf2, complement 220d.
-        assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), 0x220d);
+        assert_eq!(
+            checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            0x220d
+        );
     }
 
     #[test]
