@@ -34,7 +34,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use knat::lab::{Backend, Family, Lab, LabOptions, Scenario, in_netns, preflight, run};
+use knat::backend::{CANARY_RULE, CANARY_TABLES};
+use knat::lab::{Backend, Family, Lab, LabOptions, Proto, Scenario, in_netns, preflight, run};
+use knat::rules::ChainName;
 use knat_testbed::control_plane::{
     ControlPlane, ControlPlaneOptions, Daemon, K8sBinaries, now_rfc3339,
 };
@@ -49,7 +51,11 @@ const CLIENT: &str = "ext";
 const VIP_NODE: &str = "198.51.100.11";
 const VIP_TWIN: &str = "198.51.100.21";
 /// Pods (all on the lab's node-1 and node-2, whose Node names the proxies use).
-const PODS: [(&str, &str); 3] = [("web-1a", "node-1"), ("web-1b", "node-1"), ("web-2a", "node-2")];
+const PODS: [(&str, &str); 3] = [
+    ("web-1a", "node-1"),
+    ("web-1b", "node-1"),
+    ("web-2a", "node-2"),
+];
 
 /// One comparison: a knat node and its kube-proxy twin, both named `name`, on one front-end.
 #[derive(Debug, Clone, Copy)]
@@ -103,10 +109,15 @@ fn prerequisites() -> Option<K8sBinaries> {
     if let Err(e) = preflight(&[Backend::Nft, Backend::Legacy], true) {
         return skip(&e.to_string());
     }
-    let missing: Vec<&str> = ["openssl", "curl", "xtables-nft-multi", "xtables-legacy-multi"]
-        .into_iter()
-        .filter(|p| knat::lab::find_program(p).is_none())
-        .collect();
+    let missing: Vec<&str> = [
+        "openssl",
+        "curl",
+        "xtables-nft-multi",
+        "xtables-legacy-multi",
+    ]
+    .into_iter()
+    .filter(|p| knat::lab::find_program(p).is_none())
+    .collect();
     if !missing.is_empty() {
         return skip(&format!("missing tools: {missing:?}"));
     }
@@ -207,10 +218,35 @@ fn canonical(rules: &[String]) -> Vec<String> {
     out
 }
 
+/// knat's one deliberate addition, normalised explicitly: each `KUBE-PROXY-CANARY` chain holds
+/// exactly [`CANARY_RULE`] (so a table flush that keeps the chains is noticed), where upstream's
+/// canary chains are empty. The rule is removed when it is exactly that; anything else in the
+/// chain stays and is compared, and a missing canary rule is itself a difference.
+fn normalise_knat_canaries(knat: &mut BTreeMap<String, Table>, out: &mut Vec<String>) {
+    for table in CANARY_TABLES {
+        let Some((_, rules)) = knat
+            .get_mut(table)
+            .and_then(|t| t.get_mut(ChainName::KUBE_PROXY_CANARY))
+        else {
+            continue;
+        };
+        match rules.iter().position(|r| r == CANARY_RULE) {
+            Some(i) => {
+                rules.remove(i);
+            }
+            None => out.push(format!(
+                "{table} {}: knat's canary rule {CANARY_RULE:?} is missing",
+                ChainName::KUBE_PROXY_CANARY
+            )),
+        }
+    }
+}
+
 /// Every difference between knat's and kube-proxy's dump, as readable lines.
 fn differences(knat: &str, upstream: &str) -> Vec<String> {
-    let (k, u) = (parse_save(knat), parse_save(upstream));
+    let (mut k, u) = (parse_save(knat), parse_save(upstream));
     let mut out = Vec::new();
+    normalise_knat_canaries(&mut k, &mut out);
     for (label, dump) in [("knat", &k), ("kube-proxy", &u)] {
         if let Some(rules) = dump
             .get("nat")
@@ -219,7 +255,9 @@ fn differences(knat: &str, upstream: &str) -> Vec<String> {
             && rules.iter().any(|r| r.contains(TAIL))
             && !rules.last().is_some_and(|r| r.contains(TAIL))
         {
-            out.push(format!("nat KUBE-SERVICES of {label}: the NodePort rule is not last"));
+            out.push(format!(
+                "nat KUBE-SERVICES of {label}: the NodePort rule is not last"
+            ));
         }
     }
     let tables: std::collections::BTreeSet<&String> = k.keys().chain(u.keys()).collect();
@@ -234,7 +272,9 @@ fn differences(knat: &str, upstream: &str) -> Vec<String> {
                 (None, Some(_)) => out.push(format!("{table} {chain}: only kube-proxy has it")),
                 (Some((kp, kr)), Some((up, ur))) => {
                     if kp != up {
-                        out.push(format!("{table} {chain}: policy knat {kp}, kube-proxy {up}"));
+                        out.push(format!(
+                            "{table} {chain}: policy knat {kp}, kube-proxy {up}"
+                        ));
                     }
                     let (kr, ur) = if map_ordered(table, chain) {
                         (canonical(kr), canonical(ur))
@@ -434,9 +474,8 @@ impl Bed {
             knat_args.extend(common(&knat_kubeconfig));
             let ns = self.lab.namespace(pair.knat).expect("ns");
             let log = self.logs.join(format!("{}.log", pair.knat));
-            self.proxies.push(
-                Daemon::spawn("knat", &ns, Path::new(KNAT), &knat_args, &log).expect("knat"),
-            );
+            self.proxies
+                .push(Daemon::spawn("knat", &ns, Path::new(KNAT), &knat_args, &log).expect("knat"));
             let path = format!(
                 "PATH={}:{}",
                 self.front_end_dir(pair.backend).display(),
@@ -477,7 +516,11 @@ impl Bed {
 
     /// Waits until every pair's dumps (both families) contain `present`, lack `absent`, and
     /// are equal; panics with every difference when they are not within [`CONVERGE`].
-    fn compare(&self, step: &str, marks: impl Fn(Family) -> (Vec<String>, Vec<String>)) -> Duration {
+    fn compare(
+        &self,
+        step: &str,
+        marks: impl Fn(Family) -> (Vec<String>, Vec<String>),
+    ) -> Duration {
         let start = Instant::now();
         loop {
             let mut problems = Vec::new();
@@ -542,7 +585,11 @@ impl Bed {
     fn metric(&self, node: &str, name: &str) -> Option<u64> {
         let out = self
             .lab
-            .exec(node, "curl", &["-s", "--max-time", "2", "http://127.0.0.1:10249/metrics"])
+            .exec(
+                node,
+                "curl",
+                &["-s", "--max-time", "2", "http://127.0.0.1:10249/metrics"],
+            )
             .ok()?;
         out.lines()
             .filter(|l| !l.starts_with('#'))
@@ -614,7 +661,10 @@ fn knat_and_kube_proxy_program_the_same_rules() {
     };
     let t0 = Instant::now();
     let mut bed = Bed::start(binaries);
-    eprintln!("rule_diff: control plane and lab ready in {:.1?}", t0.elapsed());
+    eprintln!(
+        "rule_diff: control plane and lab ready in {:.1?}",
+        t0.elapsed()
+    );
     bed.start_proxies();
 
     // Step 1: every kind of Service, dual-stack.
@@ -638,35 +688,56 @@ fn knat_and_kube_proxy_program_the_same_rules() {
     const LOCALHOST: &str = "kubeproxy_iptables_localhost_nodeports_accepted_packets_total";
     for (node, vip) in [("node-1", VIP_NODE), ("twin-1", VIP_TWIN)] {
         let before = (
-            bed.metric(node, INVALID).unwrap_or_else(|| panic!("{node}: no {INVALID}")),
-            bed.metric(node, LOCALHOST).unwrap_or_else(|| panic!("{node}: no {LOCALHOST}")),
+            bed.metric(node, INVALID)
+                .unwrap_or_else(|| panic!("{node}: no {INVALID}")),
+            bed.metric(node, LOCALHOST)
+                .unwrap_or_else(|| panic!("{node}: no {LOCALHOST}")),
         );
         bed.lab
             .exec(CLIENT, KNAT, &["lab-invalid", "--to", vip, "--count", "3"])
             .expect("send INVALID packets");
-        let mut answered = 0;
-        for _ in 0..2 {
-            if bed
-                .lab
-                .exec(node, "curl", &["-s", "--max-time", "2", "http://127.0.0.1:30080/"])
-                .is_ok()
-            {
-                answered += 1;
+        let localhost: std::net::SocketAddr = "127.0.0.1:30080".parse().expect("addr");
+        let answers: Vec<String> = bed
+            .lab
+            .probe_many(node, localhost, Proto::Tcp, 2)
+            .unwrap_or_else(|e| panic!("{node}: probe {localhost}: {e}"))
+            .iter()
+            .map(|r| r.describe())
+            .collect();
+        let answered = answers
+            .iter()
+            .filter(|a| a.starts_with("reached web-"))
+            .count();
+        // The packets cross two veths asynchronously: wait (briefly) for the DROP to count them.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let after = loop {
+            let now = (
+                bed.metric(node, INVALID).unwrap_or_default(),
+                bed.metric(node, LOCALHOST).unwrap_or_default(),
+            );
+            if now.0 >= before.0 + 3 || Instant::now() > deadline {
+                break now;
             }
-        }
-        let after = (
-            bed.metric(node, INVALID).unwrap_or_default(),
-            bed.metric(node, LOCALHOST).unwrap_or_default(),
-        );
+            std::thread::sleep(Duration::from_millis(100));
+        };
         eprintln!(
             "rule_diff: {node}: {INVALID} {} -> {}, {LOCALHOST} {} -> {} ({answered} of 2 localhost connections answered)",
             before.0, after.0, before.1, after.1
         );
-        assert!(after.0 >= before.0 + 3, "{node}: 3 INVALID packets dropped and counted: {before:?} -> {after:?}");
-        assert!(after.1 >= before.1 + 2, "{node}: 2 localhost NodePort connections counted: {before:?} -> {after:?}");
-        if node == "node-1" {
-            assert_eq!(answered, 2, "knat's localhost NodePort connections are answered by a local pod");
-        }
+        assert_eq!(
+            after.0,
+            before.0 + 3,
+            "{node}: exactly the 3 INVALID packets dropped and counted: {before:?} -> {after:?}"
+        );
+        assert_eq!(
+            after.1,
+            before.1 + 2,
+            "{node}: exactly the 2 localhost NodePort connections counted (nat sees first packets only)"
+        );
+        assert_eq!(
+            answered, 2,
+            "{node}: localhost NodePort connections answered by a web pod: {answers:?}"
+        );
     }
 
     // Step 2: a terminating (still serving) endpoint and a not-ready one.
@@ -675,14 +746,25 @@ fn knat_and_kube_proxy_program_the_same_rules() {
         .expect("terminate web-1b");
     bed.set_pod("web-2a", "node-2", false);
     bed.compare("terminating and not ready", |f| {
-        (vec!["rd/empty:http".into()], vec![ep("web-2a", f), ep("web-1b", f)])
+        (
+            vec!["rd/empty:http".into()],
+            vec![ep("web-2a", f), ep("web-1b", f)],
+        )
     });
 
     // Step 3: externalTrafficPolicy Local -> Cluster (the health-check node port goes).
     bed.cp
         .kubectl(
-            &["patch", "service", "web", "-n", NS, "--type=merge", "-p",
-              r#"{"spec": {"externalTrafficPolicy": "Cluster", "healthCheckNodePort": null}}"#],
+            &[
+                "patch",
+                "service",
+                "web",
+                "-n",
+                NS,
+                "--type=merge",
+                "-p",
+                r#"{"spec": {"externalTrafficPolicy": "Cluster", "healthCheckNodePort": null}}"#,
+            ],
             None,
         )
         .expect("patch web");
@@ -699,7 +781,10 @@ fn knat_and_kube_proxy_program_the_same_rules() {
         .expect("delete fw");
     bed.cp.remove_pod(NS, "web-1a").expect("remove web-1a");
     bed.compare("service removed, last ready pod gone", |f| {
-        (vec!["rd/web:http".into()], vec!["rd/fw:".into(), ep("web-1a", f)])
+        (
+            vec!["rd/web:http".into()],
+            vec!["rd/fw:".into(), ep("web-1a", f)],
+        )
     });
 
     eprintln!("rule_diff: passed in {:.1?}", t0.elapsed());
@@ -726,6 +811,31 @@ mod normalisation {
         let g = "*filter\n:KUBE-FORWARD - [0:0]\n-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\nCOMMIT\n";
         let h = "*filter\n:KUBE-FORWARD - [0:0]\n-A KUBE-FORWARD -m conntrack --ctstate INVALID -m nfacct --nfacct-name  ct_state_invalid_dropped_pkts -j DROP\nCOMMIT\n";
         let diff = differences(g, h);
-        assert!(diff.len() == 1 && diff[0].contains("filter KUBE-FORWARD rule 1"), "{diff:?}");
+        assert!(
+            diff.len() == 1 && diff[0].contains("filter KUBE-FORWARD rule 1"),
+            "{diff:?}"
+        );
+        // knat's canary rule is removed explicitly, and only that rule.
+        let upstream = "*nat\n:KUBE-PROXY-CANARY - [0:0]\nCOMMIT\n";
+        let knat = format!(
+            "*nat\n:KUBE-PROXY-CANARY - [0:0]\n-A KUBE-PROXY-CANARY {CANARY_RULE}\nCOMMIT\n"
+        );
+        assert!(
+            differences(&knat, upstream).is_empty(),
+            "{:?}",
+            differences(&knat, upstream)
+        );
+        let extra = knat.replace("COMMIT", "-A KUBE-PROXY-CANARY -j DROP\nCOMMIT");
+        assert_eq!(
+            differences(&extra, upstream).len(),
+            1,
+            "{:?}",
+            differences(&extra, upstream)
+        );
+        let missing = differences(upstream, upstream);
+        assert!(
+            missing.len() == 1 && missing[0].contains("canary rule"),
+            "{missing:?}"
+        );
     }
 }
