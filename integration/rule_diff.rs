@@ -787,7 +787,198 @@ fn knat_and_kube_proxy_program_the_same_rules() {
         )
     });
 
+    // Step 5: zones on the Nodes; selectorless Services with hand-written EndpointSlices (11
+    // endpoints, zone hints, node hints), ExternalName, headless, LoadBalancer IPs in Proxy mode.
+    for (node, zone) in [("node-1", "zone-a"), ("node-2", "zone-b")] {
+        bed.cp
+            .kubectl(
+                &[
+                    "label",
+                    "node",
+                    node,
+                    &format!("topology.kubernetes.io/zone={zone}"),
+                ],
+                None,
+            )
+            .expect("zone label");
+    }
+    bed.cp.apply(&more_services()).expect("more services");
+    lb_status_modes(
+        &bed,
+        "proxylb",
+        &[
+            ("198.51.100.41", "Proxy"),
+            ("198.51.100.42", "VIP"),
+            ("2001:db8:51::41", "Proxy"),
+            ("2001:db8:51::42", "VIP"),
+        ],
+    );
+    bed.compare(
+        "slices by hand, hints, ExternalName, headless, ipMode Proxy",
+        |f| {
+            let last = match f {
+                Family::V4 => "rd/many:http -> 10.250.0.11:8080",
+                Family::V6 => "rd/many:http -> [fd00:250::b]:8080",
+            };
+            let (proxy_ip, vip) = match f {
+                Family::V4 => ("198.51.100.41", "198.51.100.42"),
+                Family::V6 => ("2001:db8:51::41", "2001:db8:51::42"),
+            };
+            (
+                vec![
+                    last.into(),
+                    "rd/zoned:http".into(),
+                    "rd/samenode:http".into(),
+                    vip.into(),
+                ],
+                vec!["rd/headless".into(), "rd/ext".into(), proxy_ip.into()],
+            )
+        },
+    );
+    // The hints really filtered (equal on both proxies, so checked on knat's side): node-1 in
+    // zone-a keeps the odd endpoints (zone-a, node-1), node-2 in zone-b the even ones.
+    for pair in [PAIRS[0], PAIRS[1]] {
+        let dump = bed.save(pair.knat, pair.backend, Family::V4);
+        for (service, endpoints) in [("zoned", 21..=23), ("samenode", 31..=34)] {
+            for i in endpoints {
+                let rule = format!("rd/{service}:http -> 10.250.0.{i}:8080");
+                let expected = (i % 2 == 1) == (pair.name == "node-1");
+                assert_eq!(
+                    dump.contains(&rule),
+                    expected,
+                    "{}: {rule:?} (hints)\n{dump}",
+                    pair.knat
+                );
+            }
+        }
+    }
+
     eprintln!("rule_diff: passed in {:.1?}", t0.elapsed());
+}
+
+/// Step 5's objects: selectorless Services with their EndpointSlices, and the kinds that
+/// must program nothing (ExternalName, headless).
+fn more_services() -> String {
+    let dual = r#""ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"]"#;
+    let port = r#""ports": [{"name": "http", "port": 80, "targetPort": 8080}]"#;
+    let svc = |name: &str, spec: &str| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": serde_json::from_str::<serde_json::Value>(&format!("{{{spec}}}")).expect("spec")})
+        .to_string()
+    };
+    // (address, node, zone, zone hint, node hint) per endpoint.
+    type Ep<'a> = (String, &'a str, &'a str, Option<&'a str>, Option<&'a str>);
+    let slice = |service: &str, family: Family, endpoints: Vec<Ep>| {
+        let endpoints: Vec<serde_json::Value> = endpoints
+            .into_iter()
+            .map(|(address, node, zone, zone_hint, node_hint)| {
+                let mut ep = serde_json::json!({"addresses": [address], "nodeName": node,
+                    "zone": zone, "conditions": {"ready": true, "serving": true, "terminating": false}});
+                let mut hints = serde_json::Map::new();
+                if let Some(z) = zone_hint {
+                    hints.insert("forZones".into(), serde_json::json!([{"name": z}]));
+                }
+                if let Some(n) = node_hint {
+                    hints.insert("forNodes".into(), serde_json::json!([{"name": n}]));
+                }
+                if !hints.is_empty() {
+                    ep["hints"] = serde_json::Value::Object(hints);
+                }
+                ep
+            })
+            .collect();
+        let (suffix, address_type) = match family {
+            Family::V4 => ("v4", "IPv4"),
+            Family::V6 => ("v6", "IPv6"),
+        };
+        serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{service}-{suffix}"), "namespace": NS,
+                "labels": {"kubernetes.io/service-name": service,
+                           "endpointslice.kubernetes.io/managed-by": "rule-diff"}},
+            "addressType": address_type,
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": endpoints})
+        .to_string()
+    };
+    let addr = |family: Family, i: u32| match family {
+        Family::V4 => format!("10.250.0.{i}"),
+        Family::V6 => format!("fd00:250::{i:x}"),
+    };
+    let mut docs = vec![
+        svc("many", &format!("{dual}, {port}")),
+        svc(
+            "zoned",
+            &format!("{dual}, \"trafficDistribution\": \"PreferClose\", {port}"),
+        ),
+        svc(
+            "samenode",
+            &format!("{dual}, \"trafficDistribution\": \"PreferSameNode\", {port}"),
+        ),
+        svc(
+            "ext",
+            r#""type": "ExternalName", "externalName": "example.invalid""#,
+        ),
+        svc(
+            "headless",
+            &format!("{dual}, \"clusterIP\": \"None\", \"selector\": {{\"app\": \"web\"}}, {port}"),
+        ),
+        svc(
+            "proxylb",
+            &format!(
+                "{dual}, \"type\": \"LoadBalancer\", \"selector\": {{\"app\": \"web\"}}, {port}"
+            ),
+        ),
+    ];
+    for family in [Family::V4, Family::V6] {
+        let node = |i: u32| if i % 2 == 1 { "node-1" } else { "node-2" };
+        let zone = |i: u32| if i % 2 == 1 { "zone-a" } else { "zone-b" };
+        docs.push(slice(
+            "many",
+            family,
+            (1..=11)
+                .map(|i| (addr(family, i), node(i), zone(i), None, None))
+                .collect(),
+        ));
+        docs.push(slice(
+            "zoned",
+            family,
+            (21..=23)
+                .map(|i| (addr(family, i), node(i), zone(i), Some(zone(i)), None))
+                .collect(),
+        ));
+        docs.push(slice(
+            "samenode",
+            family,
+            (31..=34)
+                .map(|i| {
+                    (
+                        addr(family, i),
+                        node(i),
+                        zone(i),
+                        Some(zone(i)),
+                        Some(node(i)),
+                    )
+                })
+                .collect(),
+        ));
+    }
+    docs.join("\n---\n")
+}
+
+fn lb_status_modes(bed: &Bed, service: &str, ips: &[(&str, &str)]) {
+    let ingress: Vec<serde_json::Value> = ips
+        .iter()
+        .map(|(ip, mode)| serde_json::json!({"ip": ip, "ipMode": mode}))
+        .collect();
+    bed.cp
+        .patch_status(
+            "service",
+            Some(NS),
+            service,
+            &serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}}),
+        )
+        .expect("lb status");
 }
 
 #[cfg(test)]
