@@ -16,7 +16,10 @@
 //!
 //! Lab nodes: `node-1`/`node-2` (knat, iptables-nft), `twin-1`/`twin-2` (kube-proxy,
 //! iptables-nft), `node-3`/`node-4` (knat, iptables-legacy, named node-1/node-2),
-//! `twin-3`/`twin-4` (kube-proxy, iptables-legacy). kube-proxy picks the front-end through
+//! `twin-3`/`twin-4` (kube-proxy, iptables-legacy), and the variant pairs `node-5`/`twin-5`
+//! (nft) and `node-6`/`twin-6` (legacy), named node-1, whose proxies both also get
+//! [`VARIANT`]'s flags (NodeCIDR local detection, masquerade-all, mark bit 13, NodePorts only on
+//! the node subnet, so no localhost NodePorts). kube-proxy picks the front-end through
 //! `PATH` (a directory of `iptables*` links to `xtables-{nft,legacy}-multi`), knat through
 //! `--iptables-backend`.
 //!
@@ -64,32 +67,60 @@ struct Pair {
     twin: &'static str,
     name: &'static str,
     backend: Backend,
+    /// Flags both proxies of the pair get on top of the common ones.
+    extra: &'static [&'static str],
 }
 
-const PAIRS: [Pair; 4] = [
+/// The flags of the variant pairs: everything else a node may set that changes rules.
+const VARIANT: &[&str] = &[
+    "--detect-local-mode=NodeCIDR",
+    "--masquerade-all",
+    "--iptables-masquerade-bit=13",
+    "--nodeport-addresses=192.168.77.0/24,fd00:77::/64",
+];
+
+const PAIRS: [Pair; 6] = [
     Pair {
         knat: "node-1",
         twin: "twin-1",
         name: "node-1",
         backend: Backend::Nft,
+        extra: &[],
     },
     Pair {
         knat: "node-2",
         twin: "twin-2",
         name: "node-2",
         backend: Backend::Nft,
+        extra: &[],
     },
     Pair {
         knat: "node-3",
         twin: "twin-3",
         name: "node-1",
         backend: Backend::Legacy,
+        extra: &[],
     },
     Pair {
         knat: "node-4",
         twin: "twin-4",
         name: "node-2",
         backend: Backend::Legacy,
+        extra: &[],
+    },
+    Pair {
+        knat: "node-5",
+        twin: "twin-5",
+        name: "node-1",
+        backend: Backend::Nft,
+        extra: VARIANT,
+    },
+    Pair {
+        knat: "node-6",
+        twin: "twin-6",
+        name: "node-1",
+        backend: Backend::Legacy,
+        extra: VARIANT,
     },
 ];
 
@@ -302,6 +333,21 @@ fn differences(knat: &str, upstream: &str) -> Vec<String> {
     out
 }
 
+/// `dump` with every `from/LEN` word (a host route: /32 or /128) written as `to/LEN`.
+fn map_address(dump: &str, from: IpAddr, to: IpAddr) -> String {
+    let len = if from.is_ipv4() { 32 } else { 128 };
+    let (from, to) = (format!("{from}/{len}"), format!("{to}/{len}"));
+    dump.lines()
+        .map(|line| {
+            line.split(' ')
+                .map(|word| if word == from { to.as_str() } else { word })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 // ---------------------------------------------------------------------------------------------
 // The cluster
 
@@ -464,6 +510,9 @@ impl Bed {
                     "--healthz-bind-address=0.0.0.0:10256".to_string(),
                     "--metrics-bind-address=127.0.0.1:10249".to_string(),
                 ]
+                .into_iter()
+                .chain(pair.extra.iter().map(|f| f.to_string()))
+                .collect::<Vec<_>>()
             };
             let mut knat_args = vec![
                 "run".to_string(),
@@ -510,6 +559,19 @@ impl Bed {
         .unwrap_or_default()
     }
 
+    /// The one name that cannot be shared: a node's own address, which rules carry when
+    /// `--nodeport-addresses` lists CIDRs (`-d <own address>/32 ... -j KUBE-NODEPORTS`). In the
+    /// twin's dump, its address is replaced by its knat node's (whole `ADDR/LEN` words only).
+    fn twin_as_mirror(&self, pair: Pair, family: Family, dump: &str) -> String {
+        let s = self.lab.scenario();
+        let (Some(twin), Some(mirror)) =
+            (s.node_ip(pair.twin, family), s.node_ip(pair.knat, family))
+        else {
+            return dump.to_string();
+        };
+        map_address(dump, twin, mirror)
+    }
+
     fn log_tail(&self, node: &str) -> String {
         knat_testbed::control_plane::tail(&self.logs.join(format!("{node}.log")), 15)
     }
@@ -527,7 +589,11 @@ impl Bed {
             for pair in PAIRS {
                 for family in [Family::V4, Family::V6] {
                     let k = self.save(pair.knat, pair.backend, family);
-                    let u = self.save(pair.twin, pair.backend, family);
+                    let u = self.twin_as_mirror(
+                        pair,
+                        family,
+                        &self.save(pair.twin, pair.backend, family),
+                    );
                     let label = format!(
                         "{} vs {} ({}, {})",
                         pair.knat,
@@ -555,7 +621,10 @@ impl Bed {
             }
             if problems.is_empty() {
                 let took = start.elapsed();
-                eprintln!("rule_diff: {step}: all 4 pairs x 2 families equal after {took:.1?}");
+                eprintln!(
+                    "rule_diff: {step}: all {} pairs x 2 families equal after {took:.1?}",
+                    PAIRS.len()
+                );
                 return took;
             }
             if start.elapsed() > CONVERGE {
@@ -682,6 +751,23 @@ fn knat_and_kube_proxy_program_the_same_rules() {
             vec![],
         )
     });
+
+    // The variant pairs really run with their flags (mark bit 13, NodePorts on the own address).
+    for pair in PAIRS.iter().filter(|p| !p.extra.is_empty()) {
+        let dump = bed.save(pair.knat, pair.backend, Family::V4);
+        let own = bed
+            .lab
+            .scenario()
+            .node_ip(pair.knat, Family::V4)
+            .expect("ip");
+        for expected in ["0x2000/0x2000".to_string(), format!("-d {own}/32")] {
+            assert!(
+                dump.contains(&expected),
+                "{}: {expected:?}:\n{dump}",
+                pair.knat
+            );
+        }
+    }
 
     // Real packets: the nfacct counters count, and both proxies' metrics say so.
     const INVALID: &str = "kubeproxy_iptables_ct_state_invalid_dropped_packets_total";
@@ -1005,6 +1091,17 @@ mod normalisation {
         assert!(
             diff.len() == 1 && diff[0].contains("filter KUBE-FORWARD rule 1"),
             "{diff:?}"
+        );
+        // A twin's own address becomes its mirror's, as a whole word only.
+        let twin: IpAddr = "192.168.77.20".parse().expect("ip");
+        let mirror: IpAddr = "192.168.77.19".parse().expect("ip");
+        assert_eq!(
+            map_address(
+                "-A X -d 192.168.77.20/32 -j Y\n-A X -d 192.168.77.201/32 -j Y",
+                twin,
+                mirror
+            ),
+            "-A X -d 192.168.77.19/32 -j Y\n-A X -d 192.168.77.201/32 -j Y"
         );
         // knat's canary rule is removed explicitly, and only that rule.
         let upstream = "*nat\n:KUBE-PROXY-CANARY - [0:0]\nCOMMIT\n";
