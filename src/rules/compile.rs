@@ -995,8 +995,11 @@ impl Compiler<'_> {
                 Target::Accept,
             ),
         );
+        // Upstream v1.37 ensures KUBE-FIREWALL and its INPUT/OUTPUT jumps in every family
+        // (`iptablesKubeletJumpChains`); its rule exists only with IPv4 localhost NodePorts.
+        let fw = ChainName::fixed(ChainName::KUBE_FIREWALL);
+        filter.chain(&fw);
         if self.cfg.localhost_nodeports_effective() {
-            let fw = ChainName::fixed(ChainName::KUBE_FIREWALL);
             filter.push(
                 &fw,
                 Rule::new(
@@ -1099,10 +1102,8 @@ impl Compiler<'_> {
                 ChainName::KUBE_POSTROUTING,
             ),
         ];
-        let kubelet_fw = self.cfg.localhost_nodeports_effective();
         self.rs.hooks = table
             .into_iter()
-            .filter(|(_, _, _, _, to)| kubelet_fw || *to != ChainName::KUBE_FIREWALL)
             .map(|(table, chain, new_only, comment, to)| {
                 let mut matches = Vec::new();
                 if new_only {
