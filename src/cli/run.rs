@@ -559,6 +559,19 @@ mod tests {
     }
 
     #[test]
+    fn version_is_kube_proxy_spelling() {
+        let asks = |args: &[&str]| {
+            prepared(args)
+                .map(|p| p.args.kube_proxy.version_requested())
+                .expect("parses")
+        };
+        assert!(asks(&["--version"]));
+        assert!(asks(&["--version=raw"]));
+        assert!(!asks(&["--version=false"]));
+        assert!(!asks(&[]));
+    }
+
+    #[test]
     fn kube_proxy_flags_are_checked() {
         assert!(prepared(&["--proxy-mode", "iptables"]).is_ok());
         let err = prepared(&["--proxy-mode=nftables"]).expect_err("nftables");
