@@ -13,7 +13,9 @@
 //! (comments and counters dropped) are compared table by table and chain by chain. The file
 //! copy differs from the fixture only in `clientConnection.kubeconfig`, which names the
 //! test's kubeconfig instead of `/var/lib/kube-proxy/kubeconfig.conf`. A NodePort connection
-//! through the file-configured node proves the rules carry traffic.
+//! through the file-configured node proves the rules carry traffic. knat authenticates as
+//! kubeadm's kube-proxy ServiceAccount (bound to `system:node-proxier`, as kubeadm binds it),
+//! without knat's own RBAC: the existing DaemonSet's identity is enough.
 //!
 //! Without root, the binaries or the tools it prints `*** SKIPPED ***`; with `CI=true` it
 //! builds the binaries and fails instead of skipping.
@@ -43,6 +45,19 @@ const POD_PORT: u16 = 8080;
 const FIXTURE_KUBECONFIG: &str = "kubeconfig: /var/lib/kube-proxy/kubeconfig.conf";
 /// How long one run may take to program every Service and endpoint.
 const SETTLE: Duration = Duration::from_secs(30);
+
+/// What kubeadm creates for kube-proxy (cmd/kubeadm/app/phases/addons/proxy).
+const KUBEADM_PROXY_IDENTITY: &str = "apiVersion: v1
+kind: ServiceAccount
+metadata: {name: kube-proxy, namespace: kube-system}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: kubeadm:node-proxier}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: system:node-proxier}
+subjects:
+- {kind: ServiceAccount, name: kube-proxy, namespace: kube-system}
+";
 
 /// A fixture and the flags that say what it says (besides the kubeconfig and the node name,
 /// which both runs get).
@@ -118,7 +133,8 @@ fn prerequisites() -> Option<K8sBinaries> {
     }
 }
 
-/// The lab, the control plane with the test's objects, and knat's kubeconfig.
+/// The lab, the control plane with the test's objects, and the kubeconfig of kubeadm's
+/// kube-proxy ServiceAccount.
 struct Cluster {
     // Field order is drop order: the control plane stops before the lab is torn down.
     cp: ControlPlane,
@@ -141,15 +157,18 @@ impl Cluster {
         })
         .unwrap_or_else(|e| panic!("start the control plane: {e}"));
         eprintln!("config_e2e: control plane ready in {:.1?}", t.elapsed());
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        for file in ["serviceaccount.yaml", "rbac.yaml"] {
-            let yaml = std::fs::read_to_string(repo.join("daemonset").join(file))
-                .expect("read daemonset manifest");
-            cp.apply(&yaml).expect("apply daemonset RBAC");
-        }
+        // kube-proxy's identity on a kubeadm cluster: ServiceAccount kube-system/kube-proxy,
+        // bound to the bootstrap ClusterRole system:node-proxier by kubeadm's
+        // kubeadm:node-proxier binding. knat runs with it, nothing more.
+        cp.apply(KUBEADM_PROXY_IDENTITY)
+            .expect("apply kubeadm's kube-proxy ServiceAccount and binding");
         let kubeconfig = cp
-            .write_kubeconfig("knat", "system:serviceaccount:kube-system:knat", &[])
-            .expect("knat kubeconfig");
+            .write_kubeconfig(
+                "kube-proxy-sa",
+                "system:serviceaccount:kube-system:kube-proxy",
+                &[],
+            )
+            .expect("kube-proxy's kubeconfig");
         let logs = cp.dir().join("proxies");
         std::fs::create_dir_all(&logs).expect("proxy log dir");
         let cluster = Cluster {
