@@ -438,13 +438,46 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
         name_source: source,
         observed_trigger: 0,
     };
-    sync_loop.run(shutdown_signal()).await;
+    // As kube-proxy: a changed --config file ends the process, so that its pod restarts.
+    let config_changed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch_config = {
+        let flag = config_changed.clone();
+        let watched = args
+            .rules
+            .config_file
+            .clone()
+            .and_then(|path| std::fs::read(&path).ok().map(|initial| (path, initial)));
+        async move {
+            let Some((path, initial)) = watched else {
+                return std::future::pending().await;
+            };
+            knat::kube_proxy_config::watch::changed(
+                path.clone(),
+                initial,
+                knat::kube_proxy_config::watch::POLL_INTERVAL,
+            )
+            .await;
+            tracing::error!(file = %path.display(), "the content of the --config file changed: exiting so that the pod restarts with it (as kube-proxy does); the rules stay in place");
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    };
+    sync_loop
+        .run(async {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                () = watch_config => {}
+            }
+        })
+        .await;
     source_task.abort();
     if let Some(task) = events_task {
         task.abort();
     }
     healthz_task.abort();
     metrics_task.abort();
+    if config_changed.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
