@@ -33,6 +33,12 @@ pub enum ConfigError {
         mode: &'static str,
         flag: &'static str,
     },
+    /// `--detect-local-mode=ClusterCIDR` with CIDRs that are not one CIDR or a dual-stack pair
+    /// (kube-proxy's validation).
+    #[error(
+        "--cluster-cidr {0:?}: must be either a single CIDR or a dual-stack pair of CIDRs (one IPv4, one IPv6)"
+    )]
+    ClusterCidrCount(String),
     /// A `--cluster-cidr=$(VAR)` the kubelet left unexpanded: the variable is not set.
     #[error(
         "--cluster-cidr {0:?}: the kubelet left the variable unexpanded because it is not set; \

@@ -86,6 +86,10 @@ fn main() -> std::process::ExitCode {
     // `knat run` reads its --config file before logging starts: the file's verbosity (or -v)
     // decides the log level, and an invalid file stops it before anything is touched.
     let (cli, prepared) = match cli.command {
+        Command::Run(args) if args.kube_proxy.version_requested() => {
+            println!("knat {}", env!("CARGO_PKG_VERSION"));
+            return std::process::ExitCode::SUCCESS;
+        }
         Command::Run(args) => match cli::run::prepare(*args, &sub("run")) {
             Ok(prepared) => (None, Some(prepared)),
             Err(err) => {

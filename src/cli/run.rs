@@ -180,23 +180,23 @@ fn localhost_nodeports_check(
     Ok(state.usable())
 }
 
-/// The arguments (ids) of flags that a `--config` file also sets.
-const FILE_FIELD_FLAGS: &[&str] = &[
-    "cluster_cidrs",
-    "detect_local_mode",
-    "pod_bridge_interface",
-    "pod_interface_name_prefix",
-    "masquerade_all",
-    "iptables_masquerade_bit",
-    "nodeport_addresses",
-    "localhost_nodeports",
-    "kubeconfig",
-    "iptables_min_sync_period",
-    "iptables_sync_period",
-    "healthz_bind_address",
-    "metrics_bind_address",
-    "bind_address",
-    "feature_gates",
+/// The flags (argument id, spelling) that a `--config` file also sets.
+const FILE_FIELD_FLAGS: &[(&str, &str)] = &[
+    ("cluster_cidrs", "--cluster-cidr"),
+    ("detect_local_mode", "--detect-local-mode"),
+    ("pod_bridge_interface", "--pod-bridge-interface"),
+    ("pod_interface_name_prefix", "--pod-interface-name-prefix"),
+    ("masquerade_all", "--masquerade-all"),
+    ("iptables_masquerade_bit", "--iptables-masquerade-bit"),
+    ("nodeport_addresses", "--nodeport-addresses"),
+    ("localhost_nodeports", "--localhost-nodeports"),
+    ("kubeconfig", "--kubeconfig"),
+    ("iptables_min_sync_period", "--iptables-min-sync-period"),
+    ("iptables_sync_period", "--iptables-sync-period"),
+    ("healthz_bind_address", "--healthz-bind-address"),
+    ("metrics_bind_address", "--metrics-bind-address"),
+    ("bind_address", "--bind-address"),
+    ("feature_gates", "--feature-gates"),
 ];
 
 /// `knat run`'s arguments with the `--config` file applied and kube-proxy's flags checked:
@@ -256,8 +256,8 @@ pub fn prepare(mut args: RunArgs, matches: &clap::ArgMatches) -> anyhow::Result<
         // kube-proxy ignores these flags when --config is given; knat lets them win.
         let overriding: Vec<String> = FILE_FIELD_FLAGS
             .iter()
-            .filter(|id| kube_proxy_flags::explicit(matches, id))
-            .map(|id| format!("--{}", id.replace('_', "-")))
+            .filter(|(id, _)| kube_proxy_flags::explicit(matches, id))
+            .map(|(_, flag)| flag.to_string())
             .collect();
         if !overriding.is_empty() {
             warnings.push(format!(
@@ -438,13 +438,46 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
         name_source: source,
         observed_trigger: 0,
     };
-    sync_loop.run(shutdown_signal()).await;
+    // As kube-proxy: a changed --config file ends the process, so that its pod restarts.
+    let config_changed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch_config = {
+        let flag = config_changed.clone();
+        let watched = args
+            .rules
+            .config_file
+            .clone()
+            .and_then(|path| std::fs::read(&path).ok().map(|initial| (path, initial)));
+        async move {
+            let Some((path, initial)) = watched else {
+                return std::future::pending().await;
+            };
+            knat::kube_proxy_config::watch::changed(
+                path.clone(),
+                initial,
+                knat::kube_proxy_config::watch::POLL_INTERVAL,
+            )
+            .await;
+            tracing::error!(file = %path.display(), "the content of the --config file changed: exiting so that the pod restarts with it (as kube-proxy does); the rules stay in place");
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    };
+    sync_loop
+        .run(async {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                () = watch_config => {}
+            }
+        })
+        .await;
     source_task.abort();
     if let Some(task) = events_task {
         task.abort();
     }
     healthz_task.abort();
     metrics_task.abort();
+    if config_changed.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -479,5 +512,129 @@ fn node_events(
             tracing::warn!("{err}");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, FromArgMatches, Parser};
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    const KUBEADM: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/kube-proxy-config/kubeadm.conf"
+    );
+
+    fn prepared(args: &[&str]) -> Result<Prepared, String> {
+        let matches = Cli::command()
+            .try_get_matches_from(std::iter::once("knat").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        let cli = Cli::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+        prepare(cli.run, &matches).map_err(|e| format!("{e:#}"))
+    }
+
+    #[test]
+    fn file_settings_apply_and_explicit_flags_win() {
+        let p = prepared(&["--config", KUBEADM]).expect("kubeadm file");
+        assert_eq!(
+            p.args.rules.cluster_cidrs,
+            vec![Some("10.244.0.0/16".parse().expect("cidr"))]
+        );
+        assert_eq!(
+            p.args.kubeconfig.as_deref(),
+            Some(std::path::Path::new("/var/lib/kube-proxy/kubeconfig.conf"))
+        );
+        assert_eq!(p.verbosity, Some(0));
+        assert!(!p.warnings.iter().any(|w| w.contains("override")));
+
+        let p = prepared(&[
+            "--config",
+            KUBEADM,
+            "--cluster-cidr",
+            "10.100.0.0/16",
+            "--iptables-masquerade-bit=9",
+            "--iptables-sync-period",
+            "10s",
+            "--healthz-bind-address",
+            "127.0.0.1",
+            "-v",
+            "5",
+        ])
+        .expect("flags and file");
+        assert_eq!(
+            p.args.rules.cluster_cidrs,
+            vec![Some("10.100.0.0/16".parse().expect("cidr"))]
+        );
+        assert_eq!(p.args.rules.iptables_masquerade_bit, 9);
+        assert_eq!(p.args.iptables_sync_period, Duration::from_secs(10));
+        assert_eq!(p.args.iptables_min_sync_period, Duration::from_secs(1));
+        assert_eq!(
+            p.args.healthz_bind_address,
+            "127.0.0.1:10256".parse::<SocketAddr>().expect("addr")
+        );
+        assert_eq!(p.verbosity, Some(5));
+        let over = p
+            .warnings
+            .iter()
+            .find(|w| w.contains("override"))
+            .expect("override warning");
+        assert!(
+            over.contains("--cluster-cidr --iptables-masquerade-bit --iptables-sync-period --healthz-bind-address"),
+            "{over}"
+        );
+    }
+
+    #[test]
+    fn version_is_kube_proxy_spelling() {
+        let asks = |args: &[&str]| {
+            prepared(args)
+                .map(|p| p.args.kube_proxy.version_requested())
+                .expect("parses")
+        };
+        assert!(asks(&["--version"]));
+        assert!(asks(&["--version=raw"]));
+        assert!(!asks(&["--version=false"]));
+        assert!(!asks(&[]));
+    }
+
+    #[test]
+    fn kube_proxy_flags_are_checked() {
+        assert!(prepared(&["--proxy-mode", "iptables"]).is_ok());
+        let err = prepared(&["--proxy-mode=nftables"]).expect_err("nftables");
+        assert!(
+            err.contains("--proxy-mode") && err.contains("nftables"),
+            "{err}"
+        );
+        let err = prepared(&["--healthz-port", "0"]).expect_err("healthz-port");
+        assert!(err.contains("--healthz-bind-address"), "{err}");
+        let err =
+            prepared(&["--feature-gates", "AllowServiceExternalIPs=false"]).expect_err("gate");
+        assert!(err.contains("AllowServiceExternalIPs=false"), "{err}");
+        let p = prepared(&[
+            "--feature-gates=SomeGate=true",
+            "--conntrack-max-per-core=0",
+            "--oom-score-adj=-999",
+            "--masquerade-all=false",
+            "--iptables-localhost-nodeports=false",
+            "--nodeport-addresses=primary,192.168.0.0/16",
+        ])
+        .expect("accepted");
+        assert_eq!(p.warnings.len(), 3, "{:?}", p.warnings);
+        assert!(p.warnings[0].contains("SomeGate"));
+        assert!(!p.args.rules.localhost_nodeports);
+        assert!(!p.args.rules.masquerade_all);
+        let err = prepared(&[
+            "--iptables-min-sync-period=1m",
+            "--iptables-sync-period=30s",
+        ])
+        .expect_err("min > sync");
+        assert!(err.contains("--iptables-sync-period"), "{err}");
     }
 }
