@@ -64,10 +64,11 @@ declare -A slow=(
   [netns]="real kernel: the lab cluster in network namespaces, both iptables backends (about 15 s)"
   [agent_netns]="real kernel: knat run in network namespaces (about 30 s)"
   [e2e]="real control plane: knat beside upstream kube-proxy (about 1 min)"
+  [events]="real control plane: knat's Kubernetes Events (port taken, failing restores; about 20 s)"
   [nodes]="real kubelet nodes: the DaemonSet takes over from kube-proxy (about 2 min, plus 5-10 min of image builds the first time)"
   [upstream_conformance]="upstream's sig-network conformance tests, kube-proxy then knat (about 4 min)"
 )
-order=(netns agent_netns e2e nodes upstream_conformance)
+order=(netns agent_netns e2e events nodes upstream_conformance)
 mapfile -t all_tests < <(cargo metadata --no-deps --format-version 1 --quiet |
   python3 -c 'import json, sys
 for p in json.load(sys.stdin)["packages"]:
