@@ -65,10 +65,11 @@ declare -A slow=(
   [agent_netns]="real kernel: knat run in network namespaces (about 30 s)"
   [e2e]="real control plane: knat beside upstream kube-proxy (about 1 min)"
   [rule_diff]="real control plane: every rule of knat and kube-proxy compared, nft and legacy, IPv4 and IPv6 (about 20 s)"
+  [events]="real control plane: knat's Kubernetes Events (port taken, failing restores; about 20 s)"
   [nodes]="real kubelet nodes: the DaemonSet takes over from kube-proxy (about 2 min, plus 5-10 min of image builds the first time)"
   [upstream_conformance]="upstream's sig-network conformance tests, kube-proxy then knat (about 4 min)"
 )
-order=(netns agent_netns e2e rule_diff nodes upstream_conformance)
+order=(netns agent_netns e2e rule_diff events nodes upstream_conformance)
 mapfile -t all_tests < <(cargo metadata --no-deps --format-version 1 --quiet |
   python3 -c 'import json, sys
 for p in json.load(sys.stdin)["packages"]:

@@ -536,7 +536,7 @@ mod tests {
         )
         .expect("pod reference");
         let events = tokio::spawn(node_event::run(
-            node_event::recorder(client.clone(), "node-1"),
+            crate::agent::events::recorder(client.clone(), "node-1"),
             pod,
             "node-1".into(),
             NameSource::Flag,

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use knat::agent::events::{self, Outbox};
 use knat::agent::index::SourceState;
+use knat::agent::loop_events::LoopEvents;
 use knat::agent::node_event::{self, PodRefError};
 use knat::agent::node_identity::{self, MISSING_NODE_FIX, NameSource};
 use knat::agent::sync::{FamilySync, Scheduler, SyncLoop, Timing};
@@ -380,6 +382,8 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (tx, rx) =
         tokio::sync::watch::channel(SourceState::new(&node_name, args.from_files.is_none()));
     let mut events_task = None;
+    let mut outbox_task = None;
+    let mut loop_events = None;
     let source_task = match &args.from_files {
         Some(dir) => {
             tracing::info!(dir = %dir.display(), "static source: reading manifests");
@@ -398,7 +402,15 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
                 from = %target.source,
                 "API server"
             );
-            events_task = node_events(&client, &node_name, source, &rx, &metrics);
+            let recorder = events::recorder(client.clone(), &node_name);
+            events_task = node_events(&recorder, &node_name, source, &rx, &metrics);
+            let (outbox, outgoing) = Outbox::new(metrics.clone());
+            outbox_task = Some(tokio::spawn(events::run_outbox(
+                recorder,
+                outgoing,
+                metrics.clone(),
+            )));
+            loop_events = Some(LoopEvents::new(outbox, &node_name));
             tokio::spawn(kwatch::run(
                 client,
                 target,
@@ -437,6 +449,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
         metrics,
         name_source: source,
         observed_trigger: 0,
+        events: loop_events,
     };
     // As kube-proxy: a changed --config file ends the process, so that its pod restarts.
     let config_changed = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -470,7 +483,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
         })
         .await;
     source_task.abort();
-    if let Some(task) = events_task {
+    for task in [events_task, outbox_task].into_iter().flatten() {
         task.abort();
     }
     healthz_task.abort();
@@ -484,7 +497,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// Starts recording the node-name Events on knat's own Pod (from the downward API variables
 /// POD_NAME, POD_NAMESPACE and POD_UID); without a Pod name there is nothing to attach them to.
 fn node_events(
-    client: &kube::Client,
+    recorder: &kube::runtime::events::Recorder,
     node_name: &str,
     source: NameSource,
     rx: &tokio::sync::watch::Receiver<SourceState>,
@@ -497,7 +510,7 @@ fn node_events(
         env("POD_UID").as_deref(),
     ) {
         Ok(pod) => Some(tokio::spawn(node_event::run(
-            node_event::recorder(client.clone(), node_name),
+            recorder.clone(),
             pod,
             node_name.to_string(),
             source,
