@@ -39,12 +39,22 @@ fn duration(text: &str) -> Result<Duration, String> {
     knat::kube_proxy_config::duration::parse_duration(text)
 }
 
+/// A bind-address flag: as kube-proxy's (`IP` or `IP:PORT`), and also `IP:0` for a port the
+/// kernel chooses (the tests run many agents side by side; the config file keeps kube-proxy's
+/// 1-65535 validation).
+fn bind_address_flag(text: &str, default_port: u16) -> Result<SocketAddr, String> {
+    match text.trim().parse::<SocketAddr>() {
+        Ok(addr) if addr.port() == 0 => Ok(addr),
+        _ => knat::kube_proxy_config::settings::parse_bind_address(text, default_port),
+    }
+}
+
 fn healthz_address(text: &str) -> Result<SocketAddr, String> {
-    knat::kube_proxy_config::settings::parse_bind_address(text, HEALTHZ_PORT)
+    bind_address_flag(text, HEALTHZ_PORT)
 }
 
 fn metrics_address(text: &str) -> Result<SocketAddr, String> {
-    knat::kube_proxy_config::settings::parse_bind_address(text, METRICS_PORT)
+    bind_address_flag(text, METRICS_PORT)
 }
 
 fn node_ip(text: &str) -> Result<IpAddr, String> {
