@@ -42,7 +42,17 @@ fn duration(text: &str) -> Result<Duration, String> {
 /// A bind-address flag: as kube-proxy's (`IP` or `IP:PORT`), and also `IP:0` for a port the
 /// kernel chooses (the tests run many agents side by side; the config file keeps kube-proxy's
 /// 1-65535 validation).
-fn bind_address_flag(text: &str, default_port: u16) -> Result<SocketAddr, String> {
+///
+/// An empty value is the default address, as in kube-proxy v1.37: its `IPPortVar` flag ignores
+/// an empty value (`--healthz-bind-address= --write-config-to=F` writes `0.0.0.0:10256`).
+fn bind_address_flag(
+    text: &str,
+    default: SocketAddr,
+    default_port: u16,
+) -> Result<SocketAddr, String> {
+    if text.trim().is_empty() {
+        return Ok(default);
+    }
     match text.trim().parse::<SocketAddr>() {
         Ok(addr) if addr.port() == 0 => Ok(addr),
         _ => knat::kube_proxy_config::settings::parse_bind_address(text, default_port),
@@ -50,11 +60,13 @@ fn bind_address_flag(text: &str, default_port: u16) -> Result<SocketAddr, String
 }
 
 fn healthz_address(text: &str) -> Result<SocketAddr, String> {
-    bind_address_flag(text, HEALTHZ_PORT)
+    let default = SocketAddr::from(([0, 0, 0, 0], HEALTHZ_PORT));
+    bind_address_flag(text, default, HEALTHZ_PORT)
 }
 
 fn metrics_address(text: &str) -> Result<SocketAddr, String> {
-    bind_address_flag(text, METRICS_PORT)
+    let default = SocketAddr::from(([127, 0, 0, 1], METRICS_PORT));
+    bind_address_flag(text, default, METRICS_PORT)
 }
 
 fn node_ip(text: &str) -> Result<IpAddr, String> {
@@ -211,6 +223,16 @@ const FILE_FIELD_FLAGS: &[(&str, &str)] = &[
     ("feature_gates", "--feature-gates"),
 ];
 
+/// Whether the command line set `id`. An empty bind address is no value there (see
+/// `bind_address_flag`), so the file's address stays.
+fn given(matches: &clap::ArgMatches, id: &str) -> bool {
+    let empty_bind_address = matches!(id, "healthz_bind_address" | "metrics_bind_address")
+        && matches
+            .get_raw(id)
+            .is_some_and(|mut raw| raw.all(|v| v.to_string_lossy().trim().is_empty()));
+    kube_proxy_flags::explicit(matches, id) && !empty_bind_address
+}
+
 /// `knat run`'s arguments with the `--config` file applied and kube-proxy's flags checked:
 /// ready to run, nothing touched yet.
 #[derive(Debug)]
@@ -240,7 +262,7 @@ pub fn prepare(mut args: RunArgs, matches: &clap::ArgMatches) -> anyhow::Result<
         );
         let file = &loaded.settings;
         args.rules.apply_file(file, matches);
-        let from_file = |id: &str| !kube_proxy_flags::explicit(matches, id);
+        let from_file = |id: &str| !given(matches, id);
         if from_file("hostname_override") && file.hostname_override.is_some() {
             args.hostname_override = file.hostname_override.clone();
         }
@@ -268,7 +290,7 @@ pub fn prepare(mut args: RunArgs, matches: &clap::ArgMatches) -> anyhow::Result<
         // kube-proxy ignores these flags when --config is given; knat lets them win.
         let overriding: Vec<String> = FILE_FIELD_FLAGS
             .iter()
-            .filter(|(id, _)| kube_proxy_flags::explicit(matches, id))
+            .filter(|(id, _)| given(matches, id))
             .map(|(_, flag)| flag.to_string())
             .collect();
         if !overriding.is_empty() {
@@ -611,6 +633,32 @@ mod tests {
         assert!(
             over.contains("--cluster-cidr --iptables-masquerade-bit --iptables-sync-period --healthz-bind-address"),
             "{over}"
+        );
+    }
+
+    #[test]
+    fn an_empty_bind_address_is_the_default_as_in_kube_proxy() {
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let p = prepared(&["--healthz-bind-address=", "--metrics-bind-address="]).expect("empty");
+        assert_eq!(p.args.healthz_bind_address, addr("0.0.0.0:10256"));
+        assert_eq!(p.args.metrics_bind_address, addr("127.0.0.1:10249"));
+
+        // With a file, an empty flag is no flag: the file's address stays, no override warning.
+        let dir = std::env::temp_dir().join(format!("knat-empty-bind-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("config.conf");
+        let config = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\n\
+                      kind: KubeProxyConfiguration\n\
+                      healthzBindAddress: 127.0.0.7:7777\n";
+        std::fs::write(&file, config).expect("write");
+        let path = file.to_str().expect("utf-8 path");
+        let p = prepared(&["--config", path, "--healthz-bind-address="]).expect("file");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        assert_eq!(p.args.healthz_bind_address, addr("127.0.0.7:7777"));
+        assert!(
+            !p.warnings.iter().any(|w| w.contains("override")),
+            "{:?}",
+            p.warnings
         );
     }
 
