@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use knat::agent::events::{self, Outbox};
+use knat::agent::family_sync::FamilySync;
 use knat::agent::index::SourceState;
 use knat::agent::loop_events::LoopEvents;
 use knat::agent::node_event::{self, PodRefError};
 use knat::agent::node_identity::{self, MISSING_NODE_FIX, NameSource};
-use knat::agent::sync::{FamilySync, Scheduler, SyncLoop, Timing};
+use knat::agent::schedule::{Scheduler, Timing};
+use knat::agent::sync::SyncLoop;
 use knat::agent::{capabilities, localnet};
 use knat::agent::{files, watch as kwatch};
 use knat::backend::{self, Iptables, Mode};
