@@ -25,8 +25,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use knat::lab::{Backend, Family, Lab, LabOptions, ProbeResult, Proto, Scenario, preflight};
-use knat_testbed::control_plane::{ControlPlane, ControlPlaneOptions, Daemon, K8sBinaries};
+use knat::lab::{Backend, Family, Lab, LabOptions, ProbeResult, Proto, Scenario};
+use knat_testbed::control_plane::{ControlPlane, Daemon, K8sBinaries};
+use knat_testbed::lab_plane::{self, LabPlane, LabPlaneOptions};
+use knat_testbed::prerequisites;
 
 const KNAT: &str = env!("CARGO_BIN_EXE_knat");
 const FIXTURES: &str = concat!(
@@ -93,46 +95,6 @@ fn scenario() -> Scenario {
         .pod("api-2", OTHER)
 }
 
-fn ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
-
-fn skip(why: &str) -> Option<K8sBinaries> {
-    if ci() {
-        panic!("config_e2e: cannot run under CI=true: {why}");
-    }
-    eprintln!("\n*** SKIPPED config_e2e (real control plane): {why} ***\n");
-    None
-}
-
-/// The binaries, or None (skip); under CI a missing prerequisite panics and the binaries are
-/// built when missing.
-fn prerequisites() -> Option<K8sBinaries> {
-    if let Err(e) = preflight(&[Backend::Nft], false) {
-        return skip(&e.to_string());
-    }
-    let missing: Vec<&str> = [
-        "openssl",
-        Backend::Nft.save(Family::V4),
-        Backend::Nft.save(Family::V6),
-        Backend::Nft.restore(Family::V4),
-        Backend::Nft.restore(Family::V6),
-    ]
-    .into_iter()
-    .filter(|p| knat::lab::find_program(p).is_none())
-    .collect();
-    if !missing.is_empty() {
-        return skip(&format!("missing tools: {missing:?}"));
-    }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    match K8sBinaries::locate(repo, ci()) {
-        Ok(b) => Some(b),
-        Err(e) => skip(&format!(
-            "{e}; build them with scripts/build-k8s.sh (many minutes the first time)"
-        )),
-    }
-}
-
 /// The lab, the control plane with the test's objects, and the kubeconfig of kubeadm's
 /// kube-proxy ServiceAccount.
 struct Cluster {
@@ -147,16 +109,9 @@ impl Cluster {
     fn start(binaries: K8sBinaries) -> Cluster {
         let lab = Lab::build(scenario(), LabOptions::new(Path::new(KNAT), Backend::Nft))
             .expect("build the lab namespaces");
-        let t = Instant::now();
-        let cp = ControlPlane::start(ControlPlaneOptions {
-            binaries,
-            namespace: lab.fabric_namespace(),
-            address: lab.scenario().fabric_gateway(Family::V4),
-            extra_sans: Vec::new(),
-            real_nodes: None,
-        })
-        .unwrap_or_else(|e| panic!("start the control plane: {e}"));
-        eprintln!("config_e2e: control plane ready in {:.1?}", t.elapsed());
+        let LabPlane { cp, logs } =
+            lab_plane::start("config_e2e", &lab, binaries, &LabPlaneOptions::default())
+                .unwrap_or_else(|e| panic!("start the control plane: {e}"));
         // kube-proxy's identity on a kubeadm cluster: ServiceAccount kube-system/kube-proxy,
         // bound to the bootstrap ClusterRole system:node-proxier by kubeadm's
         // kubeadm:node-proxier binding. knat runs with it, nothing more.
@@ -169,8 +124,6 @@ impl Cluster {
                 &[],
             )
             .expect("kube-proxy's kubeconfig");
-        let logs = cp.dir().join("proxies");
-        std::fs::create_dir_all(&logs).expect("proxy log dir");
         let cluster = Cluster {
             cp,
             lab,
@@ -526,7 +479,18 @@ fn fixture_copy(dir: &Path, name: &str, kubeconfig: &Path) -> PathBuf {
 
 #[test]
 fn kubeadm_and_kind_config_files_program_what_the_equivalent_flags_program() {
-    let Some(binaries) = prerequisites() else {
+    let Some(binaries) = prerequisites::control_plane(
+        "config_e2e",
+        &[Backend::Nft],
+        false,
+        &[
+            "openssl",
+            Backend::Nft.save(Family::V4),
+            Backend::Nft.save(Family::V6),
+            Backend::Nft.restore(Family::V4),
+            Backend::Nft.restore(Family::V6),
+        ],
+    ) else {
         return;
     };
     let started = Instant::now();

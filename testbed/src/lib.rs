@@ -7,6 +7,7 @@ pub mod cgroups;
 pub mod cluster;
 pub mod control_plane;
 pub mod images;
+pub mod lab_plane;
 pub mod node;
 pub mod prerequisites;
 pub mod proxies;
