@@ -11,5 +11,6 @@ pub mod lab_plane;
 pub mod node;
 pub mod prerequisites;
 pub mod proxies;
+pub mod settle;
 pub mod traffic;
 pub mod upstream_e2e;
