@@ -25,8 +25,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use knat::lab::{Backend, Family, Lab, LabOptions, ProbeResult, Proto, Scenario, preflight};
-use knat_testbed::control_plane::{ControlPlane, ControlPlaneOptions, Daemon, K8sBinaries};
+use knat::lab::{Backend, Family, Lab, LabOptions, ProbeResult, Proto, Scenario};
+use knat_testbed::control_plane::{ControlPlane, Daemon, K8sBinaries};
+use knat_testbed::lab_plane::{self, LabPlane, LabPlaneOptions};
+use knat_testbed::prerequisites;
+use knat_testbed::settle::{Settle, normalise_save};
 
 const KNAT: &str = env!("CARGO_BIN_EXE_knat");
 const FIXTURES: &str = concat!(
@@ -93,46 +96,6 @@ fn scenario() -> Scenario {
         .pod("api-2", OTHER)
 }
 
-fn ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
-
-fn skip(why: &str) -> Option<K8sBinaries> {
-    if ci() {
-        panic!("config_e2e: cannot run under CI=true: {why}");
-    }
-    eprintln!("\n*** SKIPPED config_e2e (real control plane): {why} ***\n");
-    None
-}
-
-/// The binaries, or None (skip); under CI a missing prerequisite panics and the binaries are
-/// built when missing.
-fn prerequisites() -> Option<K8sBinaries> {
-    if let Err(e) = preflight(&[Backend::Nft], false) {
-        return skip(&e.to_string());
-    }
-    let missing: Vec<&str> = [
-        "openssl",
-        Backend::Nft.save(Family::V4),
-        Backend::Nft.save(Family::V6),
-        Backend::Nft.restore(Family::V4),
-        Backend::Nft.restore(Family::V6),
-    ]
-    .into_iter()
-    .filter(|p| knat::lab::find_program(p).is_none())
-    .collect();
-    if !missing.is_empty() {
-        return skip(&format!("missing tools: {missing:?}"));
-    }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    match K8sBinaries::locate(repo, ci()) {
-        Ok(b) => Some(b),
-        Err(e) => skip(&format!(
-            "{e}; build them with scripts/build-k8s.sh (many minutes the first time)"
-        )),
-    }
-}
-
 /// The lab, the control plane with the test's objects, and the kubeconfig of kubeadm's
 /// kube-proxy ServiceAccount.
 struct Cluster {
@@ -147,16 +110,9 @@ impl Cluster {
     fn start(binaries: K8sBinaries) -> Cluster {
         let lab = Lab::build(scenario(), LabOptions::new(Path::new(KNAT), Backend::Nft))
             .expect("build the lab namespaces");
-        let t = Instant::now();
-        let cp = ControlPlane::start(ControlPlaneOptions {
-            binaries,
-            namespace: lab.fabric_namespace(),
-            address: lab.scenario().fabric_gateway(Family::V4),
-            extra_sans: Vec::new(),
-            real_nodes: None,
-        })
-        .unwrap_or_else(|e| panic!("start the control plane: {e}"));
-        eprintln!("config_e2e: control plane ready in {:.1?}", t.elapsed());
+        let LabPlane { cp, logs } =
+            lab_plane::start("config_e2e", &lab, binaries, &LabPlaneOptions::default())
+                .unwrap_or_else(|e| panic!("start the control plane: {e}"));
         // kube-proxy's identity on a kubeadm cluster: ServiceAccount kube-system/kube-proxy,
         // bound to the bootstrap ClusterRole system:node-proxier by kubeadm's
         // kubeadm:node-proxier binding. knat runs with it, nothing more.
@@ -169,8 +125,6 @@ impl Cluster {
                 &[],
             )
             .expect("kube-proxy's kubeconfig");
-        let logs = cp.dir().join("proxies");
-        std::fs::create_dir_all(&logs).expect("proxy log dir");
         let cluster = Cluster {
             cp,
             lab,
@@ -241,8 +195,8 @@ impl Cluster {
     /// Both families' rules of the node, normalised.
     fn dumps(&self) -> Dumps {
         Dumps {
-            v4: normalise(&self.save(Family::V4)),
-            v6: normalise(&self.save(Family::V6)),
+            v4: normalise_save(&self.save(Family::V4)),
+            v6: normalise_save(&self.save(Family::V6)),
         }
     }
 
@@ -318,32 +272,23 @@ impl Cluster {
         all.extend(args.iter().cloned());
         let mut knat = Daemon::spawn("knat", &self.node_namespace(), Path::new(KNAT), &all, &log)
             .expect("start knat");
-        let started = Instant::now();
-        let mut last: Option<Dumps> = None;
-        let settled = loop {
-            if !knat.is_running() {
-                panic!(
-                    "{label}: knat exited before programming\n{}",
-                    knat.log_tail(40)
-                );
-            }
-            let now = self.dumps();
-            if now.complete() && last.as_ref() == Some(&now) {
-                break now;
-            }
-            assert!(
-                started.elapsed() < SETTLE,
-                "{label}: rules did not settle in {SETTLE:?}\n{}\nlog:\n{}",
-                now.v4,
-                knat.log_tail(40)
-            );
-            last = Some(now);
-            std::thread::sleep(Duration::from_millis(500));
+        let settle = Settle {
+            limit: SETTLE,
+            interval: Duration::from_millis(500),
         };
-        eprintln!(
-            "config_e2e: {label}: rules settled {:.1?} after start",
-            started.elapsed()
+        let settled = settle.wait(
+            || (!knat.is_running()).then(|| "knat is not running".to_string()),
+            || self.dumps(),
+            Dumps::complete,
+            |dumps| dumps.v4.clone(),
         );
+        let settled = match settled {
+            Ok((dumps, after)) => {
+                eprintln!("config_e2e: {label}: rules settled {after:.1?} after start");
+                dumps
+            }
+            Err(err) => panic!("{label}: {err}\nlog:\n{}", knat.log_tail(40)),
+        };
         if label.ends_with("file") {
             self.expect_nodeport_answers(label);
         }
@@ -438,18 +383,6 @@ impl Dumps {
     }
 }
 
-/// `iptables-save` without comment lines and with chain counters zeroed.
-fn normalise(dump: &str) -> String {
-    dump.lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| match (l.starts_with(':'), l.rfind(" [")) {
-            (true, Some(i)) => format!("{} [0:0]", &l[..i]),
-            _ => l.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// A dump as `table -> chain -> (policy line, rules in order)`.
 type Tables = BTreeMap<String, BTreeMap<String, (String, Vec<String>)>>;
 
@@ -526,7 +459,18 @@ fn fixture_copy(dir: &Path, name: &str, kubeconfig: &Path) -> PathBuf {
 
 #[test]
 fn kubeadm_and_kind_config_files_program_what_the_equivalent_flags_program() {
-    let Some(binaries) = prerequisites() else {
+    let Some(binaries) = prerequisites::control_plane(
+        "config_e2e",
+        &[Backend::Nft],
+        false,
+        &[
+            "openssl",
+            Backend::Nft.save(Family::V4),
+            Backend::Nft.save(Family::V6),
+            Backend::Nft.restore(Family::V4),
+            Backend::Nft.restore(Family::V6),
+        ],
+    ) else {
         return;
     };
     let started = Instant::now();
@@ -592,9 +536,5 @@ fn differences_are_found_chain_by_chain() {
     assert_eq!(
         differences("IPv4", a, reordered),
         vec!["IPv4: same chains and rules in another order".to_string()]
-    );
-    assert_eq!(
-        normalise("# Generated\n:KUBE-A - [5:300]\n-A KUBE-A -j ACCEPT"),
-        ":KUBE-A - [0:0]\n-A KUBE-A -j ACCEPT"
     );
 }

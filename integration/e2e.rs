@@ -23,11 +23,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use knat::lab::{Backend, Family, Lab, LabOptions, ProbeResult, Proto, Scenario, preflight};
+use knat::lab::{Backend, Family, Lab, LabOptions, ProbeResult, Proto, Scenario};
 use knat_testbed::control_plane::{
-    self, ControlPlane, ControlPlaneOptions, Daemon, K8sBinaries, PodObject, ProxyKind,
-    ProxyOptions,
+    self, ControlPlane, Daemon, K8sBinaries, PodObject, ProxyKind, ProxyOptions,
 };
+use knat_testbed::lab_plane::{self, LabPlane, LabPlaneOptions};
+use knat_testbed::prerequisites;
 
 const KNAT: &str = env!("CARGO_BIN_EXE_knat");
 /// The Kubernetes namespace of the test's objects.
@@ -150,46 +151,6 @@ struct Cluster {
     kube_proxy_kubeconfig: PathBuf,
 }
 
-fn ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
-
-fn skip(why: &str) -> Option<K8sBinaries> {
-    if ci() {
-        panic!("e2e: cannot run under CI=true: {why}");
-    }
-    eprintln!("\n*** SKIPPED e2e (real control plane): {why} ***\n");
-    None
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false)
-}
-
-/// The binaries, or None (skip); under CI a missing prerequisite panics and the binaries are
-/// built when missing.
-fn prerequisites() -> Option<K8sBinaries> {
-    if let Err(e) = preflight(&[Backend::Nft], false) {
-        return skip(&e.to_string());
-    }
-    let missing: Vec<&str> = ["openssl", "curl"]
-        .into_iter()
-        .filter(|p| !on_path(p))
-        .collect();
-    if !missing.is_empty() {
-        return skip(&format!("missing tools: {missing:?}"));
-    }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    match K8sBinaries::locate(repo, ci()) {
-        Ok(b) => Some(b),
-        Err(e) => skip(&format!(
-            "{e}; build them with scripts/build-k8s.sh (many minutes the first time)"
-        )),
-    }
-}
-
 fn step(name: &str) {
     eprintln!("e2e: == {name}");
 }
@@ -217,53 +178,34 @@ impl Cluster {
             )
             .expect("disable ICMP redirects");
         }
-        let address = lab.scenario().fabric_gateway(Family::V4);
-        let t = Instant::now();
-        let cp = ControlPlane::start(ControlPlaneOptions {
+        let LabPlane { cp, logs } = lab_plane::start(
+            "e2e",
+            &lab,
             binaries,
-            namespace: lab.fabric_namespace(),
-            address,
-            extra_sans: Vec::new(),
-            real_nodes: None,
-        })
+            &LabPlaneOptions {
+                knat_rbac: true,
+                namespace: Some(NS),
+                register_nodes: true,
+                ..LabPlaneOptions::default()
+            },
+        )
         .unwrap_or_else(|e| panic!("start the control plane: {e}"));
-        eprintln!("e2e: control plane ready in {:.1?}", t.elapsed());
-        let logs = cp.dir().join("proxies");
-        std::fs::create_dir_all(&logs).expect("proxy log dir");
         // knat with the DaemonSet's own RBAC: a certificate for the user name RBAC gives the
         // ServiceAccount subject; kube-proxy with upstream's bootstrap identity.
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        for file in ["serviceaccount.yaml", "rbac.yaml"] {
-            let yaml = std::fs::read_to_string(repo.join("daemonset").join(file))
-                .expect("read daemonset manifest");
-            cp.apply(&yaml).expect("apply daemonset RBAC");
-        }
         let knat_kubeconfig = cp
             .write_kubeconfig("knat", "system:serviceaccount:kube-system:knat", &[])
             .expect("knat kubeconfig");
         let kube_proxy_kubeconfig = cp
             .write_kubeconfig("kube-proxy", "system:kube-proxy", &[])
             .expect("kube-proxy kubeconfig");
-        cp.kubectl(&["create", "namespace", NS], None)
-            .expect("create namespace");
-        let cluster = Cluster {
+        Cluster {
             proxies: Mutex::new(Vec::new()),
             cp,
             lab,
             logs,
             knat_kubeconfig,
             kube_proxy_kubeconfig,
-        };
-        let s = cluster.lab.scenario();
-        for node in s.nodes.iter() {
-            let ip = s.node_ip(node, Family::V4).expect("node ip");
-            let cidr = s.pod_cidr(node, Family::V4).expect("pod cidr");
-            cluster
-                .cp
-                .register_node(node, ip, &cidr.to_string())
-                .expect("register node");
         }
-        cluster
     }
 
     fn proxy_options(&self, kind: ProxyKind, name: &str) -> ProxyOptions {
@@ -819,7 +761,9 @@ fn under_traffic(cluster: &Cluster, sides: &[Side], what: &str, during: impl FnO
 
 #[test]
 fn e2e_real_control_plane() {
-    let Some(binaries) = prerequisites() else {
+    let Some(binaries) =
+        prerequisites::control_plane("e2e", &[Backend::Nft], false, &["openssl", "curl"])
+    else {
         return;
     };
     let started = Instant::now();

@@ -22,10 +22,12 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use knat::lab::{Backend, Family, Lab, LabOptions, Scenario, preflight};
+use knat::lab::{Backend, Family, Lab, LabOptions, Scenario};
 use knat_testbed::control_plane::{
-    ControlPlane, ControlPlaneOptions, Daemon, K8sBinaries, PodObject, ProxyKind, ProxyOptions,
+    ControlPlane, Daemon, K8sBinaries, PodObject, ProxyKind, ProxyOptions,
 };
+use knat_testbed::lab_plane::{self, LabPlane, LabPlaneOptions};
+use knat_testbed::prerequisites;
 
 const KNAT: &str = env!("CARGO_BIN_EXE_knat");
 const NS: &str = "events";
@@ -34,44 +36,6 @@ const POD: &str = "web-1";
 const HC_PORT: u16 = 32100;
 const HC_PORT_MOVED: u16 = 32102;
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
-
-fn skip(why: &str) -> Option<K8sBinaries> {
-    if ci() {
-        panic!("events: cannot run under CI=true: {why}");
-    }
-    eprintln!("\n*** SKIPPED events (real control plane): {why} ***\n");
-    None
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false)
-}
-
-fn prerequisites() -> Option<K8sBinaries> {
-    if let Err(e) = preflight(&[Backend::Nft], false) {
-        return skip(&e.to_string());
-    }
-    let missing: Vec<&str> = ["openssl", "curl"]
-        .into_iter()
-        .filter(|p| !on_path(p))
-        .collect();
-    if !missing.is_empty() {
-        return skip(&format!("missing tools: {missing:?}"));
-    }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    match K8sBinaries::locate(repo, ci()) {
-        Ok(b) => Some(b),
-        Err(e) => skip(&format!(
-            "{e}; build them with scripts/build-k8s.sh (many minutes the first time)"
-        )),
-    }
-}
 
 // Field order is drop order: processes, then the control plane, then the namespaces.
 struct Bed {
@@ -87,30 +51,18 @@ impl Bed {
         let scenario = Scenario::new(NS).node(NODE).pod(POD, NODE).client("ext");
         let lab = Lab::build(scenario, LabOptions::new(Path::new(KNAT), Backend::Nft))
             .expect("build the lab namespaces");
-        let address = lab.scenario().fabric_gateway(Family::V4);
-        let cp = ControlPlane::start(ControlPlaneOptions {
+        let LabPlane { cp, logs } = lab_plane::start(
+            "events",
+            &lab,
             binaries,
-            namespace: lab.fabric_namespace(),
-            address,
-            extra_sans: Vec::new(),
-            real_nodes: None,
-        })
+            &LabPlaneOptions {
+                knat_rbac: true,
+                namespace: Some(NS),
+                register_nodes: true,
+                ..LabPlaneOptions::default()
+            },
+        )
         .unwrap_or_else(|e| panic!("start the control plane: {e}"));
-        let logs = cp.dir().join("proxies");
-        std::fs::create_dir_all(&logs).expect("log dir");
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        for file in ["serviceaccount.yaml", "rbac.yaml"] {
-            let yaml = std::fs::read_to_string(repo.join("daemonset").join(file))
-                .expect("read daemonset manifest");
-            cp.apply(&yaml).expect("apply daemonset RBAC");
-        }
-        cp.kubectl(&["create", "namespace", NS], None)
-            .expect("create namespace");
-        let s = lab.scenario();
-        let ip = s.node_ip(NODE, Family::V4).expect("node ip");
-        let cidr = s.pod_cidr(NODE, Family::V4).expect("pod cidr");
-        cp.register_node(NODE, ip, &cidr.to_string())
-            .expect("register node");
         Bed {
             knat: None,
             blockers: Vec::new(),
@@ -314,7 +266,9 @@ fn str_of<'a>(v: &'a serde_json::Value, path: &[&str]) -> &'a str {
 
 #[test]
 fn events_through_the_real_api_server() {
-    let Some(binaries) = prerequisites() else {
+    let Some(binaries) =
+        prerequisites::control_plane("events", &[Backend::Nft], false, &["openssl", "curl"])
+    else {
         return;
     };
     let started = Instant::now();

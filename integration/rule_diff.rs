@@ -38,11 +38,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use knat::backend::{CANARY_RULE, CANARY_TABLES};
-use knat::lab::{Backend, Family, Lab, LabOptions, Proto, Scenario, in_netns, preflight, run};
+use knat::lab::{Backend, Family, Lab, LabOptions, Proto, Scenario, in_netns, run};
 use knat::rules::ChainName;
-use knat_testbed::control_plane::{
-    ControlPlane, ControlPlaneOptions, Daemon, K8sBinaries, now_rfc3339,
-};
+use knat_testbed::control_plane::{ControlPlane, Daemon, K8sBinaries, now_rfc3339};
+use knat_testbed::lab_plane::{self, LabPlane, LabPlaneOptions};
+use knat_testbed::prerequisites;
 
 const KNAT: &str = env!("CARGO_BIN_EXE_knat");
 const NS: &str = "rd";
@@ -123,41 +123,6 @@ const PAIRS: [Pair; 6] = [
         extra: VARIANT,
     },
 ];
-
-fn ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
-
-fn skip(why: &str) -> Option<K8sBinaries> {
-    if ci() {
-        panic!("rule_diff: cannot run under CI=true: {why}");
-    }
-    eprintln!("\n*** SKIPPED rule_diff (real control plane): {why} ***\n");
-    None
-}
-
-fn prerequisites() -> Option<K8sBinaries> {
-    if let Err(e) = preflight(&[Backend::Nft, Backend::Legacy], true) {
-        return skip(&e.to_string());
-    }
-    let missing: Vec<&str> = [
-        "openssl",
-        "curl",
-        "xtables-nft-multi",
-        "xtables-legacy-multi",
-    ]
-    .into_iter()
-    .filter(|p| knat::lab::find_program(p).is_none())
-    .collect();
-    if !missing.is_empty() {
-        return skip(&format!("missing tools: {missing:?}"));
-    }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    match K8sBinaries::locate(repo, ci()) {
-        Ok(b) => Some(b),
-        Err(e) => skip(&format!("{e}; build them with scripts/build-k8s.sh")),
-    }
-}
 
 fn scenario() -> Scenario {
     let mut s = Scenario::new(NS).with_ipv6();
@@ -367,28 +332,23 @@ impl Bed {
     fn start(binaries: K8sBinaries) -> Bed {
         let lab = Lab::build(scenario(), LabOptions::new(Path::new(KNAT), Backend::Nft))
             .expect("build the lab");
-        let cp = ControlPlane::start_with_service_cidr(
-            ControlPlaneOptions {
-                binaries,
-                namespace: lab.fabric_namespace(),
-                address: lab.scenario().fabric_gateway(Family::V4),
-                extra_sans: Vec::new(),
-                real_nodes: None,
+        let LabPlane { cp, logs } = lab_plane::start(
+            "rule_diff",
+            &lab,
+            binaries,
+            &LabPlaneOptions {
+                service_cidr: SERVICE_CIDRS,
+                namespace: Some(NS),
+                ..LabPlaneOptions::default()
             },
-            SERVICE_CIDRS,
         )
         .unwrap_or_else(|e| panic!("start the control plane: {e}"));
-        let logs = cp.dir().join("proxies");
-        std::fs::create_dir_all(&logs).expect("log dir");
         let bed = Bed {
             proxies: Vec::new(),
             cp,
             lab,
             logs,
         };
-        bed.cp
-            .kubectl(&["create", "namespace", NS], None)
-            .expect("namespace");
         for node in ["node-1", "node-2"] {
             bed.register_node(node);
         }
@@ -725,7 +685,17 @@ fn endpoint_comment(bed: &Bed, service_port: &str, pod: &str, family: Family) ->
 
 #[test]
 fn knat_and_kube_proxy_program_the_same_rules() {
-    let Some(binaries) = prerequisites() else {
+    let Some(binaries) = prerequisites::control_plane(
+        "rule_diff",
+        &[Backend::Nft, Backend::Legacy],
+        true,
+        &[
+            "openssl",
+            "curl",
+            "xtables-nft-multi",
+            "xtables-legacy-multi",
+        ],
+    ) else {
         return;
     };
     let t0 = Instant::now();

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use knat_testbed::settle::{Settle, normalise_save};
+
 const KNAT: &str = env!("CARGO_BIN_EXE_knat");
 const FIXTURES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -94,13 +96,7 @@ impl Run {
     }
 
     fn exec(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns])
-            .args(args)
-            .output()
-            .expect("spawn");
-        assert!(out.status.success(), "{args:?} failed in {}", self.ns);
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        exec_in(&self.ns, args)
     }
 
     fn log(&self) -> String {
@@ -128,28 +124,26 @@ impl Run {
 
     /// The programmed rules once they contain both services and stop changing.
     fn settled_rules(&mut self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut last = String::new();
-        loop {
-            if let Some(agent) = self.agent.as_mut()
-                && let Ok(Some(status)) = agent.try_wait()
-            {
-                panic!(
-                    "knat exited ({status}) before programming\nlog:\n{}",
-                    self.log()
-                );
-            }
-            let now = normalise(&self.exec(&["iptables-save"]));
-            if now.contains("demo/web:http") && now.contains("demo/api:https") && now == last {
-                return now;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "rules did not settle\nrules:\n{now}\nlog:\n{}",
-                self.log()
-            );
-            last = now;
-            std::thread::sleep(Duration::from_millis(400));
+        let ns = self.ns.clone();
+        let log = self.dir.join("knat.log");
+        let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+        let agent = &mut self.agent;
+        let settled = Settle {
+            limit: Duration::from_secs(20),
+            interval: Duration::from_millis(400),
+        }
+        .wait(
+            || match agent.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => Some(format!("knat exited ({status})")),
+                _ => None,
+            },
+            || normalise_save(&exec_in(&ns, &["iptables-save"])),
+            |rules| rules.contains("demo/web:http") && rules.contains("demo/api:https"),
+            Clone::clone,
+        );
+        match settled {
+            Ok((rules, _)) => rules,
+            Err(err) => panic!("{err}\nlog:\n{}", read_log()),
         }
     }
 
@@ -183,16 +177,15 @@ impl Drop for Run {
     }
 }
 
-/// `iptables-save` without comment lines and with chain counters zeroed.
-fn normalise(dump: &str) -> String {
-    dump.lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| match (l.starts_with(':'), l.rfind(" [")) {
-            (true, Some(i)) => format!("{} [0:0]", &l[..i]),
-            _ => l.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+/// Runs `args` in the namespace `ns`; its stdout.
+fn exec_in(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .expect("spawn");
+    assert!(out.status.success(), "{args:?} failed in {ns}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The rules knat programs with these arguments, in a fresh namespace.
@@ -385,7 +378,7 @@ fn a_changed_config_file_ends_knat_and_leaves_the_rules() {
         changed_at.elapsed()
     );
     assert_eq!(
-        normalise(&run.exec(&["iptables-save"])),
+        normalise_save(&run.exec(&["iptables-save"])),
         before,
         "the rules must stay when knat exits"
     );

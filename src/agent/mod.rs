@@ -13,11 +13,14 @@
 //! - [`files`]: the static `--from-files` source;
 //! - [`capabilities`]: nfacct and `--random-fully`, detected at start;
 //! - [`localnet`]: `route_localnet`, checked (and set when possible) for localhost NodePorts;
-//! - [`sync`]: the scheduler (pure) and the sync loop.
+//! - [`schedule`]: every deadline of the sync loop, as a pure state machine;
+//! - [`family_sync`]: one sync of one IP family, step by step;
+//! - [`sync`]: the sync loop, which carries out what the scheduler decides.
 
 pub mod api_server;
 pub mod capabilities;
 pub mod events;
+pub mod family_sync;
 pub mod files;
 pub mod health_event;
 pub mod index;
@@ -26,6 +29,7 @@ pub mod loop_events;
 pub mod node_cidr;
 pub mod node_event;
 pub mod node_identity;
+pub mod schedule;
 pub mod sync;
 pub mod sync_event;
 pub mod watch;

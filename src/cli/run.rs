@@ -8,13 +8,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use knat::agent::events::{self, Outbox};
+use knat::agent::family_sync::FamilySync;
 use knat::agent::index::SourceState;
 use knat::agent::loop_events::LoopEvents;
 use knat::agent::node_event::{self, PodRefError};
 use knat::agent::node_identity::{self, MISSING_NODE_FIX, NameSource};
-use knat::agent::sync::{FamilySync, Scheduler, SyncLoop, Timing};
+use knat::agent::schedule::{Scheduler, Timing};
+use knat::agent::sync::SyncLoop;
 use knat::agent::{capabilities, localnet};
 use knat::agent::{files, watch as kwatch};
+use knat::backend::nfacct::Nfacct;
 use knat::backend::{self, Iptables, Mode};
 use knat::config::ProxyConfig;
 use knat::health::{self, AdminState, ProxyHealth, ServiceHealthServers};
@@ -345,34 +348,9 @@ async fn shutdown_signal() {
 }
 
 async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let env_name = std::env::var("NODE_NAME").ok();
-    let (node_name, source) = node_identity::resolve(
-        args.hostname_override.as_deref(),
-        env_name.as_deref(),
-        node_identity::kernel_hostname,
-    )?;
-    if source == NameSource::Hostname {
-        tracing::warn!(node = %node_name, "node name taken from the host name; if it differs from the Node object's name, Local services break: {MISSING_NODE_FIX}");
-    }
-    tracing::info!(node = %node_name, from = source.as_str(), "node name");
-
+    let (node_name, source) = resolve_node_name(&args)?;
     let families = args.families();
-    let mode = match args.iptables_backend {
-        BackendArg::Nft => Mode::Nft,
-        BackendArg::Legacy => Mode::Legacy,
-        BackendArg::Auto => {
-            let (mode, nft, legacy) = backend::detect_mode().await;
-            tracing::info!(
-                mode = mode.as_str(),
-                nft_rules = nft.rules,
-                legacy_rules = legacy.rules,
-                nft_kubelet_hint = nft.kubelet_hint,
-                legacy_kubelet_hint = legacy.kubelet_hint,
-                "iptables backend detected"
-            );
-            mode
-        }
-    };
+    let mode = iptables_mode(args.iptables_backend).await;
     let mut metrics = Metrics::new();
     let nfacct = capabilities::nfacct_client(args.rules.nfacct)?;
     if let Some(client) = &nfacct {
@@ -380,22 +358,8 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let metrics = Arc::new(metrics);
     let localnet_ok = localhost_nodeports_check(&args, &node_name, &families)?;
-    let mut family_syncs = Vec::new();
-    let mut localhost = false;
-    for family in &families {
-        let mut cfg = args.config(&node_name, *family, localnet_ok)?;
-        localhost |= cfg.localhost_nodeports_effective();
-        let ipt = Iptables::new(*family, mode);
-        cfg.random_fully = capabilities::random_fully(args.rules.random_fully, &ipt).await;
-        tracing::info!(family = family.label(), restore = %ipt.bins.restore, local_detector = ?cfg.local_detector, "programming family");
-        if cfg.local_detector == knat::config::LocalDetector::None {
-            tracing::info!(
-                family = family.label(),
-                "--detect-local-mode=ClusterCIDR but no --cluster-cidr of this family: pod traffic cannot be told apart (no ClusterIP masquerade rule, no pod short-circuit for Local services)"
-            );
-        }
-        family_syncs.push(FamilySync::new(cfg, ipt).with_nfacct(nfacct.clone()));
-    }
+    let (family_syncs, localhost) =
+        family_syncs(&args, &node_name, &families, mode, &nfacct, localnet_ok).await?;
     metrics.localhost_nodeports.set(i64::from(localhost));
     let health = Arc::new(Mutex::new(ProxyHealth::new(
         2 * args.iptables_sync_period,
@@ -413,62 +377,12 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let (tx, rx) =
         tokio::sync::watch::channel(SourceState::new(&node_name, args.from_files.is_none()));
-    let mut events_task = None;
-    let mut outbox_task = None;
-    let mut loop_events = None;
-    let source_task = match &args.from_files {
-        Some(dir) => {
-            tracing::info!(dir = %dir.display(), "static source: reading manifests");
-            tokio::spawn(files::run(
-                dir.clone(),
-                node_name.clone(),
-                tx,
-                args.files_poll_interval,
-                metrics.clone(),
-            ))
-        }
-        None => {
-            let (client, target) = kwatch::connect(args.kubeconfig.clone()).await?;
-            tracing::info!(
-                api_server = %target.address(),
-                from = %target.source,
-                "API server"
-            );
-            let recorder = events::recorder(client.clone(), &node_name);
-            events_task = node_events(&recorder, &node_name, source, &rx, &metrics);
-            let (outbox, outgoing) = Outbox::new(metrics.clone());
-            outbox_task = Some(tokio::spawn(events::run_outbox(
-                recorder,
-                outgoing,
-                metrics.clone(),
-            )));
-            loop_events = Some(LoopEvents::new(outbox, &node_name));
-            tokio::spawn(kwatch::run(
-                client,
-                target,
-                node_name.clone(),
-                tx,
-                metrics.clone(),
-            ))
-        }
-    };
-
-    // Health-check node ports listen on the wildcard, or on the local addresses allowed by
-    // --nodeport-addresses.
-    // With `primary` alone the Node's IP is not known yet: the wildcard (or --bind-address).
-    let (hc_nets, hc_primary) =
-        knat::config::NodePortAddress::expand(&args.rules.nodeport_addresses);
-    let mut hc_addresses: Vec<IpAddr> = families
-        .iter()
-        .flat_map(|f| local_addresses(*f))
-        .filter(|ip| hc_nets.iter().any(|n| n.contains(ip)))
-        .collect();
-    if hc_primary && let Some(ip) = args.bind_address.filter(|ip| !ip.is_unspecified()) {
-        hc_addresses.push(ip);
-    }
-    if hc_nets.is_empty() && (!hc_primary || hc_addresses.is_empty()) {
-        hc_addresses.clear();
-    }
+    let Source {
+        task: source_task,
+        events_task,
+        outbox_task,
+        loop_events,
+    } = start_source(&args, &node_name, source, tx, &rx, &metrics).await?;
     let sync_loop = SyncLoop {
         families: family_syncs,
         scheduler: Scheduler::new(Timing::new(
@@ -477,7 +391,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
         )),
         source: rx,
         health: health.clone(),
-        servers: ServiceHealthServers::new(health, hc_addresses),
+        servers: ServiceHealthServers::new(health, health_check_addresses(&args, &families)),
         metrics,
         name_source: source,
         observed_trigger: 0,
@@ -485,27 +399,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     // As kube-proxy: a changed --config file ends the process, so that its pod restarts.
     let config_changed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watch_config = {
-        let flag = config_changed.clone();
-        let watched = args
-            .rules
-            .config_file
-            .clone()
-            .and_then(|path| std::fs::read(&path).ok().map(|initial| (path, initial)));
-        async move {
-            let Some((path, initial)) = watched else {
-                return std::future::pending().await;
-            };
-            knat::kube_proxy_config::watch::changed(
-                path.clone(),
-                initial,
-                knat::kube_proxy_config::watch::POLL_INTERVAL,
-            )
-            .await;
-            tracing::error!(file = %path.display(), "the content of the --config file changed: exiting so that the pod restarts with it (as kube-proxy does); the rules stay in place");
-            flag.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-    };
+    let watch_config = watch_config_file(&args, config_changed.clone());
     sync_loop
         .run(async {
             tokio::select! {
@@ -524,6 +418,183 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The running source of the sync loop's state, and what runs beside it for the API server.
+struct Source {
+    task: tokio::task::JoinHandle<()>,
+    /// The node-name Events on knat's own Pod (API server, Pod known).
+    events_task: Option<tokio::task::JoinHandle<()>>,
+    /// Sends the Events the sync loop records (API server only).
+    outbox_task: Option<tokio::task::JoinHandle<()>>,
+    loop_events: Option<LoopEvents>,
+}
+
+/// Starts the static `--from-files` source, or the API-server watches with their Events.
+async fn start_source(
+    args: &RunArgs,
+    node_name: &str,
+    source: NameSource,
+    tx: tokio::sync::watch::Sender<SourceState>,
+    rx: &tokio::sync::watch::Receiver<SourceState>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Source> {
+    let mut events_task = None;
+    let mut outbox_task = None;
+    let mut loop_events = None;
+    let task = match &args.from_files {
+        Some(dir) => {
+            tracing::info!(dir = %dir.display(), "static source: reading manifests");
+            tokio::spawn(files::run(
+                dir.clone(),
+                node_name.to_string(),
+                tx,
+                args.files_poll_interval,
+                metrics.clone(),
+            ))
+        }
+        None => {
+            let (client, target) = kwatch::connect(args.kubeconfig.clone()).await?;
+            tracing::info!(
+                api_server = %target.address(),
+                from = %target.source,
+                "API server"
+            );
+            let recorder = events::recorder(client.clone(), node_name);
+            events_task = node_events(&recorder, node_name, source, rx, metrics);
+            let (outbox, outgoing) = Outbox::new(metrics.clone());
+            outbox_task = Some(tokio::spawn(events::run_outbox(
+                recorder,
+                outgoing,
+                metrics.clone(),
+            )));
+            loop_events = Some(LoopEvents::new(outbox, node_name));
+            tokio::spawn(kwatch::run(
+                client,
+                target,
+                node_name.to_string(),
+                tx,
+                metrics.clone(),
+            ))
+        }
+    };
+    Ok(Source {
+        task,
+        events_task,
+        outbox_task,
+        loop_events,
+    })
+}
+
+/// The node name (flag, `NODE_NAME` or the host name) and where it came from.
+fn resolve_node_name(args: &RunArgs) -> anyhow::Result<(String, NameSource)> {
+    let env_name = std::env::var("NODE_NAME").ok();
+    let (node_name, source) = node_identity::resolve(
+        args.hostname_override.as_deref(),
+        env_name.as_deref(),
+        node_identity::kernel_hostname,
+    )?;
+    if source == NameSource::Hostname {
+        tracing::warn!(node = %node_name, "node name taken from the host name; if it differs from the Node object's name, Local services break: {MISSING_NODE_FIX}");
+    }
+    tracing::info!(node = %node_name, from = source.as_str(), "node name");
+    Ok((node_name, source))
+}
+
+/// `--iptables-backend`, detected from the rules already in the kernel when `auto`.
+async fn iptables_mode(arg: BackendArg) -> Mode {
+    match arg {
+        BackendArg::Nft => Mode::Nft,
+        BackendArg::Legacy => Mode::Legacy,
+        BackendArg::Auto => {
+            let (mode, nft, legacy) = backend::detect_mode().await;
+            tracing::info!(
+                mode = mode.as_str(),
+                nft_rules = nft.rules,
+                legacy_rules = legacy.rules,
+                nft_kubelet_hint = nft.kubelet_hint,
+                legacy_kubelet_hint = legacy.kubelet_hint,
+                "iptables backend detected"
+            );
+            mode
+        }
+    }
+}
+
+/// One [`FamilySync`] per IP family, with its configuration and capabilities; and whether
+/// any family serves NodePorts on localhost.
+async fn family_syncs(
+    args: &RunArgs,
+    node_name: &str,
+    families: &[IpFamily],
+    mode: Mode,
+    nfacct: &Option<Arc<Nfacct>>,
+    localnet_ok: bool,
+) -> anyhow::Result<(Vec<FamilySync>, bool)> {
+    let mut family_syncs = Vec::new();
+    let mut localhost = false;
+    for family in families {
+        let mut cfg = args.config(node_name, *family, localnet_ok)?;
+        localhost |= cfg.localhost_nodeports_effective();
+        let ipt = Iptables::new(*family, mode);
+        cfg.random_fully = capabilities::random_fully(args.rules.random_fully, &ipt).await;
+        tracing::info!(family = family.label(), restore = %ipt.bins.restore, local_detector = ?cfg.local_detector, "programming family");
+        if cfg.local_detector == knat::config::LocalDetector::None {
+            tracing::info!(
+                family = family.label(),
+                "--detect-local-mode=ClusterCIDR but no --cluster-cidr of this family: pod traffic cannot be told apart (no ClusterIP masquerade rule, no pod short-circuit for Local services)"
+            );
+        }
+        family_syncs.push(FamilySync::new(cfg, ipt).with_nfacct(nfacct.clone()));
+    }
+    Ok((family_syncs, localhost))
+}
+
+/// The addresses the health-check node ports listen on: the wildcard (empty), or the local
+/// addresses allowed by `--nodeport-addresses`.
+fn health_check_addresses(args: &RunArgs, families: &[IpFamily]) -> Vec<IpAddr> {
+    // With `primary` alone the Node's IP is not known yet: the wildcard (or --bind-address).
+    let (hc_nets, hc_primary) =
+        knat::config::NodePortAddress::expand(&args.rules.nodeport_addresses);
+    let mut hc_addresses: Vec<IpAddr> = families
+        .iter()
+        .flat_map(|f| local_addresses(*f))
+        .filter(|ip| hc_nets.iter().any(|n| n.contains(ip)))
+        .collect();
+    if hc_primary && let Some(ip) = args.bind_address.filter(|ip| !ip.is_unspecified()) {
+        hc_addresses.push(ip);
+    }
+    if hc_nets.is_empty() && (!hc_primary || hc_addresses.is_empty()) {
+        hc_addresses.clear();
+    }
+    hc_addresses
+}
+
+/// Sets `changed` and returns when the `--config` file's content changes (never without a
+/// file).
+fn watch_config_file(
+    args: &RunArgs,
+    changed: Arc<std::sync::atomic::AtomicBool>,
+) -> impl std::future::Future<Output = ()> + use<> {
+    let flag = changed;
+    let watched = args
+        .rules
+        .config_file
+        .clone()
+        .and_then(|path| std::fs::read(&path).ok().map(|initial| (path, initial)));
+    async move {
+        let Some((path, initial)) = watched else {
+            return std::future::pending().await;
+        };
+        knat::kube_proxy_config::watch::changed(
+            path.clone(),
+            initial,
+            knat::kube_proxy_config::watch::POLL_INTERVAL,
+        )
+        .await;
+        tracing::error!(file = %path.display(), "the content of the --config file changed: exiting so that the pod restarts with it (as kube-proxy does); the rules stay in place");
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Starts recording the node-name Events on knat's own Pod (from the downward API variables

@@ -216,26 +216,7 @@ impl Ctx<'_> {
         };
         let present = &live_chain.rules;
         if present.is_empty() && wanted.len() > 1 {
-            let endpoints: Vec<String> = wanted
-                .iter()
-                .filter_map(jump_target)
-                .filter(|t| t.starts_with("KUBE-SEP-"))
-                .filter_map(|t| endpoint_of(table, t, &[self.desired]))
-                .collect();
-            let lost = if endpoints.is_empty() {
-                String::new()
-            } else {
-                format!("; it no longer sends traffic to {}", endpoints.join(", "))
-            };
-            return vec![Change {
-                kind: ChangeKind::Flushed,
-                message: format!(
-                    "was flushed: none of its {} rules are present{lost}",
-                    wanted.len()
-                ),
-                live: None,
-                desired: None,
-            }];
+            return vec![self.flushed(table, wanted)];
         }
         let d: Vec<String> = wanted.iter().map(Rule::canonical).collect();
         let l: Vec<String> = present.iter().map(Rule::canonical).collect();
@@ -271,90 +252,132 @@ impl Ctx<'_> {
             {
                 Some(pos) => {
                     let ei = extra.remove(pos);
-                    changes.push(Change {
-                        kind: ChangeKind::ChangedRule,
-                        message: format!(
-                            "has a different rule for {}",
-                            jump_target(w)
-                                .map(|t| self.describe_target(table, t))
-                                .or_else(|| comment(w).map(|c| format!("\"{c}\"")))
-                                .unwrap_or_else(|| "the same target".into())
-                        ),
-                        live: Some(live_text(chain, &present[ei])),
-                        desired: Some(desired_text(chain, w)),
-                    });
+                    changes.push(self.changed_rule(table, chain, w, &present[ei]));
                     false
                 }
                 None => true,
             }
         });
-        for mi in missing {
-            let w = &wanted[mi];
-            let target = jump_target(w);
-            let (kind, message) = match target {
-                Some(t) if t.starts_with("KUBE-SEP-") => (
-                    ChangeKind::MissingEndpoint,
-                    format!("is missing {}", self.describe_target(table, t)),
-                ),
-                Some(t) => (
-                    ChangeKind::MissingRule,
-                    format!(
-                        "is missing the jump to {}{}",
-                        self.describe_target(table, t),
-                        comment(w)
-                            .map(|c| format!(" for \"{c}\""))
-                            .unwrap_or_default()
-                    ),
-                ),
-                None if matches!(w.target, Target::Dnat { .. }) => (
-                    ChangeKind::MissingRule,
-                    match &w.target {
-                        Target::Dnat { to, .. } => format!(
-                            "is missing its DNAT to {to}: traffic chosen for this endpoint is not translated"
-                        ),
-                        _ => "is missing its DNAT".to_string(),
-                    },
-                ),
-                None => (
-                    ChangeKind::MissingRule,
-                    format!(
-                        "is missing a rule{}",
-                        comment(w)
-                            .map(|c| format!(" (\"{c}\")"))
-                            .unwrap_or_default()
-                    ),
-                ),
-            };
-            changes.push(Change {
-                kind,
-                message,
-                live: None,
-                desired: Some(desired_text(chain, w)),
-            });
-        }
-        for ei in extra {
-            let r = &present[ei];
-            let (kind, message) = match jump_target(r) {
-                Some(t) if t.starts_with("KUBE-SEP-") => (
-                    ChangeKind::UnwantedEndpoint,
-                    format!(
-                        "sends traffic to {}, which knat would not use",
-                        self.describe_target(table, t)
-                    ),
-                ),
-                _ => (
-                    ChangeKind::ForeignRule,
-                    "has a foreign rule (knat would not program it)".to_string(),
-                ),
-            };
-            changes.push(Change {
-                kind,
-                message,
-                live: Some(live_text(chain, r)),
-                desired: None,
-            });
-        }
+        changes.extend(
+            missing
+                .into_iter()
+                .map(|mi| self.missing_rule(table, chain, &wanted[mi])),
+        );
+        changes.extend(
+            extra
+                .into_iter()
+                .map(|ei| self.extra_rule(table, chain, &present[ei])),
+        );
         changes
+    }
+
+    /// A chain that should hold several rules and holds none, and the endpoints it no longer
+    /// reaches.
+    fn flushed(&self, table: &str, wanted: &[Rule]) -> Change {
+        let endpoints: Vec<String> = wanted
+            .iter()
+            .filter_map(jump_target)
+            .filter(|t| t.starts_with("KUBE-SEP-"))
+            .filter_map(|t| endpoint_of(table, t, &[self.desired]))
+            .collect();
+        let lost = if endpoints.is_empty() {
+            String::new()
+        } else {
+            format!("; it no longer sends traffic to {}", endpoints.join(", "))
+        };
+        Change {
+            kind: ChangeKind::Flushed,
+            message: format!(
+                "was flushed: none of its {} rules are present{lost}",
+                wanted.len()
+            ),
+            live: None,
+            desired: None,
+        }
+    }
+
+    /// A live rule with the wanted rule's target but other matches.
+    fn changed_rule(&self, table: &str, chain: &str, wanted: &Rule, live: &Rule) -> Change {
+        Change {
+            kind: ChangeKind::ChangedRule,
+            message: format!(
+                "has a different rule for {}",
+                jump_target(wanted)
+                    .map(|t| self.describe_target(table, t))
+                    .or_else(|| comment(wanted).map(|c| format!("\"{c}\"")))
+                    .unwrap_or_else(|| "the same target".into())
+            ),
+            live: Some(live_text(chain, live)),
+            desired: Some(desired_text(chain, wanted)),
+        }
+    }
+
+    /// A wanted rule with no live counterpart: a missing endpoint, jump, DNAT or other rule.
+    fn missing_rule(&self, table: &str, chain: &str, w: &Rule) -> Change {
+        let target = jump_target(w);
+        let (kind, message) = match target {
+            Some(t) if t.starts_with("KUBE-SEP-") => (
+                ChangeKind::MissingEndpoint,
+                format!("is missing {}", self.describe_target(table, t)),
+            ),
+            Some(t) => (
+                ChangeKind::MissingRule,
+                format!(
+                    "is missing the jump to {}{}",
+                    self.describe_target(table, t),
+                    comment(w)
+                        .map(|c| format!(" for \"{c}\""))
+                        .unwrap_or_default()
+                ),
+            ),
+            None if matches!(w.target, Target::Dnat { .. }) => (
+                ChangeKind::MissingRule,
+                match &w.target {
+                    Target::Dnat { to, .. } => format!(
+                        "is missing its DNAT to {to}: traffic chosen for this endpoint is not translated"
+                    ),
+                    _ => "is missing its DNAT".to_string(),
+                },
+            ),
+            None => (
+                ChangeKind::MissingRule,
+                format!(
+                    "is missing a rule{}",
+                    comment(w)
+                        .map(|c| format!(" (\"{c}\")"))
+                        .unwrap_or_default()
+                ),
+            ),
+        };
+        Change {
+            kind,
+            message,
+            live: None,
+            desired: Some(desired_text(chain, w)),
+        }
+    }
+
+    /// A live rule knat would not program: an endpoint it would not use, or a foreign rule.
+    fn extra_rule(&self, table: &str, chain: &str, r: &Rule) -> Change {
+        let (kind, message) = match jump_target(r) {
+            Some(t) if t.starts_with("KUBE-SEP-") => (
+                ChangeKind::UnwantedEndpoint,
+                format!(
+                    "sends traffic to {}, which knat would not use",
+                    self.describe_target(table, t)
+                ),
+            ),
+            _ => (
+                ChangeKind::ForeignRule,
+                "has a foreign rule (knat would not program it)".to_string(),
+            ),
+        };
+        Change {
+            kind,
+            message,
+            live: Some(live_text(chain, r)),
+            desired: None,
+        }
     }
 
     fn stale(&self, table: &str, chain: &str) -> Change {

@@ -368,6 +368,44 @@ fn local_service(
     findings: &mut Vec<Finding>,
 ) -> LocalService {
     let name = service.name.to_string();
+    let endpoints = node_endpoints(view, service);
+    let counts: BTreeMap<String, usize> = endpoints
+        .iter()
+        .filter(|e| e.node != NO_NODE)
+        .map(|e| (e.node.clone(), e.ready))
+        .collect();
+    let spread = Spread::from_counts(&counts);
+    let imbalanced = spread.nodes.len() >= 2 && spread.imbalanced(options.imbalance_threshold);
+    let selector = view
+        .selectors
+        .get(&service.name)
+        .cloned()
+        .unwrap_or_default();
+    endpoint_findings(service, &endpoints, &selector, findings);
+    let advice = if imbalanced {
+        imbalance_finding(view, &name, &spread, &selector, options, findings)
+    } else {
+        None
+    };
+    LocalService {
+        service: name,
+        service_type: type_name(service.service_type).to_string(),
+        health_check_node_port: service.health_check_node_port,
+        selector,
+        this_node: this_node.map(|node| this_node_view(&endpoints, node)),
+        endpoints,
+        spread,
+        imbalanced,
+        advice,
+    }
+}
+
+/// The node of endpoints without a `nodeName`.
+const NO_NODE: &str = "(none)";
+
+/// Every Node (and every node the endpoints name) with its ready and terminating endpoints of
+/// the Service's primary family.
+fn node_endpoints(view: &View, service: &Service) -> Vec<NodeEndpoints> {
     let family = primary_family(service);
     // node name -> (ready IPs, terminating IPs)
     let mut per_node: BTreeMap<String, (BTreeSet<std::net::IpAddr>, BTreeSet<std::net::IpAddr>)> =
@@ -381,7 +419,7 @@ fn local_service(
         .filter(|s| s.family == family && !s.ports.is_empty())
     {
         for ep in &slice.endpoints {
-            let node = ep.node_name.clone().unwrap_or_else(|| "(none)".into());
+            let node = ep.node_name.clone().unwrap_or_else(|| NO_NODE.into());
             let entry = per_node.entry(node).or_default();
             if ep.ready {
                 entry.0.insert(ep.ip);
@@ -393,7 +431,7 @@ fn local_service(
     for (ready, terminating) in per_node.values_mut() {
         terminating.retain(|ip| !ready.contains(ip));
     }
-    let endpoints: Vec<NodeEndpoints> = per_node
+    per_node
         .iter()
         .map(|(node, (ready, terminating))| NodeEndpoints {
             node: node.clone(),
@@ -406,22 +444,20 @@ fn local_service(
             health: if ready.is_empty() { 503 } else { 200 },
             known_node: view.has_node(node),
         })
-        .collect();
-    let counts: BTreeMap<String, usize> = endpoints
-        .iter()
-        .filter(|e| e.node != "(none)")
-        .map(|e| (e.node.clone(), e.ready))
-        .collect();
-    let spread = Spread::from_counts(&counts);
-    let imbalanced = spread.nodes.len() >= 2 && spread.imbalanced(options.imbalance_threshold);
-    let selector = view
-        .selectors
-        .get(&service.name)
-        .cloned()
-        .unwrap_or_default();
+        .collect()
+}
+
+/// What is wrong with a Local Service's endpoints wherever they are: none ready, only
+/// terminating ones, endpoints no proxy treats as local, a LoadBalancer without health check.
+fn endpoint_findings(
+    service: &Service,
+    endpoints: &[NodeEndpoints],
+    selector: &BTreeMap<String, String>,
+    findings: &mut Vec<Finding>,
+) {
+    let name = service.name.to_string();
     let ready_total: usize = endpoints.iter().map(|e| e.ready).sum();
     let terminating_total: usize = endpoints.iter().map(|e| e.terminating).sum();
-
     if ready_total == 0 && terminating_total == 0 {
         findings.push(finding(
             Severity::Broken,
@@ -431,7 +467,7 @@ fn local_service(
             Some(if selector.is_empty() {
                 "the Service has no selector: create its EndpointSlice, or check the pods behind it".into()
             } else {
-                format!("check the pods selected by {} (kubectl get pods -l {} -o wide)", fmt_selector(&selector), fmt_selector(&selector))
+                format!("check the pods selected by {} (kubectl get pods -l {} -o wide)", fmt_selector(selector), fmt_selector(selector))
             }),
         ));
     } else if ready_total == 0 {
@@ -448,7 +484,7 @@ fn local_service(
         .iter()
         .filter(|e| !e.known_node && (e.ready + e.terminating) > 0)
     {
-        let message = if e.node == "(none)" {
+        let message = if e.node == NO_NODE {
             format!(
                 "{} endpoints have no nodeName, so no node treats them as local: external traffic never reaches them",
                 e.ready + e.terminating
@@ -466,67 +502,69 @@ fn local_service(
     {
         findings.push(finding(
             Severity::Warning,
-            name.clone(),
+            name,
             "a Local LoadBalancer without healthCheckNodePort: the load balancer cannot tell which nodes have endpoints",
             None,
         ));
     }
-    let advice = if imbalanced {
-        let ratio = spread.ratio.unwrap_or(1.0);
-        let (max, min) = (
-            spread.nodes.iter().map(|n| n.pods).max().unwrap_or(0),
-            spread.nodes.iter().map(|n| n.pods).min().unwrap_or(0),
-        );
-        let advice = spread_advice(
-            &selector,
-            spread.total_pods,
-            view.nodes.len().max(spread.nodes.len()),
-        );
-        findings.push(finding(
-            Severity::Warning,
-            name.clone(),
-            format!(
-                "imbalanced: each pod on a node with {min} pod(s) gets {ratio:.1}x the traffic of each pod on a node with {max} \
-                 (load balancer splitting evenly over {} nodes; threshold {:.1})",
-                spread.nodes.len(),
-                options.imbalance_threshold
-            ),
-            Some(match &advice {
-                Some(a) => format!("spread the pods across nodes (snippet under the service above) or use a weighted load balancer; {}", short_rule(a)),
-                None => "spread the endpoints across nodes, or use a load balancer that reads X-Load-Balancing-Endpoint-Weight".into(),
-            }),
-        ));
-        advice
-    } else {
-        None
-    };
-    let this_node = this_node.map(|node| {
-        let here = endpoints.iter().find(|e| e.node == node);
-        let (ready, terminating) = here.map_or((0, 0), |e| (e.ready, e.terminating));
-        let explanation = if ready > 0 {
-            format!(
-                "{ready} local ready endpoint(s): the health check answers 200 with X-Load-Balancing-Endpoint-Weight: {ready}; external traffic stays on this node"
-            )
-        } else if terminating > 0 {
-            format!(
-                "no ready local endpoint: the health check answers 503 and the load balancer should skip this node; \
-                 connections that still arrive go to the {terminating} terminating local endpoint(s)"
-            )
-        } else {
-            "this node has none: its health check answers 503, the load balancer should skip it; external traffic that still arrives is dropped".to_string()
-        };
-        ThisNode { local_ready: ready, health: if ready > 0 { 200 } else { 503 }, explanation }
-    });
-    LocalService {
-        service: name,
-        service_type: type_name(service.service_type).to_string(),
-        health_check_node_port: service.health_check_node_port,
+}
+
+/// The finding for pods spread unevenly over nodes, and the scheduling advice that evens them.
+fn imbalance_finding(
+    view: &View,
+    name: &str,
+    spread: &Spread,
+    selector: &BTreeMap<String, String>,
+    options: &Options,
+    findings: &mut Vec<Finding>,
+) -> Option<Advice> {
+    let ratio = spread.ratio.unwrap_or(1.0);
+    let (max, min) = (
+        spread.nodes.iter().map(|n| n.pods).max().unwrap_or(0),
+        spread.nodes.iter().map(|n| n.pods).min().unwrap_or(0),
+    );
+    let advice = spread_advice(
         selector,
-        endpoints,
-        spread,
-        imbalanced,
-        this_node,
-        advice,
+        spread.total_pods,
+        view.nodes.len().max(spread.nodes.len()),
+    );
+    findings.push(finding(
+        Severity::Warning,
+        name.to_string(),
+        format!(
+            "imbalanced: each pod on a node with {min} pod(s) gets {ratio:.1}x the traffic of each pod on a node with {max} \
+             (load balancer splitting evenly over {} nodes; threshold {:.1})",
+            spread.nodes.len(),
+            options.imbalance_threshold
+        ),
+        Some(match &advice {
+            Some(a) => format!("spread the pods across nodes (snippet under the service above) or use a weighted load balancer; {}", short_rule(a)),
+            None => "spread the endpoints across nodes, or use a load balancer that reads X-Load-Balancing-Endpoint-Weight".into(),
+        }),
+    ));
+    advice
+}
+
+/// What the health check of `node` answers for the Service, and what that means for traffic.
+fn this_node_view(endpoints: &[NodeEndpoints], node: &str) -> ThisNode {
+    let here = endpoints.iter().find(|e| e.node == node);
+    let (ready, terminating) = here.map_or((0, 0), |e| (e.ready, e.terminating));
+    let explanation = if ready > 0 {
+        format!(
+            "{ready} local ready endpoint(s): the health check answers 200 with X-Load-Balancing-Endpoint-Weight: {ready}; external traffic stays on this node"
+        )
+    } else if terminating > 0 {
+        format!(
+            "no ready local endpoint: the health check answers 503 and the load balancer should skip this node; \
+             connections that still arrive go to the {terminating} terminating local endpoint(s)"
+        )
+    } else {
+        "this node has none: its health check answers 503, the load balancer should skip it; external traffic that still arrives is dropped".to_string()
+    };
+    ThisNode {
+        local_ready: ready,
+        health: if ready > 0 { 200 } else { 503 },
+        explanation,
     }
 }
 

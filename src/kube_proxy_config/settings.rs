@@ -205,8 +205,45 @@ pub(super) fn convert(
             message,
         })
     };
+    // In this order: the first invalid field is the error.
+    check_identity(cfg)?;
+    let (bind_address, healthz_bind_address, metrics_bind_address) = bind_addresses(cfg)?;
+    let (masquerade_bit, sync_period, min_sync_period) = iptables_settings(cfg)?;
+    let nodeport_addresses = nodeport_addresses(cfg)?;
+    let (detect_local_mode, pod_bridge_interface, pod_interface_name_prefix) = detect_local(cfg)?;
+    let cluster_cidrs = cluster_cidrs(cfg, detect_local_mode)?;
+    check_unused_ranges(cfg)?;
+    let feature_gates = unsupported_settings(cfg, document, &mut warn)?;
+    let hostname_override =
+        Some(text(&cfg.hostname_override).to_lowercase()).filter(|s| !s.is_empty());
+    let kubeconfig = Some(text(&cfg.client_connection.kubeconfig))
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from);
 
-    // apiVersion and kind: kube-proxy's decoder refuses anything else.
+    Ok(FileSettings {
+        hostname_override,
+        bind_address,
+        healthz_bind_address,
+        metrics_bind_address,
+        masquerade_all: cfg.iptables.masquerade_all.unwrap_or(false),
+        masquerade_bit,
+        min_sync_period,
+        sync_period,
+        localhost_nodeports: cfg.iptables.localhost_node_ports.unwrap_or(true),
+        nodeport_addresses,
+        detect_local_mode,
+        cluster_cidrs,
+        pod_bridge_interface,
+        pod_interface_name_prefix,
+        kubeconfig,
+        feature_gates,
+        verbosity: cfg.logging.verbosity.unwrap_or(0),
+    })
+}
+
+/// apiVersion, kind and mode: kube-proxy's decoder refuses any other apiVersion and kind, and
+/// knat is only the iptables mode.
+fn check_identity(cfg: &KubeProxyConfiguration) -> Result<(), FileError> {
     let api_version = text(&cfg.api_version);
     if api_version != super::API_VERSION {
         return Err(invalid(
@@ -233,6 +270,14 @@ pub(super) fn convert(
         ));
     }
 
+    Ok(())
+}
+
+/// `bindAddress`, `healthzBindAddress` and `metricsBindAddress`; the servers' defaults follow
+/// the family of `bindAddress` (0.0.0.0 / 127.0.0.1, or [::] / [::1]).
+fn bind_addresses(
+    cfg: &KubeProxyConfiguration,
+) -> Result<(IpAddr, SocketAddr, SocketAddr), FileError> {
     let bind_text = text(&cfg.bind_address);
     let bind_address = if bind_text.is_empty() {
         IpAddr::from([0, 0, 0, 0])
@@ -245,7 +290,6 @@ pub(super) fn convert(
             )
         })?
     };
-    // Defaults follow the family of bindAddress (0.0.0.0 / 127.0.0.1, or [::] / [::1]).
     let (healthz_default, metrics_default): (IpAddr, IpAddr) = if bind_address.is_ipv4() {
         ([0, 0, 0, 0].into(), [127, 0, 0, 1].into())
     } else {
@@ -272,6 +316,11 @@ pub(super) fn convert(
         METRICS_PORT,
     )?;
 
+    Ok((bind_address, healthz_bind_address, metrics_bind_address))
+}
+
+/// `iptables.masqueradeBit`, `iptables.syncPeriod` and `iptables.minSyncPeriod`.
+fn iptables_settings(cfg: &KubeProxyConfiguration) -> Result<(u8, Duration, Duration), FileError> {
     let masquerade_bit = match cfg.iptables.masquerade_bit {
         None => 14,
         Some(bit) if (0..=31).contains(&bit) => bit as u8,
@@ -306,6 +355,11 @@ pub(super) fn convert(
         ));
     }
 
+    Ok((masquerade_bit, sync_period, min_sync_period))
+}
+
+/// `nodePortAddresses`: CIDRs and the keyword `primary`, each keyword once.
+fn nodeport_addresses(cfg: &KubeProxyConfiguration) -> Result<Vec<NodePortAddress>, FileError> {
     let mut nodeport_addresses = Vec::new();
     for (i, entry) in cfg.node_port_addresses.iter().flatten().enumerate() {
         let field = format!("nodePortAddresses[{i}]");
@@ -318,6 +372,13 @@ pub(super) fn convert(
         nodeport_addresses.push(parsed);
     }
 
+    Ok(nodeport_addresses)
+}
+
+/// `detectLocalMode` and the `detectLocal` setting that mode needs.
+fn detect_local(
+    cfg: &KubeProxyConfiguration,
+) -> Result<(DetectLocalMode, String, String), FileError> {
     let detect_text = text(&cfg.detect_local_mode);
     let detect_local_mode = match detect_text {
         "" | "ClusterCIDR" => DetectLocalMode::ClusterCidr,
@@ -351,6 +412,18 @@ pub(super) fn convert(
         ));
     }
 
+    Ok((
+        detect_local_mode,
+        pod_bridge_interface,
+        pod_interface_name_prefix,
+    ))
+}
+
+/// `clusterCIDR`: one CIDR or a dual-stack pair (with ClusterCIDR detection).
+fn cluster_cidrs(
+    cfg: &KubeProxyConfiguration,
+    detect_local_mode: DetectLocalMode,
+) -> Result<Vec<IpNet>, FileError> {
     let cidr_text = text(&cfg.cluster_cidr);
     let mut cluster_cidrs = Vec::new();
     if !cidr_text.is_empty() {
@@ -378,6 +451,11 @@ pub(super) fn convert(
         }
     }
 
+    Ok(cluster_cidrs)
+}
+
+/// Settings knat does not use, validated as kube-proxy validates them.
+fn check_unused_ranges(cfg: &KubeProxyConfiguration) -> Result<(), FileError> {
     if let Some(burst) = cfg.client_connection.burst
         && burst < 0
     {
@@ -398,6 +476,17 @@ pub(super) fn convert(
     }
     duration("configSyncPeriod", &cfg.config_sync_period)?;
 
+    Ok(())
+}
+
+/// The warnings for what knat does not do (log format, ignored feature gates, conntrack
+/// sysctls, [`UNUSED`] fields) and the refusal of feature gates knat cannot honour; returns
+/// the feature gates.
+fn unsupported_settings(
+    cfg: &KubeProxyConfiguration,
+    document: &Value,
+    warn: &mut impl FnMut(&str, String),
+) -> Result<BTreeMap<String, bool>, FileError> {
     let format = text(&cfg.logging.format);
     if !matches!(format, "" | "text") {
         warn(
@@ -420,7 +509,7 @@ pub(super) fn convert(
         }
     }
 
-    conntrack_warning(cfg, &mut warn)?;
+    conntrack_warning(cfg, warn)?;
 
     for (path, why) in UNUSED {
         if let Some(value) = lookup(document, path)
@@ -430,31 +519,7 @@ pub(super) fn convert(
         }
     }
 
-    let hostname_override =
-        Some(text(&cfg.hostname_override).to_lowercase()).filter(|s| !s.is_empty());
-    let kubeconfig = Some(text(&cfg.client_connection.kubeconfig))
-        .filter(|s| !s.is_empty())
-        .map(PathBuf::from);
-
-    Ok(FileSettings {
-        hostname_override,
-        bind_address,
-        healthz_bind_address,
-        metrics_bind_address,
-        masquerade_all: cfg.iptables.masquerade_all.unwrap_or(false),
-        masquerade_bit,
-        min_sync_period,
-        sync_period,
-        localhost_nodeports: cfg.iptables.localhost_node_ports.unwrap_or(true),
-        nodeport_addresses,
-        detect_local_mode,
-        cluster_cidrs,
-        pod_bridge_interface,
-        pod_interface_name_prefix,
-        kubeconfig,
-        feature_gates,
-        verbosity: cfg.logging.verbosity.unwrap_or(0),
-    })
+    Ok(feature_gates)
 }
 
 /// knat never writes conntrack sysctls; kube-proxy does on start (`pkg/proxy/conntrack`

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use super::LabError;
 use super::backend::Backend;
 use super::echo::{ProbeResult, READY_LINE, parse_probe_output};
-use super::scenario::{Family, Proto, Role, Scenario, TARGET_PORT};
+use super::scenario::{Family, PodSpec, Proto, Role, Scenario, TARGET_PORT};
 use super::sys::{Reaper, describe, in_netns, run};
 
 /// Labs built by this process so far; part of every namespace name.
@@ -284,12 +284,31 @@ impl Lab {
         run_all(children)
     }
 
+    /// Creates every link, address and route of the scenario, one `ip -batch` per namespace.
     fn wire(&self) -> Result<(), LabError> {
+        let s = &self.scenario;
+        self.batch(&self.fabric(), &self.fabric_batch())?;
+        let mut batches = Vec::new();
+        for node in &s.nodes {
+            batches.push((self.ns(node), self.node_batch(node)?));
+        }
+        for client in &s.clients {
+            batches.push((self.ns(client), self.client_batch(client)?));
+        }
+        // The pods' batches run after the nodes' batches, which create the pods' eth0.
+        let mut pod_batches = Vec::new();
+        for pod in &s.pods {
+            pod_batches.push((self.ns(&pod.name), self.pod_batch(pod)?));
+        }
+        self.batches(batches)?;
+        self.batches(pod_batches)
+    }
+
+    /// The fabric: one bridge, a veth to every node and client.
+    fn fabric_batch(&self) -> Batch {
         let s = &self.scenario;
         let families = s.families();
         let gateway = |f| s.fabric_gateway(f);
-
-        // The fabric: one bridge, a veth to every node and client.
         let mut fabric = Batch::default();
         fabric.add("link set lo up");
         fabric.add("link add br0 type bridge mcast_snooping 0");
@@ -334,141 +353,162 @@ impl Lab {
             fabric.add(format!("link set {port} master br0"));
             fabric.add(format!("link set {port} up"));
         }
-        self.batch(&self.fabric(), &fabric)?;
+        fabric
+    }
 
-        // Nodes: segment address, routes, and a veth per pod.
-        let mut batches = Vec::new();
-        for node in &s.nodes {
-            let mut b = Batch::default();
-            b.add("link set lo up");
-            b.add("link set eth0 up");
-            for f in &families {
-                let ip = s
-                    .node_ip(node, *f)
-                    .ok_or_else(|| missing("node address", node))?;
-                b.add(format!(
-                    "addr add {ip}/{} dev eth0{}",
-                    s.segment(*f).prefix_len(),
-                    nodad(ip)
-                ));
-                b.add(format!("route add {} dev eth0", s.client_network(*f)));
-                b.add(format!("route add default via {} dev eth0", gateway(*f)));
-                for peer in s.nodes.iter().filter(|p| *p != node) {
-                    let cidr = s
-                        .pod_cidr(peer, *f)
-                        .ok_or_else(|| missing("pod CIDR", peer))?;
-                    let via = s
-                        .node_ip(peer, *f)
-                        .ok_or_else(|| missing("node address", peer))?;
-                    b.add(format!("route add {cidr} via {via} dev eth0"));
-                }
-            }
-            if let PodLinks::Bridge { name } = &self.options.pod_links {
-                b.add(format!("link add {name} type bridge mcast_snooping 0"));
-                for f in &families {
-                    let gw = s
-                        .node_gateway(node, *f)
-                        .ok_or_else(|| missing("gateway", node))?;
-                    let cidr = s
-                        .pod_cidr(node, *f)
-                        .ok_or_else(|| missing("pod CIDR", node))?;
-                    b.add(format!(
-                        "addr add {gw}/{} dev {name}{}",
-                        cidr.prefix_len(),
-                        nodad(gw)
-                    ));
-                }
-                b.add(format!("link set {name} up"));
-            }
-            for (k, pod) in s.pods_on(node).enumerate() {
-                let (dev, bridge) = match &self.options.pod_links {
-                    PodLinks::Routed { prefix } => (format!("{prefix}{}", k + 1), None),
-                    PodLinks::Bridge { name } => (format!("veth{}", k + 1), Some(name)),
-                };
-                b.add(format!(
-                    "link add {dev} type veth peer name eth0 netns {}",
-                    self.ns(&pod.name)
-                ));
-                if let Some(bridge) = bridge {
-                    b.add(format!("link set {dev} master {bridge}"));
-                    b.add(format!("link set {dev} up"));
-                    continue;
-                }
-                b.add(format!("link set {dev} up"));
-                for f in &families {
-                    let gw = s
-                        .node_gateway(node, *f)
-                        .ok_or_else(|| missing("gateway", node))?;
-                    let ip = s
-                        .pod_ip(&pod.name, *f)
-                        .ok_or_else(|| missing("pod address", &pod.name))?;
-                    b.add(format!(
-                        "addr add {gw}/{} dev {dev}{}",
-                        prefix_len(gw),
-                        nodad(gw)
-                    ));
-                    b.add(format!("route add {ip}/{} dev {dev}", prefix_len(ip)));
-                }
-            }
-            batches.push((self.ns(node), b));
-        }
-
-        // Clients: the external address only, the segment on-link, VIP routes to nodes.
-        for client in &s.clients {
-            let mut b = Batch::default();
-            b.add("link set lo up");
-            b.add("link set eth0 up");
-            for f in &families {
-                let ip = s
-                    .client_ip(client, *f)
-                    .ok_or_else(|| missing("client address", client))?;
-                b.add(format!(
-                    "addr add {ip}/{} dev eth0{}",
-                    prefix_len(ip),
-                    nodad(ip)
-                ));
-                b.add(format!("route add {} dev eth0", s.segment(*f)));
-            }
-            for route in &s.routes {
-                let family = Family::of(route.destination);
+    /// A node: segment address, routes to the other nodes' pods, and a veth per pod.
+    fn node_batch(&self, node: &str) -> Result<Batch, LabError> {
+        let s = &self.scenario;
+        let families = s.families();
+        let gateway = |f| s.fabric_gateway(f);
+        let mut b = Batch::default();
+        b.add("link set lo up");
+        b.add("link set eth0 up");
+        for f in &families {
+            let ip = s
+                .node_ip(node, *f)
+                .ok_or_else(|| missing("node address", node))?;
+            b.add(format!(
+                "addr add {ip}/{} dev eth0{}",
+                s.segment(*f).prefix_len(),
+                nodad(ip)
+            ));
+            b.add(format!("route add {} dev eth0", s.client_network(*f)));
+            b.add(format!("route add default via {} dev eth0", gateway(*f)));
+            for peer in s.nodes.iter().filter(|p| *p != node) {
+                let cidr = s
+                    .pod_cidr(peer, *f)
+                    .ok_or_else(|| missing("pod CIDR", peer))?;
                 let via = s
-                    .node_ip(&route.node, family)
-                    .ok_or_else(|| missing("node address", &route.node))?;
-                b.add(format!(
-                    "route add {}/{} via {via} dev eth0",
-                    route.destination,
-                    prefix_len(route.destination)
-                ));
+                    .node_ip(peer, *f)
+                    .ok_or_else(|| missing("node address", peer))?;
+                b.add(format!("route add {cidr} via {via} dev eth0"));
             }
-            batches.push((self.ns(client), b));
         }
+        if let PodLinks::Bridge { name } = &self.options.pod_links {
+            self.add_pod_bridge(&mut b, node, name)?;
+        }
+        for (k, pod) in s.pods_on(node).enumerate() {
+            self.add_pod_link(&mut b, node, k, pod)?;
+        }
+        Ok(b)
+    }
 
-        // Pods: their address and a default route via the node's gateway address. These run
-        // after the nodes' batches, which create the pods' eth0.
-        let mut pod_batches = Vec::new();
-        for pod in &s.pods {
-            let mut b = Batch::default();
-            b.add("link set lo up");
-            b.add("link set eth0 up");
-            for f in &families {
-                let ip = s
-                    .pod_ip(&pod.name, *f)
-                    .ok_or_else(|| missing("pod address", &pod.name))?;
-                let gw = s
-                    .node_gateway(&pod.node, *f)
-                    .ok_or_else(|| missing("gateway", &pod.node))?;
-                b.add(format!(
-                    "addr add {ip}/{} dev eth0{}",
-                    prefix_len(ip),
-                    nodad(ip)
-                ));
-                b.add(format!("route add {gw}/{} dev eth0", prefix_len(gw)));
-                b.add(format!("route add default via {gw} dev eth0"));
-            }
-            pod_batches.push((self.ns(&pod.name), b));
+    /// `PodLinks::Bridge`: the node's pod bridge, holding the node's gateway addresses.
+    fn add_pod_bridge(&self, b: &mut Batch, node: &str, name: &str) -> Result<(), LabError> {
+        let s = &self.scenario;
+        b.add(format!("link add {name} type bridge mcast_snooping 0"));
+        for f in &s.families() {
+            let gw = s
+                .node_gateway(node, *f)
+                .ok_or_else(|| missing("gateway", node))?;
+            let cidr = s
+                .pod_cidr(node, *f)
+                .ok_or_else(|| missing("pod CIDR", node))?;
+            b.add(format!(
+                "addr add {gw}/{} dev {name}{}",
+                cidr.prefix_len(),
+                nodad(gw)
+            ));
         }
-        self.batches(batches)?;
-        self.batches(pod_batches)
+        b.add(format!("link set {name} up"));
+        Ok(())
+    }
+
+    /// The `k`-th pod's veth on its node: on the pod bridge, or routed with the gateway
+    /// address on the node's end.
+    fn add_pod_link(
+        &self,
+        b: &mut Batch,
+        node: &str,
+        k: usize,
+        pod: &PodSpec,
+    ) -> Result<(), LabError> {
+        let s = &self.scenario;
+        let (dev, bridge) = match &self.options.pod_links {
+            PodLinks::Routed { prefix } => (format!("{prefix}{}", k + 1), None),
+            PodLinks::Bridge { name } => (format!("veth{}", k + 1), Some(name)),
+        };
+        b.add(format!(
+            "link add {dev} type veth peer name eth0 netns {}",
+            self.ns(&pod.name)
+        ));
+        if let Some(bridge) = bridge {
+            b.add(format!("link set {dev} master {bridge}"));
+            b.add(format!("link set {dev} up"));
+            return Ok(());
+        }
+        b.add(format!("link set {dev} up"));
+        for f in &s.families() {
+            let gw = s
+                .node_gateway(node, *f)
+                .ok_or_else(|| missing("gateway", node))?;
+            let ip = s
+                .pod_ip(&pod.name, *f)
+                .ok_or_else(|| missing("pod address", &pod.name))?;
+            b.add(format!(
+                "addr add {gw}/{} dev {dev}{}",
+                prefix_len(gw),
+                nodad(gw)
+            ));
+            b.add(format!("route add {ip}/{} dev {dev}", prefix_len(ip)));
+        }
+        Ok(())
+    }
+
+    /// A client: the external address only, the segment on-link, VIP routes to nodes.
+    fn client_batch(&self, client: &str) -> Result<Batch, LabError> {
+        let s = &self.scenario;
+        let mut b = Batch::default();
+        b.add("link set lo up");
+        b.add("link set eth0 up");
+        for f in &s.families() {
+            let ip = s
+                .client_ip(client, *f)
+                .ok_or_else(|| missing("client address", client))?;
+            b.add(format!(
+                "addr add {ip}/{} dev eth0{}",
+                prefix_len(ip),
+                nodad(ip)
+            ));
+            b.add(format!("route add {} dev eth0", s.segment(*f)));
+        }
+        for route in &s.routes {
+            let family = Family::of(route.destination);
+            let via = s
+                .node_ip(&route.node, family)
+                .ok_or_else(|| missing("node address", &route.node))?;
+            b.add(format!(
+                "route add {}/{} via {via} dev eth0",
+                route.destination,
+                prefix_len(route.destination)
+            ));
+        }
+        Ok(b)
+    }
+
+    /// A pod: its address and a default route via the node's gateway address.
+    fn pod_batch(&self, pod: &PodSpec) -> Result<Batch, LabError> {
+        let s = &self.scenario;
+        let mut b = Batch::default();
+        b.add("link set lo up");
+        b.add("link set eth0 up");
+        for f in &s.families() {
+            let ip = s
+                .pod_ip(&pod.name, *f)
+                .ok_or_else(|| missing("pod address", &pod.name))?;
+            let gw = s
+                .node_gateway(&pod.node, *f)
+                .ok_or_else(|| missing("gateway", &pod.node))?;
+            b.add(format!(
+                "addr add {ip}/{} dev eth0{}",
+                prefix_len(ip),
+                nodad(ip)
+            ));
+            b.add(format!("route add {gw}/{} dev eth0", prefix_len(gw)));
+            b.add(format!("route add default via {gw} dev eth0"));
+        }
+        Ok(b)
     }
 
     fn batch_command(namespace: &str) -> Command {
