@@ -372,3 +372,87 @@ fn hooks_inserted_by_the_restore_land_once_in_order() {
     );
     assert_eq!(restored(Dump::default(), &scattered.payload), kernel);
 }
+
+/// One step of a cluster's history: a Service slot replaced (added, changed or removed), or
+/// only its endpoints changed (the common sync, which reuses the shared chains).
+#[derive(Debug, Clone)]
+enum Edit {
+    Replace(usize, Option<SvcSpec>),
+    Endpoints(usize, Vec<(u8, bool, bool, bool)>),
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        (0usize..6, prop::option::of(svc_spec())).prop_map(|(i, s)| Edit::Replace(i, s)),
+        (
+            0usize..6,
+            prop::collection::vec((1u8..12, any::<bool>(), any::<bool>(), any::<bool>()), 0..5)
+        )
+            .prop_map(|(i, e)| Edit::Endpoints(i, e)),
+    ]
+}
+
+fn apply_edit(cluster: &mut Vec<Option<SvcSpec>>, edit: &Edit) {
+    let slot = match edit {
+        Edit::Replace(i, _) | Edit::Endpoints(i, _) => *i,
+    };
+    if cluster.len() <= slot {
+        cluster.resize(slot + 1, None);
+    }
+    match edit {
+        Edit::Replace(_, spec) => cluster[slot] = spec.clone(),
+        Edit::Endpoints(_, endpoints) => {
+            if let Some(spec) = &mut cluster[slot] {
+                spec.endpoints = endpoints.clone();
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// The agent's path over a history of syncs: one incremental compiler (whose rule sets
+    /// carry their lineage, so the planner looks only at what changed), text released after
+    /// every successful restore, and some restores failing (the record is then not adopted).
+    /// After every successful sync the kernel holds exactly what a fresh full sync of a fresh
+    /// compilation of that cluster produces, and the named chains equal a fresh compilation's.
+    #[test]
+    fn incremental_syncs_reach_the_state_of_full_syncs(
+        start in cluster(),
+        steps in prop::collection::vec((edit(), prop::bool::weighted(0.2)), 1..8),
+        tree in any::<bool>(),
+    ) {
+        let cfg = config(tree);
+        let mut cluster = start;
+        let mut compiler = IncrementalCompiler::default();
+        let first = common::first_sync(&mut compiler, &build(&cluster), &cfg);
+        let mut kernel = restored(Dump::default(), &first.payload);
+        let mut applied = first.next;
+        applied.release_text(&mut compiler);
+        for (edit, restore_fails) in &steps {
+            apply_edit(&mut cluster, edit);
+            let snap = build(&cluster);
+            let compiled = compiler.compile(&snap, &cfg);
+            let fresh = compile(&snap, &cfg);
+            prop_assert_eq!(&compiled.rules.nat.chains, &fresh.rules.nat.chains);
+            prop_assert_eq!(&compiled.rules.filter.chains, &fresh.rules.filter.chains);
+            prop_assert_eq!(&compiled.rules.hooks, &fresh.rules.hooks);
+            let partial = plan(&applied, &compiled.rules, SyncKind::Partial, &[]);
+            drop(compiled);
+            if *restore_fails {
+                // Nothing reached the kernel; the agent keeps its record (and the cache's
+                // fresh fragments keep their text until a restore succeeds).
+                continue;
+            }
+            kernel = restored(kernel, &partial.payload);
+            let expected = restored(
+                Dump::default(),
+                &plan(&AppliedState::default(), &fresh.rules, SyncKind::Full, &[]).payload,
+            );
+            prop_assert_eq!(&kernel, &expected, "after {:?}, partial payload:\n{}", edit, partial.payload);
+            applied = partial.next;
+            applied.release_text(&mut compiler);
+        }
+    }
+}

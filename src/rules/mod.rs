@@ -7,6 +7,7 @@
 pub mod chain;
 pub mod compile;
 pub mod dispatch;
+pub mod layered;
 pub mod local_traffic;
 pub mod plan;
 pub mod render;

@@ -637,13 +637,49 @@ pub struct Hook {
 }
 
 /// Everything knat wants in the kernel for one IP family.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RuleSet {
     pub family: IpFamily,
     pub filter: Table,
     pub nat: Table,
     /// Hook jumps, in the order they should appear at the top of each builtin chain.
     pub hooks: Vec<Hook>,
+    /// This rule set's identity (unique in the process), recorded by the planner.
+    pub id: u64,
+    /// How it differs from the rule set the same incremental compiler produced before it.
+    pub lineage: Option<Lineage>,
+}
+
+/// How a rule set differs from its parent, the previous output of the same incremental
+/// compiler. With the record of the parent applied, the planner looks only at this: a sync's
+/// planning costs what changed, not the cluster.
+#[derive(Debug, Clone)]
+pub struct Lineage {
+    pub parent: u64,
+    /// Services whose nat group was recompiled, added or removed: the group now (`None` or an
+    /// empty group: the Service has no chains of its own any more).
+    pub changed_groups: Vec<(ServiceName, Option<Arc<ChainGroup>>)>,
+    /// The named chains of both tables and the hooks are the parent's, unchanged.
+    pub named_unchanged: bool,
+}
+
+/// Equal rules; identity and lineage are bookkeeping.
+impl PartialEq for RuleSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.family == other.family
+            && self.filter == other.filter
+            && self.nat == other.nat
+            && self.hooks == other.hooks
+    }
+}
+
+impl Eq for RuleSet {}
+
+/// A fresh rule-set identity.
+pub fn next_rule_set_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl RuleSet {
@@ -653,6 +689,8 @@ impl RuleSet {
             filter: Table::default(),
             nat: Table::default(),
             hooks: Vec::new(),
+            id: next_rule_set_id(),
+            lineage: None,
         }
     }
 

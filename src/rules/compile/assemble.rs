@@ -36,11 +36,25 @@ pub(super) struct Compiler<'a> {
 }
 
 impl Compiler<'_> {
-    /// Adds one Service's fragment to the rule set being assembled.
-    pub(super) fn merge(&mut self, frag: Arc<Fragment>) {
+    /// Adds one Service's own part to the rule set being assembled: its group, health,
+    /// counts and UDP ports.
+    pub(super) fn merge_own(&mut self, frag: Arc<Fragment>) {
         if frag.group.chain_count() > 0 {
             self.rs.nat.groups.push(frag.group.clone());
         }
+        if let Some(health) = &frag.health {
+            self.out_health
+                .insert(health.service.clone(), health.clone());
+        }
+        self.no_local_internal += frag.no_local_internal;
+        self.no_local_external += frag.no_local_external;
+        self.udp.extend(frag.udp.iter().cloned());
+        self.fragments.push(frag);
+    }
+
+    /// Adds one Service's entries in the shared chains (KUBE-SERVICES, KUBE-NODEPORTS,
+    /// KUBE-EXTERNAL-SERVICES, KUBE-PROXY-FIREWALL), in Service order.
+    pub(super) fn merge_shared(&mut self, frag: &Fragment) {
         self.services_entries.extend(frag.entries.iter().cloned());
         let tables = [
             (&frag.nat_nodeports, &self.kube_nodeports, TableName::Nat),
@@ -75,17 +89,11 @@ impl Compiler<'_> {
             };
             target.chain(chain).append(rules);
         }
-        if let Some(health) = &frag.health {
-            self.out_health
-                .insert(health.service.clone(), health.clone());
-        }
-        self.no_local_internal += frag.no_local_internal;
-        self.no_local_external += frag.no_local_external;
-        self.udp.extend(frag.udp.iter().cloned());
-        self.fragments.push(frag);
     }
 
-    pub(super) fn finish(mut self) -> Compiled {
+    /// Builds the dispatch of nat KUBE-SERVICES from the merged entries, then its NodePort
+    /// tail rule.
+    pub(super) fn finish_shared(&mut self) {
         let entries = std::mem::take(&mut self.services_entries);
         dispatch::build(
             entries,
@@ -146,6 +154,9 @@ impl Compiler<'_> {
                 );
             }
         }
+    }
+
+    pub(super) fn finish(self) -> Compiled {
         Compiled {
             rules: self.rs,
             health: self.out_health,

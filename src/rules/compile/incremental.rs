@@ -2,6 +2,7 @@
 //! object or slices changed.
 
 use std::collections::{BTreeMap, HashMap};
+use std::iter::Peekable;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -15,7 +16,78 @@ use crate::model::categorize::NodeTopology;
 use crate::model::snapshot::ServiceSlices;
 use crate::model::{Service, ServiceName, Snapshot};
 use crate::rules::chain::ChainName;
-use crate::rules::rule::{ChainGroup, RuleSet};
+use crate::rules::dispatch::{Entry, EntryRule};
+use crate::rules::rule::{ChainGroup, ChainRules, Hook, Lineage, RuleSet};
+
+/// What the last output built from every Service at once.
+#[derive(Debug)]
+struct Named {
+    filter: HashMap<crate::rules::ChainName, ChainRules>,
+    nat: HashMap<crate::rules::ChainName, ChainRules>,
+    hooks: Vec<Hook>,
+}
+
+/// A Service whose fragment is new this sync: its previous fragment (`None`: new Service) and
+/// its current one (`None`: removed).
+struct Change {
+    name: ServiceName,
+    before: Option<Arc<Fragment>>,
+    after: Option<Arc<Fragment>>,
+}
+
+/// True if the two fragments add the same rules to the shared chains (absent: none).
+fn same_shared(a: Option<&Fragment>, b: Option<&Fragment>) -> bool {
+    fn rendered(e: &Entry) -> (std::net::IpAddr, Arc<str>) {
+        match &e.rule {
+            EntryRule::Rendered(text) => (e.dst, text.clone()),
+            EntryRule::Typed(_) => match e.rendered().rule {
+                EntryRule::Rendered(text) => (e.dst, text),
+                EntryRule::Typed(_) => unreachable!("rendered() renders"),
+            },
+        }
+    }
+    let empty = |f: &Fragment| {
+        f.entries.is_empty()
+            && f.nat_nodeports.is_empty()
+            && f.filter_services.is_empty()
+            && f.filter_external.is_empty()
+            && f.filter_firewall.is_empty()
+            && f.filter_nodeports.is_empty()
+    };
+    match (a, b) {
+        (None, None) => true,
+        (Some(f), None) | (None, Some(f)) => empty(f),
+        (Some(a), Some(b)) => {
+            a.nat_nodeports == b.nat_nodeports
+                && a.filter_services == b.filter_services
+                && a.filter_external == b.filter_external
+                && a.filter_firewall == b.filter_firewall
+                && a.filter_nodeports == b.filter_nodeports
+                && a.entries.len() == b.entries.len()
+                && a.entries
+                    .iter()
+                    .zip(&b.entries)
+                    .all(|(x, y)| rendered(x) == rendered(y))
+        }
+    }
+}
+
+/// Advances `iter` to `key` and returns its value there, if it has one.
+fn seek<'i, K: Ord + 'i, V: 'i, I: Iterator<Item = (&'i K, V)>>(
+    iter: &mut Peekable<I>,
+    key: &K,
+    mut skipped: impl FnMut(&K),
+) -> Option<V> {
+    while let Some((k, _)) = iter.peek() {
+        if *k >= key {
+            break;
+        }
+        if let Some((k, _)) = iter.next() {
+            skipped(k);
+        }
+    }
+    iter.next_if(|(k, _)| *k == key).map(|(_, v)| v)
+}
 
 /// What a cached fragment was compiled from (shared with the snapshot, so an unchanged Service
 /// is recognised by pointer and costs no memory of its own).
@@ -46,7 +118,15 @@ pub(super) struct CacheKey {
 #[derive(Debug, Default)]
 pub struct IncrementalCompiler {
     pub(super) key: Option<CacheKey>,
-    pub(super) cache: HashMap<ServiceName, CachedFragment>,
+    /// In Service order, like the snapshot's maps, so one merged walk finds what changed.
+    pub(super) cache: BTreeMap<ServiceName, CachedFragment>,
+    /// The named chains and hooks of the last output, reused while no changed Service alters
+    /// its entries in the shared chains.
+    named: Option<Named>,
+    /// The identity of the last output ([`RuleSet::id`]), the parent of the next.
+    last_id: Option<u64>,
+    /// Services compiled since the last [`IncrementalCompiler::release_groups`].
+    uncompacted: Vec<ServiceName>,
     /// Services recompiled by the last call (the rest were reused).
     pub last_recompiled: usize,
     /// Threads for compiling many Services at once (`None`: one per CPU, at most 8).
@@ -98,11 +178,9 @@ impl IncrementalCompiler {
             large,
         };
         if self.key.as_ref() != Some(&key) {
-            self.cache.clear();
+            self.forget();
             self.key = Some(key);
         }
-        self.cache
-            .retain(|name, _| snapshot.services.contains_key(name));
         let mut compiler = Compiler {
             cfg,
             family,
@@ -121,7 +199,6 @@ impl IncrementalCompiler {
             kube_nodeports: ChainName::fixed(ChainName::KUBE_NODEPORTS),
             kube_proxy_firewall: ChainName::fixed(ChainName::KUBE_PROXY_FIREWALL),
         };
-        compiler.fixed_chains();
         let topology = NodeTopology {
             name: &cfg.node_name,
             zone: zone.as_deref(),
@@ -143,11 +220,7 @@ impl IncrementalCompiler {
             kube_proxy_firewall: compiler.kube_proxy_firewall.clone(),
         };
         // Reuse what is cached; compile the rest (in parallel when there is a lot of it).
-        let services: Vec<&Arc<Service>> = snapshot.services.values().collect();
-        let mut fragments: Vec<Option<Arc<Fragment>>> = services
-            .iter()
-            .map(|service| self.reuse(snapshot, service))
-            .collect();
+        let (services, mut fragments, mut changes) = self.walk(snapshot);
         let todo: Vec<usize> = (0..services.len())
             .filter(|&i| fragments[i].is_none())
             .collect();
@@ -159,20 +232,102 @@ impl IncrementalCompiler {
         for (i, frag) in todo.into_iter().zip(fresh) {
             let service = services[i];
             let frag = Arc::new(frag);
-            self.cache.insert(
-                service.name.clone(),
-                CachedFragment {
-                    service: service.clone(),
-                    slices: snapshot.slices.get(&service.name).cloned(),
-                    fragment: frag.clone(),
-                },
-            );
+            let before = self
+                .cache
+                .insert(
+                    service.name.clone(),
+                    CachedFragment {
+                        service: service.clone(),
+                        slices: snapshot.slices.get(&service.name).cloned(),
+                        fragment: frag.clone(),
+                    },
+                )
+                .map(|cached| cached.fragment);
+            self.uncompacted.push(service.name.clone());
+            changes.push(Change {
+                name: service.name.clone(),
+                before,
+                after: Some(frag.clone()),
+            });
             fragments[i] = Some(frag);
         }
-        for fragment in fragments.into_iter().flatten() {
-            compiler.merge(fragment);
+        // The named chains are rebuilt only when a changed Service changes what it adds to
+        // them (an endpoint change does not).
+        let reuse_named = self.named.is_some()
+            && changes
+                .iter()
+                .all(|c| same_shared(c.before.as_deref(), c.after.as_deref()));
+        let fragments: Vec<Arc<Fragment>> = fragments.into_iter().flatten().collect();
+        match self.named.as_ref().filter(|_| reuse_named) {
+            Some(named) => {
+                compiler.rs.filter.chains = named.filter.clone();
+                compiler.rs.nat.chains = named.nat.clone();
+                compiler.rs.hooks = named.hooks.clone();
+            }
+            None => {
+                compiler.fixed_chains();
+                for fragment in &fragments {
+                    compiler.merge_shared(fragment);
+                }
+                compiler.finish_shared();
+                self.named = Some(Named {
+                    filter: compiler.rs.filter.chains.clone(),
+                    nat: compiler.rs.nat.chains.clone(),
+                    hooks: compiler.rs.hooks.clone(),
+                });
+            }
         }
+        for fragment in fragments {
+            compiler.merge_own(fragment);
+        }
+        compiler.rs.lineage = self.last_id.map(|parent| Lineage {
+            parent,
+            changed_groups: changes
+                .into_iter()
+                .map(|c| (c.name, c.after.map(|f| f.group.clone())))
+                .collect(),
+            named_unchanged: reuse_named,
+        });
+        self.last_id = Some(compiler.rs.id);
         compiler.finish()
+    }
+
+    /// One walk over the snapshot's Services and slices and the cache, all in Service order:
+    /// the Services, their cached fragments where neither the Service nor its slices changed
+    /// (`None`: to compile), and the Services that are gone (removed from the cache).
+    #[allow(clippy::type_complexity)]
+    fn walk<'s>(
+        &mut self,
+        snapshot: &'s Snapshot,
+    ) -> (
+        Vec<&'s Arc<Service>>,
+        Vec<Option<Arc<Fragment>>>,
+        Vec<Change>,
+    ) {
+        let mut services = Vec::with_capacity(snapshot.services.len());
+        let mut fragments = Vec::with_capacity(snapshot.services.len());
+        let mut gone: Vec<ServiceName> = Vec::new();
+        let mut slices = snapshot.slices.iter().peekable();
+        let mut cached = self.cache.iter_mut().peekable();
+        for (name, service) in &snapshot.services {
+            let slices = seek(&mut slices, name, |_| {});
+            let entry = seek(&mut cached, name, |k| gone.push(k.clone()));
+            services.push(service);
+            fragments.push(entry.and_then(|entry| reuse(entry, service, slices)));
+        }
+        gone.extend(cached.map(|(k, _)| k.clone()));
+        let changes = gone
+            .into_iter()
+            .map(|name| {
+                let before = self.cache.remove(&name).map(|c| c.fragment);
+                Change {
+                    name,
+                    before,
+                    after: None,
+                }
+            })
+            .collect();
+        (services, fragments, changes)
     }
 
     /// Releases the text of every cached Service group that still has it (once the kernel has
@@ -184,7 +339,10 @@ impl IncrementalCompiler {
     /// through [`crate::rules::AppliedState::release_text`], which does both.
     pub(crate) fn release_groups(&mut self) -> Vec<(Arc<ChainGroup>, Arc<ChainGroup>)> {
         let mut swaps = Vec::new();
-        for cached in self.cache.values_mut() {
+        for name in std::mem::take(&mut self.uncompacted) {
+            let Some(cached) = self.cache.get_mut(&name) else {
+                continue;
+            };
             if cached.fragment.compact {
                 continue;
             }
@@ -201,28 +359,29 @@ impl IncrementalCompiler {
     /// afresh, with text (full syncs write every chain, and released text cannot be written).
     pub fn forget(&mut self) {
         self.cache.clear();
+        self.named = None;
+        self.last_id = None;
+        self.uncompacted.clear();
     }
+}
 
-    /// The cached fragment of `service` if neither it nor its slices changed.
-    pub(super) fn reuse(
-        &mut self,
-        snapshot: &Snapshot,
-        service: &Arc<Service>,
-    ) -> Option<Arc<Fragment>> {
-        let slices = snapshot.slices.get(&service.name);
-        let cached = self.cache.get_mut(&service.name)?;
-        let unchanged = same(&cached.service, service)
-            && match (&cached.slices, slices) {
-                (Some(a), Some(b)) => same(a, b),
-                (None, None) => true,
-                _ => false,
-            };
-        if !unchanged {
-            return None;
-        }
-        // Equal but re-created objects: keep the snapshot's, so old copies are freed.
-        cached.service = service.clone();
-        cached.slices = slices.cloned();
-        Some(cached.fragment.clone())
+/// The cached fragment of `service` if neither it nor its slices changed.
+fn reuse(
+    cached: &mut CachedFragment,
+    service: &Arc<Service>,
+    slices: Option<&Arc<ServiceSlices>>,
+) -> Option<Arc<Fragment>> {
+    let unchanged = same(&cached.service, service)
+        && match (&cached.slices, slices) {
+            (Some(a), Some(b)) => same(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+    if !unchanged {
+        return None;
     }
+    // Equal but re-created objects: keep the snapshot's, so old copies are freed.
+    cached.service = service.clone();
+    cached.slices = slices.cloned();
+    Some(cached.fragment.clone())
 }
