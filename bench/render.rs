@@ -217,18 +217,33 @@ impl Walker {
 
 /// One endpoint of the middle Service gets a new address.
 fn change_one_endpoint(snap: &mut Snapshot, services: usize) {
-    let target = ServiceName::new(
-        format!("ns{}", (services / 2) % 50),
-        format!("svc{}", services / 2),
+    change_endpoint_of(
+        snap,
+        services / 2,
+        IpAddr::V4(Ipv4Addr::new(10, 127, 255, 254)),
     );
+}
+
+/// The first endpoint of Service `i` gets the address `ip`.
+fn change_endpoint_of(snap: &mut Snapshot, i: usize, ip: IpAddr) {
+    let target = ServiceName::new(format!("ns{}", i % 50), format!("svc{i}"));
     if let Some(slice) = snap
         .slices
         .get_mut(&target)
         .and_then(|m| std::sync::Arc::make_mut(m).values_mut().next())
     {
-        slice.endpoints[0].ip = IpAddr::V4(Ipv4Addr::new(10, 127, 255, 254));
+        slice.endpoints[0].ip = ip;
     }
 }
+
+/// Median of `times` in ms.
+fn median_ms(mut times: Vec<std::time::Duration>) -> f64 {
+    times.sort();
+    times.get(times.len() / 2).map_or(f64::NAN, |d| ms(*d))
+}
+
+/// Changes measured per row (each a different Service), and no-op syncs.
+const CHANGES: usize = 7;
 
 /// A memory figure of this process from `/proc/self/status` (`VmHWM`, `VmRSS`), in KiB.
 fn status_kib(field: &str) -> u64 {
@@ -295,6 +310,38 @@ fn run_size(services: usize, dispatch: Dispatch) -> String {
     let recompiled = incremental.last_recompiled;
     let noop = plan(&partial.next, &compiled2.rules, SyncKind::Partial, &[])
         .expect("a no-op writes nothing");
+    // As the agent goes on: adopt, release, then more single changes and no-op syncs.
+    let mut applied = partial.next;
+    drop(compiled2);
+    applied.release_text(&mut incremental);
+    let mut change_times = vec![change_time];
+    for k in 1..CHANGES {
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 127, 255, 254 - k as u8));
+        change_endpoint_of(&mut snap, (services / 2 + k * 7919) % services, ip);
+        let t = Instant::now();
+        let compiled = incremental.compile(&snap, &cfg);
+        let partial = plan(&applied, &compiled.rules, SyncKind::Partial, &[])
+            .expect("changed chains are compiled afresh");
+        change_times.push(t.elapsed());
+        assert_eq!(incremental.last_recompiled, 1, "one Service changed");
+        applied = partial.next;
+        drop(compiled);
+        applied.release_text(&mut incremental);
+    }
+    let mut noop_times = Vec::new();
+    for _ in 0..CHANGES {
+        let t = Instant::now();
+        let compiled = incremental.compile(&snap, &cfg);
+        let partial = plan(&applied, &compiled.rules, SyncKind::Partial, &[])
+            .expect("a no-op writes nothing");
+        noop_times.push(t.elapsed());
+        assert!(partial.payload.is_empty(), "a no-op sync writes nothing");
+        applied = partial.next;
+        drop(compiled);
+        applied.release_text(&mut incremental);
+    }
+    let change_median = median_ms(change_times);
+    let noop_median = median_ms(noop_times);
 
     let walker = Walker::new(&compiled.rules);
     let first = walker.rules_walked(service_ip(0));
@@ -307,7 +354,7 @@ fn run_size(services: usize, dispatch: Dispatch) -> String {
         Dispatch::Tree { .. } => "tree",
     };
     format!(
-        "| {services} | {mode} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {services} | {mode} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {} |",
         ms(build),
         ms(compile_time),
         ms(render_time),
@@ -316,7 +363,8 @@ fn run_size(services: usize, dispatch: Dispatch) -> String {
         standalone.len(),
         full.stats.bytes,
         partial.stats.bytes,
-        format_args!("{:.1} ({recompiled} svc)", ms(change_time)),
+        format_args!("{change_median:.2} ({recompiled} svc)"),
+        noop_median,
         noop.stats.bytes,
         format_args!("{first}/{worst}"),
         peak_rss_kib() / 1024,
@@ -415,6 +463,40 @@ fn main() {
         }
         return;
     }
+    if let Some(pos) = args.iter().position(|a| a == "--profile-sync") {
+        // Many single-endpoint changes and no-op syncs on one cluster, for a profiler.
+        let size: usize = args
+            .get(pos + 1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10_000);
+        let mut snap = snapshot(size);
+        let mut cfg = ProxyConfig::new("node-1", IpFamily::V4).expect("valid node name");
+        cfg.local_detector = LocalDetector::Cidr("10.128.0.0/9".parse().expect("valid CIDR"));
+        let mut compiler = IncrementalCompiler::default();
+        let mut applied = common::first_sync(&mut compiler, &snap, &cfg).next;
+        applied.release_text(&mut compiler);
+        let (mut changes, mut noops) = (Vec::new(), Vec::new());
+        for k in 0..200usize {
+            let ip = IpAddr::V4(Ipv4Addr::new(10, 127, (k / 250) as u8, (k % 250) as u8));
+            change_endpoint_of(&mut snap, (k * 7919) % size, ip);
+            for times in [&mut changes, &mut noops] {
+                let t = Instant::now();
+                let compiled = compiler.compile(&snap, &cfg);
+                let partial = plan(&applied, &compiled.rules, SyncKind::Partial, &[])
+                    .expect("changed chains are compiled afresh");
+                times.push(t.elapsed());
+                applied = partial.next;
+                drop(compiled);
+                applied.release_text(&mut compiler);
+            }
+        }
+        println!(
+            "{size} services: one-endpoint change {:.2} ms, no-op {:.2} ms (medians of 200)",
+            median_ms(changes),
+            median_ms(noops)
+        );
+        return;
+    }
     if let Some(pos) = args.iter().position(|a| a == "--child") {
         let size: usize = args
             .get(pos + 1)
@@ -449,9 +531,9 @@ fn main() {
     );
     println!();
     println!(
-        "| services | dispatch | build snapshot ms | compile ms | render ms | compile+render ms | plan full ms | full payload bytes | noflush full bytes | one-endpoint change bytes | change: incremental compile+plan ms | no-op bytes | rules walked first/worst | peak RSS MiB | nat chains |"
+        "| services | dispatch | build snapshot ms | compile ms | render ms | compile+render ms | plan full ms | full payload bytes | noflush full bytes | one-endpoint change bytes | change: incremental compile+plan ms, median of 7 | no-op sync: compile+plan ms, median of 7 | no-op bytes | rules walked first/worst | peak RSS MiB | nat chains |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for size in sizes {
         for linear in [true, false] {
             let mut rows: Vec<(f64, String)> = Vec::new();

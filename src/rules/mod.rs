@@ -10,6 +10,7 @@ pub mod dispatch;
 pub mod layered;
 pub mod local_traffic;
 pub mod plan;
+pub mod port_dispatch;
 pub mod render;
 pub mod rule;
 

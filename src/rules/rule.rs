@@ -454,6 +454,8 @@ pub struct ChainGroup {
     /// The chains with their text, in declaration order; empty once released.
     pub chains: Vec<RuleText>,
     summary: Option<GroupSummary>,
+    /// Rules over the chains (counted once: planning sums it over every group).
+    rules: usize,
 }
 
 /// What a released group keeps.
@@ -477,6 +479,7 @@ impl ChainGroup {
     pub fn new(key: ServiceName, chains: Vec<RuleText>) -> Self {
         ChainGroup {
             key,
+            rules: chains.iter().map(RuleText::len).sum(),
             chains,
             summary: None,
         }
@@ -490,6 +493,7 @@ impl ChainGroup {
                 key: self.key.clone(),
                 chains: Vec::new(),
                 summary: Some(summary.clone()),
+                rules: self.rules,
             };
         }
         let mut names = String::with_capacity(
@@ -505,6 +509,7 @@ impl ChainGroup {
         ChainGroup {
             key: self.key.clone(),
             chains: Vec::new(),
+            rules: self.rules,
             summary: Some(GroupSummary {
                 names: names.into_boxed_str(),
                 chains: self.chains.iter().map(|c| (c.digest(), c.len())).collect(),
@@ -560,10 +565,7 @@ impl ChainGroup {
 
     /// Number of rules over the group's chains.
     pub fn rule_count(&self) -> usize {
-        match &self.summary {
-            Some(summary) => summary.chains.iter().map(|&(_, count)| count).sum(),
-            None => self.chains.iter().map(RuleText::len).sum(),
-        }
+        self.rules
     }
 }
 

@@ -14,6 +14,7 @@ use crate::config::ProxyConfig;
 use crate::model::{IpFamily, ServiceName};
 use crate::rules::chain::ChainName;
 use crate::rules::dispatch::{self, Entry};
+use crate::rules::port_dispatch::{self, PortEntry};
 use crate::rules::rule::{Addr, AddrTypeDir, Match, Rule, RuleSet, TableName};
 
 pub(super) struct Compiler<'a> {
@@ -22,6 +23,7 @@ pub(super) struct Compiler<'a> {
     pub(super) mark: Arc<str>,
     pub(super) rs: RuleSet,
     pub(super) services_entries: Vec<Entry>,
+    pub(super) nodeport_entries: Vec<PortEntry>,
     pub(super) large: bool,
     pub(super) out_health: BTreeMap<ServiceName, ServiceHealth>,
     pub(super) no_local_internal: usize,
@@ -56,8 +58,9 @@ impl Compiler<'_> {
     /// KUBE-EXTERNAL-SERVICES, KUBE-PROXY-FIREWALL), in Service order.
     pub(super) fn merge_shared(&mut self, frag: &Fragment) {
         self.services_entries.extend(frag.entries.iter().cloned());
+        self.nodeport_entries
+            .extend(frag.nodeport_entries.iter().cloned());
         let tables = [
-            (&frag.nat_nodeports, &self.kube_nodeports, TableName::Nat),
             (
                 &frag.filter_services,
                 &self.kube_services,
@@ -99,6 +102,12 @@ impl Compiler<'_> {
             entries,
             self.cfg.dispatch,
             &self.kube_services,
+            &mut self.rs.nat,
+        );
+        port_dispatch::build(
+            std::mem::take(&mut self.nodeport_entries),
+            self.cfg.dispatch,
+            &self.kube_nodeports,
             &mut self.rs.nat,
         );
         // The NodePort tail rule, last in nat KUBE-SERVICES.

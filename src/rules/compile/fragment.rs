@@ -7,6 +7,7 @@ use super::{ServiceHealth, UdpServicePort};
 use crate::model::ServicePortName;
 use crate::rules::chain::ChainName;
 use crate::rules::dispatch::Entry;
+use crate::rules::port_dispatch::PortEntry;
 use crate::rules::rule::{ChainGroup, Rule, RuleText};
 
 /// Everything one Service contributes: its own chains, and its entries in the shared chains.
@@ -20,7 +21,8 @@ pub(super) struct Fragment {
     pub(super) group: Arc<ChainGroup>,
     /// Destination entries for nat KUBE-SERVICES (dispatched linearly or by the tree).
     pub(super) entries: Vec<Entry>,
-    pub(super) nat_nodeports: RuleText,
+    /// Rules for nat KUBE-NODEPORTS (dispatched linearly or by the port tree).
+    pub(super) nodeport_entries: Vec<PortEntry>,
     pub(super) filter_services: RuleText,
     pub(super) filter_external: RuleText,
     pub(super) filter_firewall: RuleText,
@@ -47,7 +49,11 @@ impl Fragment {
             nat: OwnChains::default(),
             group,
             entries: self.entries.iter().map(Entry::rendered).collect(),
-            nat_nodeports: self.nat_nodeports.clone(),
+            nodeport_entries: self
+                .nodeport_entries
+                .iter()
+                .map(PortEntry::rendered)
+                .collect(),
             filter_services: self.filter_services.clone(),
             filter_external: self.filter_external.clone(),
             filter_firewall: self.filter_firewall.clone(),

@@ -48,7 +48,7 @@ fn same_shared(a: Option<&Fragment>, b: Option<&Fragment>) -> bool {
     }
     let empty = |f: &Fragment| {
         f.entries.is_empty()
-            && f.nat_nodeports.is_empty()
+            && f.nodeport_entries.is_empty()
             && f.filter_services.is_empty()
             && f.filter_external.is_empty()
             && f.filter_firewall.is_empty()
@@ -58,7 +58,11 @@ fn same_shared(a: Option<&Fragment>, b: Option<&Fragment>) -> bool {
         (None, None) => true,
         (Some(f), None) | (None, Some(f)) => empty(f),
         (Some(a), Some(b)) => {
-            a.nat_nodeports == b.nat_nodeports
+            a.nodeport_entries.len() == b.nodeport_entries.len()
+                && a.nodeport_entries
+                    .iter()
+                    .zip(&b.nodeport_entries)
+                    .all(|(x, y)| (x.proto, x.port, x.text()) == (y.proto, y.port, y.text()))
                 && a.filter_services == b.filter_services
                 && a.filter_external == b.filter_external
                 && a.filter_firewall == b.filter_firewall
@@ -89,12 +93,48 @@ fn seek<'i, K: Ord + 'i, V: 'i, I: Iterator<Item = (&'i K, V)>>(
     iter.next_if(|(k, _)| *k == key).map(|(_, v)| v)
 }
 
+/// What [`IncrementalCompiler::walk`] found.
+struct Walked<'s> {
+    /// Per Service in order: its cached fragment, `None` until compiled.
+    fragments: Vec<Option<Arc<Fragment>>>,
+    /// (position, Service, its endpoint count) of each Service to compile.
+    todo: Vec<(usize, &'s Arc<Service>, usize)>,
+    changes: Vec<Change>,
+    /// Upstream's large-cluster count over every slice ([`Snapshot::endpoint_count`]).
+    endpoints: usize,
+}
+
+/// Endpoints of one Service's slices as upstream counts them (once per port).
+fn endpoint_count(slices: &ServiceSlices) -> usize {
+    slices
+        .values()
+        .map(|s| s.endpoints.len() * s.ports.len().max(1))
+        .sum()
+}
+
+/// Endpoints of slices filed under a name that has no Service (they count for upstream's
+/// large-cluster mode too), given how many slice sets the walk matched to a Service: usually
+/// all of them, and then there is nothing to look for.
+fn orphan_endpoints(snapshot: &Snapshot, matched: usize) -> usize {
+    if matched == snapshot.slices.len() {
+        return 0;
+    }
+    snapshot
+        .slices
+        .iter()
+        .filter(|(name, _)| !snapshot.services.contains_key(*name))
+        .map(|(_, s)| endpoint_count(s))
+        .sum()
+}
+
 /// What a cached fragment was compiled from (shared with the snapshot, so an unchanged Service
 /// is recognised by pointer and costs no memory of its own).
 #[derive(Debug)]
 pub(super) struct CachedFragment {
     pub(super) service: Arc<Service>,
     pub(super) slices: Option<Arc<ServiceSlices>>,
+    /// The endpoint count of `slices`.
+    pub(super) endpoints: usize,
     pub(super) fragment: Arc<Fragment>,
 }
 
@@ -170,7 +210,15 @@ impl IncrementalCompiler {
                     .and_then(|n| n.addresses.iter().copied().find(|ip| family.contains(ip)))
             });
         let zone = snapshot.node.as_ref().and_then(|n| n.zone.clone());
-        let large = snapshot.endpoint_count() > cfg.large_cluster_threshold;
+        let same_inputs =
+            |key: &CacheKey| key.cfg == *cfg && key.zone == zone && key.node_ip == node_ip;
+        if !self.key.as_ref().is_some_and(same_inputs) {
+            self.forget();
+        }
+        // Reuse what is cached: one walk, which also counts the endpoints (large-cluster mode
+        // is part of the key; when it flips, everything is compiled again).
+        let mut walked = self.walk(snapshot);
+        let large = walked.endpoints > cfg.large_cluster_threshold;
         let key = CacheKey {
             cfg: cfg.clone(),
             zone: zone.clone(),
@@ -180,6 +228,7 @@ impl IncrementalCompiler {
         if self.key.as_ref() != Some(&key) {
             self.forget();
             self.key = Some(key);
+            walked = self.walk(snapshot);
         }
         let mut compiler = Compiler {
             cfg,
@@ -187,6 +236,7 @@ impl IncrementalCompiler {
             mark: cfg.masquerade_mark().into(),
             rs: RuleSet::new(family),
             services_entries: Vec::new(),
+            nodeport_entries: Vec::new(),
             large,
             out_health: BTreeMap::new(),
             no_local_internal: 0,
@@ -219,18 +269,21 @@ impl IncrementalCompiler {
             kube_nodeports: compiler.kube_nodeports.clone(),
             kube_proxy_firewall: compiler.kube_proxy_firewall.clone(),
         };
-        // Reuse what is cached; compile the rest (in parallel when there is a lot of it).
-        let (services, mut fragments, mut changes) = self.walk(snapshot);
-        let todo: Vec<usize> = (0..services.len())
-            .filter(|&i| fragments[i].is_none())
-            .collect();
+        // Compile what is not cached (in parallel when there is a lot of it).
+        let Walked {
+            mut fragments,
+            todo,
+            mut changes,
+            ..
+        } = walked;
+        let services: Vec<&Arc<Service>> = todo.iter().map(|(_, service, _)| *service).collect();
+        let indices: Vec<usize> = (0..todo.len()).collect();
         self.last_recompiled = todo.len();
         let threads = self
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)));
-        let fresh = compile_services(&workers, snapshot, topology, &services, &todo, threads);
-        for (i, frag) in todo.into_iter().zip(fresh) {
-            let service = services[i];
+        let fresh = compile_services(&workers, snapshot, topology, &services, &indices, threads);
+        for ((i, service, endpoints), frag) in todo.into_iter().zip(fresh) {
             let frag = Arc::new(frag);
             let before = self
                 .cache
@@ -239,6 +292,7 @@ impl IncrementalCompiler {
                     CachedFragment {
                         service: service.clone(),
                         slices: snapshot.slices.get(&service.name).cloned(),
+                        endpoints,
                         fragment: frag.clone(),
                     },
                 )
@@ -257,7 +311,6 @@ impl IncrementalCompiler {
             && changes
                 .iter()
                 .all(|c| same_shared(c.before.as_deref(), c.after.as_deref()));
-        let fragments: Vec<Arc<Fragment>> = fragments.into_iter().flatten().collect();
         match self.named.as_ref().filter(|_| reuse_named) {
             Some(named) => {
                 compiler.rs.filter.chains = named.filter.clone();
@@ -266,7 +319,7 @@ impl IncrementalCompiler {
             }
             None => {
                 compiler.fixed_chains();
-                for fragment in &fragments {
+                for fragment in fragments.iter().flatten() {
                     compiler.merge_shared(fragment);
                 }
                 compiler.finish_shared();
@@ -277,7 +330,8 @@ impl IncrementalCompiler {
                 });
             }
         }
-        for fragment in fragments {
+        compiler.rs.nat.groups.reserve(fragments.len());
+        for fragment in fragments.into_iter().flatten() {
             compiler.merge_own(fragment);
         }
         compiler.rs.lineage = self.last_id.map(|parent| Lineage {
@@ -293,30 +347,55 @@ impl IncrementalCompiler {
     }
 
     /// One walk over the snapshot's Services and slices and the cache, all in Service order:
-    /// the Services, their cached fragments where neither the Service nor its slices changed
-    /// (`None`: to compile), and the Services that are gone (removed from the cache).
-    #[allow(clippy::type_complexity)]
-    fn walk<'s>(
-        &mut self,
-        snapshot: &'s Snapshot,
-    ) -> (
-        Vec<&'s Arc<Service>>,
-        Vec<Option<Arc<Fragment>>>,
-        Vec<Change>,
-    ) {
-        let mut services = Vec::with_capacity(snapshot.services.len());
-        let mut fragments = Vec::with_capacity(snapshot.services.len());
+    /// the cached fragments where neither the Service nor its slices changed, what is left to
+    /// compile, the Services that are gone (removed from the cache) and the endpoint count.
+    /// Unchanged Services are recognised by pointer, without comparing names.
+    fn walk<'s>(&mut self, snapshot: &'s Snapshot) -> Walked<'s> {
+        let mut walked = Walked {
+            fragments: Vec::with_capacity(snapshot.services.len()),
+            todo: Vec::new(),
+            changes: Vec::new(),
+            endpoints: 0,
+        };
         let mut gone: Vec<ServiceName> = Vec::new();
+        let mut matched = 0;
         let mut slices = snapshot.slices.iter().peekable();
         let mut cached = self.cache.iter_mut().peekable();
         for (name, service) in &snapshot.services {
-            let slices = seek(&mut slices, name, |_| {});
-            let entry = seek(&mut cached, name, |k| gone.push(k.clone()));
-            services.push(service);
-            fragments.push(entry.and_then(|entry| reuse(entry, service, slices)));
+            let entry = match cached.peek() {
+                Some((_, c)) if Arc::ptr_eq(&c.service, service) => cached.next().map(|(_, c)| c),
+                _ => seek(&mut cached, name, |k| gone.push(k.clone())),
+            };
+            let fast = match (&entry, slices.peek()) {
+                (Some(c), Some((_, s))) => c.slices.as_ref().is_some_and(|c| Arc::ptr_eq(c, s)),
+                _ => false,
+            };
+            let own_slices = if fast {
+                slices.next().map(|(_, s)| s)
+            } else {
+                seek(&mut slices, name, |_| {})
+            };
+            // Slices of names without a Service (skipped by `seek`) are not counted here.
+            let endpoints = match (&entry, own_slices) {
+                (Some(c), Some(s)) if c.slices.as_ref().is_some_and(|c| Arc::ptr_eq(c, s)) => {
+                    c.endpoints
+                }
+                (_, Some(s)) => endpoint_count(s),
+                (_, None) => 0,
+            };
+            walked.endpoints += endpoints;
+            matched += usize::from(own_slices.is_some());
+            let fragment = entry.and_then(|entry| reuse(entry, service, own_slices));
+            if fragment.is_none() {
+                walked
+                    .todo
+                    .push((walked.fragments.len(), service, endpoints));
+            }
+            walked.fragments.push(fragment);
         }
         gone.extend(cached.map(|(k, _)| k.clone()));
-        let changes = gone
+        walked.endpoints += orphan_endpoints(snapshot, matched);
+        walked.changes = gone
             .into_iter()
             .map(|name| {
                 let before = self.cache.remove(&name).map(|c| c.fragment);
@@ -327,7 +406,7 @@ impl IncrementalCompiler {
                 }
             })
             .collect();
-        (services, fragments, changes)
+        walked
     }
 
     /// Releases the text of every cached Service group that still has it (once the kernel has

@@ -72,7 +72,7 @@ impl ServiceCompiler<'_> {
             nat: OwnChains::default(),
             group: self.empty_group.clone(),
             entries: Vec::new(),
-            nat_nodeports: RuleText::new(self.kube_nodeports.clone()),
+            nodeport_entries: Vec::new(),
             filter_services: RuleText::new(self.kube_services.clone()),
             filter_external: RuleText::new(self.kube_ext_services.clone()),
             filter_firewall: RuleText::new(self.kube_proxy_firewall.clone()),

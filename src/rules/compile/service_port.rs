@@ -17,6 +17,7 @@ use crate::model::{Protocol, ServicePortName};
 use crate::rules::chain::{ChainName, ServiceChains, endpoint_chain};
 use crate::rules::dispatch::Entry;
 use crate::rules::local_traffic;
+use crate::rules::port_dispatch::PortEntry;
 use crate::rules::rule::{Addr, AddrTypeDir, Match, Rule, RuleText, Target};
 
 /// What every section of one service port shares: names, chains, the categorised endpoints
@@ -118,24 +119,31 @@ impl ServiceCompiler<'_> {
         };
         if p.has_endpoints {
             if self.cfg.nfacct && self.cfg.localhost_nodeports_effective() {
-                frag.nat_nodeports.push_rule(&Rule::new(
-                    vec![
-                        comment_match(p.spn_text.clone()),
-                        Match::Proto(p.proto),
-                        Match::Dst {
-                            negated: false,
-                            addr: Addr::Net(loopback_net()),
-                        },
-                        Match::DPort(node_port),
-                        Match::Nfacct("localhost_nps_accepted_pkts"),
-                    ],
-                    jump(&p.chains.ext),
+                frag.nodeport_entries.push(PortEntry::new(
+                    p.proto,
+                    node_port,
+                    Rule::new(
+                        vec![
+                            comment_match(p.spn_text.clone()),
+                            Match::Proto(p.proto),
+                            Match::Dst {
+                                negated: false,
+                                addr: Addr::Net(loopback_net()),
+                            },
+                            Match::DPort(node_port),
+                            Match::Nfacct("localhost_nps_accepted_pkts"),
+                        ],
+                        jump(&p.chains.ext),
+                    ),
                 ));
             }
             let mut matches = vec![comment_match(p.spn_text.clone())];
             matches.extend(p.proto_port(node_port));
-            frag.nat_nodeports
-                .push_rule(&Rule::new(matches, jump(&p.chains.ext)));
+            frag.nodeport_entries.push(PortEntry::new(
+                p.proto,
+                node_port,
+                Rule::new(matches, jump(&p.chains.ext)),
+            ));
         }
         if !p.has_external {
             let mut matches = vec![
