@@ -83,19 +83,38 @@ fn endpoint_ip(i: usize, j: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + n))
 }
 
+/// First NodePort of the NodePort rows (a widened `--service-node-port-range`: the default
+/// 30000-32767 holds only 2,768).
+const NODE_PORT_BASE: usize = 20_000;
+
+/// NodePort rows: every Service is of type NodePort (set once per process by `--nodeports`).
+static NODEPORTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn nodeports() -> bool {
+    NODEPORTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn node_port(i: usize) -> u16 {
+    u16::try_from(NODE_PORT_BASE + i).expect("NodePort rows have at most 45,535 Services")
+}
+
 fn snapshot(services: usize) -> Snapshot {
     let mut snap = Snapshot::default();
     for i in 0..services {
         let name = ServiceName::new(format!("ns{}", i % 50), format!("svc{i}"));
         snap.upsert_service(Service {
             name: name.clone(),
-            service_type: ServiceType::ClusterIp,
+            service_type: if nodeports() {
+                ServiceType::NodePort
+            } else {
+                ServiceType::ClusterIp
+            },
             cluster_ips: vec![service_ip(i)],
             ports: vec![ServicePort {
                 name: "http".into(),
                 protocol: Protocol::Tcp,
                 port: 80,
-                node_port: None,
+                node_port: nodeports().then(|| node_port(i)),
             }],
             external_ips: vec![],
             load_balancer_ips: vec![],
@@ -138,7 +157,7 @@ fn snapshot(services: usize) -> Snapshot {
 /// What a KUBE-SERVICES or dispatch rule matches on, read once from its text.
 struct WalkRule {
     dst: Option<IpNet>,
-    dport: Option<u16>,
+    dport: Option<(u16, u16)>,
     addrtype: bool,
     jump: Option<String>,
 }
@@ -151,7 +170,11 @@ impl Walker {
         let mut chains = std::collections::HashMap::new();
         for rules in rs.nat.chains.values() {
             let name = rules.chain().as_str();
-            if name != ChainName::KUBE_SERVICES && !name.starts_with("KNAT-DST-") {
+            if name != ChainName::KUBE_SERVICES
+                && name != ChainName::KUBE_NODEPORTS
+                && !name.starts_with("KNAT-DST-")
+                && !name.starts_with("KNAT-NP-")
+            {
                 continue;
             }
             let parsed = rules
@@ -171,7 +194,10 @@ impl Walker {
                                 .ok()
                                 .or_else(|| d.parse::<IpAddr>().ok().map(IpNet::from))
                         }),
-                        dport: value("--dport").and_then(|p| p.parse().ok()),
+                        dport: value("--dport").and_then(|p| match p.split_once(':') {
+                            Some((lo, hi)) => Some((lo.parse().ok()?, hi.parse().ok()?)),
+                            None => p.parse().ok().map(|p| (p, p)),
+                        }),
                         addrtype: words.contains(&"addrtype"),
                         jump: value("-j").map(str::to_string),
                     }
@@ -186,25 +212,38 @@ impl Walker {
     /// dispatch chains before it matches its service rule.
     fn rules_walked(&self, dst: IpAddr) -> usize {
         let mut count = 0;
-        self.walk(ChainName::KUBE_SERVICES, dst, &mut count);
+        self.walk(ChainName::KUBE_SERVICES, dst, 80, &mut count);
         count
     }
 
-    fn walk(&self, chain: &str, dst: IpAddr, count: &mut usize) -> bool {
+    /// Number of rules a new connection to NodePort `port` on a node address is compared
+    /// with in KUBE-NODEPORTS and the NodePort dispatch chains (after KUBE-SERVICES).
+    fn nodeport_rules_walked(&self, port: u16) -> usize {
+        let mut count = 0;
+        self.walk(
+            ChainName::KUBE_NODEPORTS,
+            IpAddr::from([192, 0, 2, 1]),
+            port,
+            &mut count,
+        );
+        count
+    }
+
+    fn walk(&self, chain: &str, dst: IpAddr, port: u16, count: &mut usize) -> bool {
         let Some(rules) = self.0.get(chain) else {
             return false;
         };
         for rule in rules {
             *count += 1;
             let matched = rule.dst.is_none_or(|net| net.contains(&dst))
-                && rule.dport.is_none_or(|p| p == 80)
+                && rule.dport.is_none_or(|(lo, hi)| (lo..=hi).contains(&port))
                 && !rule.addrtype;
             if !matched {
                 continue;
             }
             match &rule.jump {
-                Some(next) if next.starts_with("KNAT-DST-") => {
-                    if self.walk(next, dst, count) {
+                Some(next) if next.starts_with("KNAT-DST-") || next.starts_with("KNAT-NP-") => {
+                    if self.walk(next, dst, port, count) {
                         return true;
                     }
                 }
@@ -344,14 +383,20 @@ fn run_size(services: usize, dispatch: Dispatch) -> String {
     let noop_median = median_ms(noop_times);
 
     let walker = Walker::new(&compiled.rules);
-    let first = walker.rules_walked(service_ip(0));
-    let worst = (0..services)
-        .map(|i| walker.rules_walked(service_ip(i)))
-        .max()
-        .unwrap_or(0);
-    let mode = match dispatch {
-        Dispatch::Linear => "linear",
-        Dispatch::Tree { .. } => "tree",
+    let walked = |i: usize| {
+        if nodeports() {
+            walker.nodeport_rules_walked(node_port(i))
+        } else {
+            walker.rules_walked(service_ip(i))
+        }
+    };
+    let first = walked(0);
+    let worst = (0..services).map(walked).max().unwrap_or(0);
+    let mode = match (dispatch, nodeports()) {
+        (Dispatch::Linear, false) => "linear",
+        (Dispatch::Tree { .. }, false) => "tree",
+        (Dispatch::Linear, true) => "linear, NodePorts",
+        (Dispatch::Tree { .. }, true) => "tree, NodePorts",
     };
     format!(
         "| {services} | {mode} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {} |",
@@ -509,6 +554,10 @@ fn main() {
                 leaf_size: knat::config::DEFAULT_LEAF_SIZE,
             }
         };
+        NODEPORTS.store(
+            args.iter().any(|a| a == "--nodeports"),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         println!("{}", run_size(size, dispatch));
         return;
     }
@@ -534,7 +583,19 @@ fn main() {
         "| services | dispatch | build snapshot ms | compile ms | render ms | compile+render ms | plan full ms | full payload bytes | noflush full bytes | one-endpoint change bytes | change: incremental compile+plan ms, median of 7 | no-op sync: compile+plan ms, median of 7 | no-op bytes | rules walked first/worst | peak RSS MiB | nat chains |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for size in sizes {
+    // NodePort rows (every Service a NodePort; "rules walked" counts KUBE-NODEPORTS and its
+    // dispatch chains) for the sizes a widened NodePort range holds.
+    let nodeport_sizes: Vec<usize> = args
+        .iter()
+        .position(|a| a == "--nodeport-sizes")
+        .and_then(|p| args.get(p + 1))
+        .map(|s| s.split(',').filter_map(|v| v.parse().ok()).collect())
+        .unwrap_or_else(|| vec![100, 10_000]);
+    let rows = sizes
+        .into_iter()
+        .map(|size| (size, false))
+        .chain(nodeport_sizes.into_iter().map(|size| (size, true)));
+    for (size, nodeport_row) in rows {
         for linear in [true, false] {
             let mut rows: Vec<(f64, String)> = Vec::new();
             for _ in 0..runs {
@@ -542,6 +603,9 @@ fn main() {
                 cmd.arg("--child").arg(size.to_string());
                 if linear {
                     cmd.arg("--linear");
+                }
+                if nodeport_row {
+                    cmd.arg("--nodeports");
                 }
                 match cmd.output() {
                     Ok(out) if out.status.success() => {
