@@ -83,19 +83,38 @@ fn endpoint_ip(i: usize, j: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + n))
 }
 
+/// First NodePort of the NodePort rows (a widened `--service-node-port-range`: the default
+/// 30000-32767 holds only 2,768).
+const NODE_PORT_BASE: usize = 20_000;
+
+/// NodePort rows: every Service is of type NodePort (set once per process by `--nodeports`).
+static NODEPORTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn nodeports() -> bool {
+    NODEPORTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn node_port(i: usize) -> u16 {
+    u16::try_from(NODE_PORT_BASE + i).expect("NodePort rows have at most 45,535 Services")
+}
+
 fn snapshot(services: usize) -> Snapshot {
     let mut snap = Snapshot::default();
     for i in 0..services {
         let name = ServiceName::new(format!("ns{}", i % 50), format!("svc{i}"));
         snap.upsert_service(Service {
             name: name.clone(),
-            service_type: ServiceType::ClusterIp,
+            service_type: if nodeports() {
+                ServiceType::NodePort
+            } else {
+                ServiceType::ClusterIp
+            },
             cluster_ips: vec![service_ip(i)],
             ports: vec![ServicePort {
                 name: "http".into(),
                 protocol: Protocol::Tcp,
                 port: 80,
-                node_port: None,
+                node_port: nodeports().then(|| node_port(i)),
             }],
             external_ips: vec![],
             load_balancer_ips: vec![],
@@ -138,7 +157,7 @@ fn snapshot(services: usize) -> Snapshot {
 /// What a KUBE-SERVICES or dispatch rule matches on, read once from its text.
 struct WalkRule {
     dst: Option<IpNet>,
-    dport: Option<u16>,
+    dport: Option<(u16, u16)>,
     addrtype: bool,
     jump: Option<String>,
 }
@@ -151,7 +170,11 @@ impl Walker {
         let mut chains = std::collections::HashMap::new();
         for rules in rs.nat.chains.values() {
             let name = rules.chain().as_str();
-            if name != ChainName::KUBE_SERVICES && !name.starts_with("KNAT-DST-") {
+            if name != ChainName::KUBE_SERVICES
+                && name != ChainName::KUBE_NODEPORTS
+                && !name.starts_with("KNAT-DST-")
+                && !name.starts_with("KNAT-NP-")
+            {
                 continue;
             }
             let parsed = rules
@@ -171,7 +194,10 @@ impl Walker {
                                 .ok()
                                 .or_else(|| d.parse::<IpAddr>().ok().map(IpNet::from))
                         }),
-                        dport: value("--dport").and_then(|p| p.parse().ok()),
+                        dport: value("--dport").and_then(|p| match p.split_once(':') {
+                            Some((lo, hi)) => Some((lo.parse().ok()?, hi.parse().ok()?)),
+                            None => p.parse().ok().map(|p| (p, p)),
+                        }),
                         addrtype: words.contains(&"addrtype"),
                         jump: value("-j").map(str::to_string),
                     }
@@ -186,25 +212,38 @@ impl Walker {
     /// dispatch chains before it matches its service rule.
     fn rules_walked(&self, dst: IpAddr) -> usize {
         let mut count = 0;
-        self.walk(ChainName::KUBE_SERVICES, dst, &mut count);
+        self.walk(ChainName::KUBE_SERVICES, dst, 80, &mut count);
         count
     }
 
-    fn walk(&self, chain: &str, dst: IpAddr, count: &mut usize) -> bool {
+    /// Number of rules a new connection to NodePort `port` on a node address is compared
+    /// with in KUBE-NODEPORTS and the NodePort dispatch chains (after KUBE-SERVICES).
+    fn nodeport_rules_walked(&self, port: u16) -> usize {
+        let mut count = 0;
+        self.walk(
+            ChainName::KUBE_NODEPORTS,
+            IpAddr::from([192, 0, 2, 1]),
+            port,
+            &mut count,
+        );
+        count
+    }
+
+    fn walk(&self, chain: &str, dst: IpAddr, port: u16, count: &mut usize) -> bool {
         let Some(rules) = self.0.get(chain) else {
             return false;
         };
         for rule in rules {
             *count += 1;
             let matched = rule.dst.is_none_or(|net| net.contains(&dst))
-                && rule.dport.is_none_or(|p| p == 80)
+                && rule.dport.is_none_or(|(lo, hi)| (lo..=hi).contains(&port))
                 && !rule.addrtype;
             if !matched {
                 continue;
             }
             match &rule.jump {
-                Some(next) if next.starts_with("KNAT-DST-") => {
-                    if self.walk(next, dst, count) {
+                Some(next) if next.starts_with("KNAT-DST-") || next.starts_with("KNAT-NP-") => {
+                    if self.walk(next, dst, port, count) {
                         return true;
                     }
                 }
@@ -217,18 +256,33 @@ impl Walker {
 
 /// One endpoint of the middle Service gets a new address.
 fn change_one_endpoint(snap: &mut Snapshot, services: usize) {
-    let target = ServiceName::new(
-        format!("ns{}", (services / 2) % 50),
-        format!("svc{}", services / 2),
+    change_endpoint_of(
+        snap,
+        services / 2,
+        IpAddr::V4(Ipv4Addr::new(10, 127, 255, 254)),
     );
+}
+
+/// The first endpoint of Service `i` gets the address `ip`.
+fn change_endpoint_of(snap: &mut Snapshot, i: usize, ip: IpAddr) {
+    let target = ServiceName::new(format!("ns{}", i % 50), format!("svc{i}"));
     if let Some(slice) = snap
         .slices
         .get_mut(&target)
         .and_then(|m| std::sync::Arc::make_mut(m).values_mut().next())
     {
-        slice.endpoints[0].ip = IpAddr::V4(Ipv4Addr::new(10, 127, 255, 254));
+        slice.endpoints[0].ip = ip;
     }
 }
+
+/// Median of `times` in ms.
+fn median_ms(mut times: Vec<std::time::Duration>) -> f64 {
+    times.sort();
+    times.get(times.len() / 2).map_or(f64::NAN, |d| ms(*d))
+}
+
+/// Changes measured per row (each a different Service), and no-op syncs.
+const CHANGES: usize = 7;
 
 /// A memory figure of this process from `/proc/self/status` (`VmHWM`, `VmRSS`), in KiB.
 fn status_kib(field: &str) -> u64 {
@@ -295,19 +349,57 @@ fn run_size(services: usize, dispatch: Dispatch) -> String {
     let recompiled = incremental.last_recompiled;
     let noop = plan(&partial.next, &compiled2.rules, SyncKind::Partial, &[])
         .expect("a no-op writes nothing");
+    // As the agent goes on: adopt, release, then more single changes and no-op syncs.
+    let mut applied = partial.next;
+    drop(compiled2);
+    applied.release_text(&mut incremental);
+    let mut change_times = vec![change_time];
+    for k in 1..CHANGES {
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 127, 255, 254 - k as u8));
+        change_endpoint_of(&mut snap, (services / 2 + k * 7919) % services, ip);
+        let t = Instant::now();
+        let compiled = incremental.compile(&snap, &cfg);
+        let partial = plan(&applied, &compiled.rules, SyncKind::Partial, &[])
+            .expect("changed chains are compiled afresh");
+        change_times.push(t.elapsed());
+        assert_eq!(incremental.last_recompiled, 1, "one Service changed");
+        applied = partial.next;
+        drop(compiled);
+        applied.release_text(&mut incremental);
+    }
+    let mut noop_times = Vec::new();
+    for _ in 0..CHANGES {
+        let t = Instant::now();
+        let compiled = incremental.compile(&snap, &cfg);
+        let partial = plan(&applied, &compiled.rules, SyncKind::Partial, &[])
+            .expect("a no-op writes nothing");
+        noop_times.push(t.elapsed());
+        assert!(partial.payload.is_empty(), "a no-op sync writes nothing");
+        applied = partial.next;
+        drop(compiled);
+        applied.release_text(&mut incremental);
+    }
+    let change_median = median_ms(change_times);
+    let noop_median = median_ms(noop_times);
 
     let walker = Walker::new(&compiled.rules);
-    let first = walker.rules_walked(service_ip(0));
-    let worst = (0..services)
-        .map(|i| walker.rules_walked(service_ip(i)))
-        .max()
-        .unwrap_or(0);
-    let mode = match dispatch {
-        Dispatch::Linear => "linear",
-        Dispatch::Tree { .. } => "tree",
+    let walked = |i: usize| {
+        if nodeports() {
+            walker.nodeport_rules_walked(node_port(i))
+        } else {
+            walker.rules_walked(service_ip(i))
+        }
+    };
+    let first = walked(0);
+    let worst = (0..services).map(walked).max().unwrap_or(0);
+    let mode = match (dispatch, nodeports()) {
+        (Dispatch::Linear, false) => "linear",
+        (Dispatch::Tree { .. }, false) => "tree",
+        (Dispatch::Linear, true) => "linear, NodePorts",
+        (Dispatch::Tree { .. }, true) => "tree, NodePorts",
     };
     format!(
-        "| {services} | {mode} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {services} | {mode} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {} |",
         ms(build),
         ms(compile_time),
         ms(render_time),
@@ -316,7 +408,8 @@ fn run_size(services: usize, dispatch: Dispatch) -> String {
         standalone.len(),
         full.stats.bytes,
         partial.stats.bytes,
-        format_args!("{:.1} ({recompiled} svc)", ms(change_time)),
+        format_args!("{change_median:.2} ({recompiled} svc)"),
+        noop_median,
         noop.stats.bytes,
         format_args!("{first}/{worst}"),
         peak_rss_kib() / 1024,
@@ -415,6 +508,40 @@ fn main() {
         }
         return;
     }
+    if let Some(pos) = args.iter().position(|a| a == "--profile-sync") {
+        // Many single-endpoint changes and no-op syncs on one cluster, for a profiler.
+        let size: usize = args
+            .get(pos + 1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10_000);
+        let mut snap = snapshot(size);
+        let mut cfg = ProxyConfig::new("node-1", IpFamily::V4).expect("valid node name");
+        cfg.local_detector = LocalDetector::Cidr("10.128.0.0/9".parse().expect("valid CIDR"));
+        let mut compiler = IncrementalCompiler::default();
+        let mut applied = common::first_sync(&mut compiler, &snap, &cfg).next;
+        applied.release_text(&mut compiler);
+        let (mut changes, mut noops) = (Vec::new(), Vec::new());
+        for k in 0..200usize {
+            let ip = IpAddr::V4(Ipv4Addr::new(10, 127, (k / 250) as u8, (k % 250) as u8));
+            change_endpoint_of(&mut snap, (k * 7919) % size, ip);
+            for times in [&mut changes, &mut noops] {
+                let t = Instant::now();
+                let compiled = compiler.compile(&snap, &cfg);
+                let partial = plan(&applied, &compiled.rules, SyncKind::Partial, &[])
+                    .expect("changed chains are compiled afresh");
+                times.push(t.elapsed());
+                applied = partial.next;
+                drop(compiled);
+                applied.release_text(&mut compiler);
+            }
+        }
+        println!(
+            "{size} services: one-endpoint change {:.2} ms, no-op {:.2} ms (medians of 200)",
+            median_ms(changes),
+            median_ms(noops)
+        );
+        return;
+    }
     if let Some(pos) = args.iter().position(|a| a == "--child") {
         let size: usize = args
             .get(pos + 1)
@@ -427,6 +554,10 @@ fn main() {
                 leaf_size: knat::config::DEFAULT_LEAF_SIZE,
             }
         };
+        NODEPORTS.store(
+            args.iter().any(|a| a == "--nodeports"),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         println!("{}", run_size(size, dispatch));
         return;
     }
@@ -449,10 +580,22 @@ fn main() {
     );
     println!();
     println!(
-        "| services | dispatch | build snapshot ms | compile ms | render ms | compile+render ms | plan full ms | full payload bytes | noflush full bytes | one-endpoint change bytes | change: incremental compile+plan ms | no-op bytes | rules walked first/worst | peak RSS MiB | nat chains |"
+        "| services | dispatch | build snapshot ms | compile ms | render ms | compile+render ms | plan full ms | full payload bytes | noflush full bytes | one-endpoint change bytes | change: incremental compile+plan ms, median of 7 | no-op sync: compile+plan ms, median of 7 | no-op bytes | rules walked first/worst | peak RSS MiB | nat chains |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for size in sizes {
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    // NodePort rows (every Service a NodePort; "rules walked" counts KUBE-NODEPORTS and its
+    // dispatch chains) for the sizes a widened NodePort range holds.
+    let nodeport_sizes: Vec<usize> = args
+        .iter()
+        .position(|a| a == "--nodeport-sizes")
+        .and_then(|p| args.get(p + 1))
+        .map(|s| s.split(',').filter_map(|v| v.parse().ok()).collect())
+        .unwrap_or_else(|| vec![100, 10_000]);
+    let rows = sizes
+        .into_iter()
+        .map(|size| (size, false))
+        .chain(nodeport_sizes.into_iter().map(|size| (size, true)));
+    for (size, nodeport_row) in rows {
         for linear in [true, false] {
             let mut rows: Vec<(f64, String)> = Vec::new();
             for _ in 0..runs {
@@ -460,6 +603,9 @@ fn main() {
                 cmd.arg("--child").arg(size.to_string());
                 if linear {
                     cmd.arg("--linear");
+                }
+                if nodeport_row {
+                    cmd.arg("--nodeports");
                 }
                 match cmd.output() {
                     Ok(out) if out.status.success() => {

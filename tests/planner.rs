@@ -372,3 +372,155 @@ fn hooks_inserted_by_the_restore_land_once_in_order() {
     );
     assert_eq!(restored(Dump::default(), &scattered.payload), kernel);
 }
+
+/// One step of a cluster's history: a Service slot replaced (added, changed or removed), or
+/// only its endpoints changed (the common sync, which reuses the shared chains).
+#[derive(Debug, Clone)]
+enum Edit {
+    Replace(usize, Option<SvcSpec>),
+    Endpoints(usize, Vec<(u8, bool, bool, bool)>),
+    /// The Service goes, its slice stays (as upstream, until the slice is deleted too).
+    RemoveServiceOnly(usize),
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        (0usize..6, prop::option::of(svc_spec())).prop_map(|(i, s)| Edit::Replace(i, s)),
+        (
+            0usize..6,
+            prop::collection::vec((1u8..12, any::<bool>(), any::<bool>(), any::<bool>()), 0..5)
+        )
+            .prop_map(|(i, e)| Edit::Endpoints(i, e)),
+        (0usize..6).prop_map(Edit::RemoveServiceOnly),
+    ]
+}
+
+/// Applies `edit` to the cluster description; `orphans` are the slots whose Service was
+/// removed while its slice stays.
+fn apply_edit(cluster: &mut Vec<Option<SvcSpec>>, orphans: &mut Vec<usize>, edit: &Edit) {
+    let slot = match edit {
+        Edit::Replace(i, _) | Edit::Endpoints(i, _) | Edit::RemoveServiceOnly(i) => *i,
+    };
+    orphans.retain(|&o| o != slot);
+    if cluster.len() <= slot {
+        cluster.resize(slot + 1, None);
+    }
+    match edit {
+        Edit::Replace(_, spec) => cluster[slot] = spec.clone(),
+        Edit::Endpoints(_, endpoints) => {
+            if let Some(spec) = &mut cluster[slot] {
+                spec.endpoints = endpoints.clone();
+            }
+        }
+        Edit::RemoveServiceOnly(_) => {
+            if cluster[slot].is_some() {
+                orphans.push(slot);
+            }
+        }
+    }
+}
+
+/// The cluster's snapshot, with the Services of `orphans` removed and their slices kept.
+fn build_with_orphans(cluster: &[Option<SvcSpec>], orphans: &[usize]) -> Snapshot {
+    let mut snap = build(cluster);
+    for &slot in orphans {
+        snap.remove_service(&ServiceName::new("ns", format!("svc{slot}")));
+    }
+    snap
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// The agent's path over a history of syncs: one incremental compiler (whose rule sets
+    /// carry their lineage, so the planner looks only at what changed), text released after
+    /// every successful restore, and some restores failing (the record is then not adopted).
+    /// After every successful sync the kernel holds exactly what a fresh full sync of a fresh
+    /// compilation of that cluster produces, and the named chains equal a fresh compilation's.
+    #[test]
+    fn incremental_syncs_reach_the_state_of_full_syncs(
+        start in cluster(),
+        steps in prop::collection::vec((edit(), prop::bool::weighted(0.2)), 1..8),
+        tree in any::<bool>(),
+        large in any::<bool>(),
+    ) {
+        let mut cfg = config(tree);
+        if large {
+            // Large-cluster mode (no per-endpoint comments) switches on and off as endpoints
+            // come and go; every switch recompiles everything.
+            cfg.large_cluster_threshold = 6;
+        }
+        let mut cluster = start;
+        let mut orphans = Vec::new();
+        let mut compiler = IncrementalCompiler::default();
+        let first = common::first_sync(&mut compiler, &build(&cluster), &cfg);
+        let mut kernel = restored(Dump::default(), &first.payload);
+        let mut applied = first.next;
+        applied.release_text(&mut compiler);
+        for (edit, restore_fails) in &steps {
+            apply_edit(&mut cluster, &mut orphans, edit);
+            let snap = build_with_orphans(&cluster, &orphans);
+            let compiled = compiler.compile(&snap, &cfg);
+            let fresh = compile(&snap, &cfg);
+            prop_assert_eq!(compiled.large_cluster, fresh.large_cluster);
+            prop_assert_eq!(&compiled.rules.nat.chains, &fresh.rules.nat.chains);
+            prop_assert_eq!(&compiled.rules.filter.chains, &fresh.rules.filter.chains);
+            prop_assert_eq!(&compiled.rules.hooks, &fresh.rules.hooks);
+            let partial = plan(&applied, &compiled.rules, SyncKind::Partial, &[]);
+            drop(compiled);
+            if *restore_fails {
+                // Nothing reached the kernel; the agent keeps its record (and the cache's
+                // fresh fragments keep their text until a restore succeeds).
+                continue;
+            }
+            kernel = restored(kernel, &partial.payload);
+            let expected = restored(
+                Dump::default(),
+                &plan(&AppliedState::default(), &fresh.rules, SyncKind::Full, &[]).payload,
+            );
+            prop_assert_eq!(&kernel, &expected, "after {:?}, partial payload:\n{}", edit, partial.payload);
+            applied = partial.next;
+            applied.release_text(&mut compiler);
+        }
+    }
+}
+
+/// Slices whose Service is gone still count for large-cluster mode, as upstream counts them,
+/// and the incremental compiler (which counts while walking its cache) agrees.
+#[test]
+fn orphan_slices_count_for_large_cluster_mode() {
+    let spec = SvcSpec {
+        kind: 0,
+        etp_local: false,
+        itp_local: false,
+        affinity: false,
+        udp: false,
+        endpoints: vec![
+            (1, true, true, false),
+            (2, true, true, false),
+            (3, false, true, false),
+        ],
+    };
+    let cluster = vec![Some(spec.clone()), Some(spec.clone()), Some(spec)];
+    let mut cfg = config(false);
+    cfg.large_cluster_threshold = 7;
+    let mut compiler = IncrementalCompiler::default();
+    let all = build(&cluster);
+    assert!(
+        compiler.compile(&all, &cfg).large_cluster,
+        "9 endpoints > 7"
+    );
+    // svc1 goes, its slice stays: still 9 endpoints in slices.
+    let orphaned = build_with_orphans(&cluster, &[1]);
+    let fresh = compile(&orphaned, &cfg);
+    assert!(fresh.large_cluster, "upstream counts the orphan slice");
+    assert_eq!(
+        compiler.compile(&orphaned, &cfg).large_cluster,
+        fresh.large_cluster
+    );
+    // Its slice goes too: 6 endpoints.
+    let mut gone = orphaned.clone();
+    gone.remove_slice("ns", "svc1-x");
+    assert!(!compiler.compile(&gone, &cfg).large_cluster);
+    assert!(!compile(&gone, &cfg).large_cluster);
+}

@@ -380,6 +380,7 @@ fn is_per_service(chain: &str) -> bool {
         "KUBE-FW-",
         "KUBE-SEP-",
         "KNAT-DST-",
+        "KNAT-NP-",
     ]
     .iter()
     .any(|p| chain.starts_with(p))

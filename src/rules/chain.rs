@@ -57,13 +57,14 @@ impl ChainName {
 }
 
 /// Prefixes of chains that belong to one service (upstream's, plus knat's dispatch chains).
-pub const SERVICE_CHAIN_PREFIXES: [&str; 6] = [
+pub const SERVICE_CHAIN_PREFIXES: [&str; 7] = [
     "KUBE-SVC-",
     "KUBE-SVL-",
     "KUBE-EXT-",
     "KUBE-FW-",
     "KUBE-SEP-",
     DISPATCH_PREFIX,
+    super::port_dispatch::NODEPORT_DISPATCH_PREFIX,
 ];
 
 /// Prefix of knat's destination-dispatch chains (see `rules::dispatch`).

@@ -7,8 +7,10 @@
 pub mod chain;
 pub mod compile;
 pub mod dispatch;
+pub mod layered;
 pub mod local_traffic;
 pub mod plan;
+pub mod port_dispatch;
 pub mod render;
 pub mod rule;
 

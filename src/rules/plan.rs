@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use super::chain::ChainName;
 use super::compile::IncrementalCompiler;
-use super::rule::{ChainGroup, Hook, RuleSet, RuleText, TableName};
+use super::layered::Layered;
+use super::rule::{ChainGroup, Hook, Lineage, RuleSet, RuleText, Table, TableName};
 use crate::model::ServiceName;
 
 /// One named chain as last applied: its rule count and the digest of its text (named chains
@@ -39,12 +40,24 @@ impl AppliedChain {
 }
 
 /// What knat believes is in the kernel: named chains per table and chain, and the Services'
-/// chain groups per table and Service.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// chain groups per table and Service. Both maps are [`Layered`]: a partial sync copies the
+/// record and changes the few entries that changed.
+#[derive(Debug, Clone, Default)]
 pub struct AppliedState {
-    pub chains: HashMap<(TableName, ChainName), AppliedChain>,
-    pub groups: HashMap<TableName, HashMap<ServiceName, Arc<ChainGroup>>>,
+    chains: Layered<(TableName, ChainName), AppliedChain>,
+    groups: Layered<(TableName, ServiceName), Arc<ChainGroup>>,
+    /// The rule set this record was planned from ([`RuleSet::id`]).
+    source: Option<u64>,
 }
+
+/// Equal records of the kernel (which rule set they came from does not matter).
+impl PartialEq for AppliedState {
+    fn eq(&self, other: &Self) -> bool {
+        self.chains == other.chains && self.groups == other.groups
+    }
+}
+
+impl Eq for AppliedState {}
 
 /// Full: rewrite every chain (and delete stale ones). Partial: only what changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,9 +149,28 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
+/// What one table's payload must declare and write, and delete.
+#[derive(Default)]
+struct TableWork<'a> {
+    written: Vec<&'a RuleText>,
+    deletes: Vec<ChainName>,
+}
+
+const TABLES: [TableName; 2] = [TableName::Filter, TableName::Nat];
+
+fn index(table: TableName) -> usize {
+    match table {
+        TableName::Filter => 0,
+        TableName::Nat => 1,
+    }
+}
+
 /// [`plan`], and the payload also inserts `hooks` (`-I CHAIN 1 ...`, in reverse, so that they
 /// end up at the top of their builtin chains in the given order). Only for hooks known to be
 /// missing: a restore cannot test whether a rule exists. Chains go in `order`.
+///
+/// A partial sync of a rule set whose parent ([`Lineage`]) is what `applied` records looks
+/// only at what the compiler says changed; any other sync compares every chain.
 pub fn plan_with_hooks(
     applied: &AppliedState,
     desired: &RuleSet,
@@ -148,139 +180,53 @@ pub fn plan_with_hooks(
     order: ChainOrder,
 ) -> Result<Plan, PlanError> {
     let full = kind == SyncKind::Full;
-    let mut next = AppliedState::default();
+    let lineage = desired
+        .lineage
+        .as_ref()
+        .filter(|l| !full && applied.source == Some(l.parent));
+    let mut work: [TableWork<'_>; 2] = Default::default();
+    let mut next = AppliedState {
+        source: Some(desired.id),
+        ..AppliedState::default()
+    };
+    match lineage {
+        Some(lineage) => {
+            if lineage.named_unchanged {
+                next.chains = applied.chains.clone();
+            } else {
+                next.chains = named_chains(applied, desired, false, &mut work);
+            }
+            next.groups = applied.groups.clone();
+            changed_groups(applied, lineage, &mut work, &mut next.groups)?;
+        }
+        None => {
+            next.chains = named_chains(applied, desired, full, &mut work);
+            next.groups = all_groups(applied, desired, full, &mut work)?;
+            if full && !stale.is_empty() {
+                stale_deletes(desired, stale, &mut work);
+            }
+        }
+    }
     let mut payload = String::new();
-    let mut stats = PlanStats::default();
-    for table_name in [TableName::Filter, TableName::Nat] {
-        let table = desired.table(table_name);
-        let mut written: Vec<&RuleText> = Vec::new();
-        let mut deletes: Vec<ChainName> = Vec::new();
-
-        // Named chains: compared one by one.
-        for (name, chain_rules) in &table.chains {
-            let key = (table_name, name.clone());
-            let now = AppliedChain::of(chain_rules);
-            if full || applied.chains.get(&key) != Some(&now) {
-                written.push(chain_rules);
-            }
-            next.chains.insert(key, now);
-        }
-        deletes.extend(
-            applied
-                .chains
-                .keys()
-                .filter(|(t, name)| *t == table_name && !table.chains.contains_key(name))
-                .map(|(_, name)| name.clone()),
-        );
-
-        // Groups: an unchanged Service is one pointer comparison; a changed one is compared
-        // chain by chain (by digest) with its previous group. Text is needed for every chain
-        // written: a released group can only be skipped.
-        let applied_groups = applied.groups.get(&table_name);
-        let mut next_groups = HashMap::with_capacity(table.groups.len());
-        for group in &table.groups {
-            let before = applied_groups.and_then(|groups| groups.get(&group.key));
-            let unchanged = before.is_some_and(|before| Arc::ptr_eq(before, group));
-            if group.is_released() && (full || !unchanged) {
-                return Err(PlanError {
-                    chain: ChainName::new(group.chain_names().first().copied().unwrap_or("?")),
-                });
-            }
-            match before {
-                Some(_) if unchanged => {
-                    if full {
-                        written.extend(&group.chains);
-                    }
-                }
-                Some(before) => {
-                    if full {
-                        written.extend(&group.chains);
-                    } else {
-                        let old: HashMap<&str, (usize, u128)> = before
-                            .summaries()
-                            .into_iter()
-                            .map(|c| (c.name, (c.count, c.digest)))
-                            .collect();
-                        written.extend(group.chains.iter().filter(|c| {
-                            old.get(c.chain().as_str()) != Some(&(c.len(), c.digest()))
-                        }));
-                    }
-                    let kept: HashSet<&str> =
-                        group.chains.iter().map(|c| c.chain().as_str()).collect();
-                    deletes.extend(
-                        before
-                            .chain_names()
-                            .into_iter()
-                            .filter(|name| !kept.contains(name))
-                            .map(ChainName::new),
-                    );
-                }
-                None => written.extend(&group.chains),
-            }
-            next_groups.insert(group.key.clone(), group.clone());
-        }
-        for (service, before) in applied_groups.into_iter().flatten() {
-            if !next_groups.contains_key(service) {
-                deletes.extend(before.chain_names().into_iter().map(ChainName::new));
-            }
-        }
-        if !next_groups.is_empty() {
-            next.groups.insert(table_name, next_groups);
-        }
-
-        if full && !stale.is_empty() {
-            let wanted: HashSet<&str> = table
-                .chains
-                .keys()
-                .map(ChainName::as_str)
-                .chain(table.group_chains().map(|c| c.chain().as_str()))
-                .collect();
-            deletes.extend(
-                stale
-                    .iter()
-                    .filter(|(t, name)| *t == table_name && !wanted.contains(name.as_str()))
-                    .map(|(_, name)| name.clone()),
-            );
-        }
-        deletes.sort_unstable();
-        deletes.dedup();
-        let rules_total = table.rule_count();
-        match table_name {
-            TableName::Filter => stats.filter_rules_total = rules_total,
-            TableName::Nat => stats.nat_rules_total = rules_total,
-        }
+    let mut stats = PlanStats {
+        filter_rules_total: desired.filter.rule_count(),
+        nat_rules_total: desired.nat.rule_count(),
+        ..PlanStats::default()
+    };
+    for (table_name, work) in TABLES.into_iter().zip(work) {
         let table_hooks: Vec<&Hook> = hooks
             .iter()
             .copied()
             .filter(|h| h.table == table_name)
             .collect();
-        if written.is_empty() && deletes.is_empty() && table_hooks.is_empty() {
-            continue;
-        }
-        // Declarations first, then the rules, copied straight into the payload, then the
-        // deletions; chains in `order` (see ChainOrder).
-        order.sort(&mut written);
-        let _ = writeln!(payload, "*{}", table_name.as_str());
-        for name in written.iter().map(|c| c.chain()).chain(&deletes) {
-            payload.push(':');
-            payload.push_str(name.as_str());
-            payload.push_str(" - [0:0]\n");
-        }
-        for chain_rules in written {
-            payload.push_str(chain_rules.as_str());
-            stats.chains_written += 1;
-            stats.rules_written += chain_rules.len();
-        }
-        stats.chains_deleted += deletes.len();
-        for name in &deletes {
-            let _ = writeln!(payload, "-X {name}");
-        }
-        for hook in table_hooks.iter().rev() {
-            let _ = write!(payload, "-I {} 1 ", hook.chain);
-            hook.rule.write_to(&mut payload);
-            payload.push('\n');
-        }
-        payload.push_str("COMMIT\n");
+        write_table(
+            &mut payload,
+            table_name,
+            work,
+            &table_hooks,
+            order,
+            &mut stats,
+        );
     }
     stats.bytes = payload.len();
     Ok(Plan {
@@ -288,6 +234,203 @@ pub fn plan_with_hooks(
         next,
         stats,
     })
+}
+
+/// Named chains of both tables, compared one by one with the record (by count and digest);
+/// recorded chains no longer wanted are deleted.
+fn named_chains<'a>(
+    applied: &AppliedState,
+    desired: &'a RuleSet,
+    full: bool,
+    work: &mut [TableWork<'a>; 2],
+) -> Layered<(TableName, ChainName), AppliedChain> {
+    let mut next = HashMap::new();
+    for table_name in TABLES {
+        let table = desired.table(table_name);
+        let work = &mut work[index(table_name)];
+        for (name, chain_rules) in &table.chains {
+            let key = (table_name, name.clone());
+            let now = AppliedChain::of(chain_rules);
+            if full || applied.chains.get(&key) != Some(&now) {
+                work.written.push(chain_rules);
+            }
+            next.insert(key, now);
+        }
+    }
+    for ((table_name, name), _) in applied.chains.iter() {
+        if !desired.table(*table_name).chains.contains_key(name) {
+            work[index(*table_name)].deletes.push(name.clone());
+        }
+    }
+    Layered::from_map(next)
+}
+
+/// Every Service group of both tables: an unchanged Service is one pointer comparison, a
+/// changed one is compared chain by chain; recorded Services no longer present are deleted.
+fn all_groups<'a>(
+    applied: &AppliedState,
+    desired: &'a RuleSet,
+    full: bool,
+    work: &mut [TableWork<'a>; 2],
+) -> Result<Layered<(TableName, ServiceName), Arc<ChainGroup>>, PlanError> {
+    let mut next = HashMap::new();
+    for table_name in TABLES {
+        let table = desired.table(table_name);
+        let work = &mut work[index(table_name)];
+        for group in &table.groups {
+            let key = (table_name, group.key.clone());
+            group_diff(applied.groups.get(&key), group, full, work)?;
+            next.insert(key, group.clone());
+        }
+    }
+    for ((table_name, _), before) in applied.groups.iter() {
+        if !next.contains_key(&(*table_name, before.key.clone())) {
+            let work = &mut work[index(*table_name)];
+            work.deletes
+                .extend(before.chain_names().into_iter().map(ChainName::new));
+        }
+    }
+    Ok(Layered::from_map(next))
+}
+
+/// Only the Services the lineage names (nat groups; filter has none).
+fn changed_groups<'a>(
+    applied: &AppliedState,
+    lineage: &'a Lineage,
+    work: &mut [TableWork<'a>; 2],
+    next: &mut Layered<(TableName, ServiceName), Arc<ChainGroup>>,
+) -> Result<(), PlanError> {
+    let work = &mut work[index(TableName::Nat)];
+    for (service, group) in &lineage.changed_groups {
+        let key = (TableName::Nat, service.clone());
+        let before = applied.groups.get(&key);
+        match group.as_ref().filter(|g| g.chain_count() > 0) {
+            Some(group) => {
+                group_diff(before, group, false, work)?;
+                next.insert(key, group.clone());
+            }
+            None => {
+                if let Some(before) = before {
+                    work.deletes
+                        .extend(before.chain_names().into_iter().map(ChainName::new));
+                }
+                next.remove(&key);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One Service's group against its record: the chains to write and to delete. Text is needed
+/// for every chain written: a released group can only be skipped.
+fn group_diff<'a>(
+    before: Option<&Arc<ChainGroup>>,
+    group: &'a Arc<ChainGroup>,
+    full: bool,
+    work: &mut TableWork<'a>,
+) -> Result<(), PlanError> {
+    let unchanged = before.is_some_and(|before| Arc::ptr_eq(before, group));
+    if group.is_released() && (full || !unchanged) {
+        return Err(PlanError {
+            chain: ChainName::new(group.chain_names().first().copied().unwrap_or("?")),
+        });
+    }
+    match before {
+        Some(_) if unchanged => {
+            if full {
+                work.written.extend(&group.chains);
+            }
+        }
+        Some(before) => {
+            if full {
+                work.written.extend(&group.chains);
+            } else {
+                let old: HashMap<&str, (usize, u128)> = before
+                    .summaries()
+                    .into_iter()
+                    .map(|c| (c.name, (c.count, c.digest)))
+                    .collect();
+                work.written.extend(
+                    group
+                        .chains
+                        .iter()
+                        .filter(|c| old.get(c.chain().as_str()) != Some(&(c.len(), c.digest()))),
+                );
+            }
+            let kept: HashSet<&str> = group.chains.iter().map(|c| c.chain().as_str()).collect();
+            work.deletes.extend(
+                before
+                    .chain_names()
+                    .into_iter()
+                    .filter(|name| !kept.contains(name))
+                    .map(ChainName::new),
+            );
+        }
+        None => work.written.extend(&group.chains),
+    }
+    Ok(())
+}
+
+/// Full syncs delete chains found in the kernel that knat owns but no longer wants.
+fn stale_deletes(
+    desired: &RuleSet,
+    stale: &[(TableName, ChainName)],
+    work: &mut [TableWork<'_>; 2],
+) {
+    for table_name in TABLES {
+        let table: &Table = desired.table(table_name);
+        let wanted: HashSet<&str> = table
+            .chains
+            .keys()
+            .map(ChainName::as_str)
+            .chain(table.group_chains().map(|c| c.chain().as_str()))
+            .collect();
+        work[index(table_name)].deletes.extend(
+            stale
+                .iter()
+                .filter(|(t, name)| *t == table_name && !wanted.contains(name.as_str()))
+                .map(|(_, name)| name.clone()),
+        );
+    }
+}
+
+/// One table's part of the payload: declarations first, then the rules, copied straight in,
+/// then the deletions and the hooks; chains in `order` (see [`ChainOrder`]).
+fn write_table(
+    payload: &mut String,
+    table_name: TableName,
+    mut work: TableWork<'_>,
+    hooks: &[&Hook],
+    order: ChainOrder,
+    stats: &mut PlanStats,
+) {
+    work.deletes.sort_unstable();
+    work.deletes.dedup();
+    if work.written.is_empty() && work.deletes.is_empty() && hooks.is_empty() {
+        return;
+    }
+    order.sort(&mut work.written);
+    let _ = writeln!(payload, "*{}", table_name.as_str());
+    for name in work.written.iter().map(|c| c.chain()).chain(&work.deletes) {
+        payload.push(':');
+        payload.push_str(name.as_str());
+        payload.push_str(" - [0:0]\n");
+    }
+    for chain_rules in work.written {
+        payload.push_str(chain_rules.as_str());
+        stats.chains_written += 1;
+        stats.rules_written += chain_rules.len();
+    }
+    stats.chains_deleted += work.deletes.len();
+    for name in &work.deletes {
+        let _ = writeln!(payload, "-X {name}");
+    }
+    for hook in hooks.iter().rev() {
+        let _ = write!(payload, "-I {} 1 ", hook.chain);
+        hook.rule.write_to(payload);
+        payload.push('\n');
+    }
+    payload.push_str("COMMIT\n");
 }
 
 impl AppliedState {
@@ -304,14 +447,15 @@ impl AppliedState {
 
     /// Points the record of each Service at `new` where it held `old`.
     fn adopt(&mut self, swaps: &[(Arc<ChainGroup>, Arc<ChainGroup>)]) {
-        let by_name: HashMap<&ServiceName, &(Arc<ChainGroup>, Arc<ChainGroup>)> =
-            swaps.iter().map(|pair| (&pair.0.key, pair)).collect();
-        for groups in self.groups.values_mut() {
-            for (name, group) in groups.iter_mut() {
-                if let Some((old, new)) = by_name.get(name)
-                    && Arc::ptr_eq(group, old)
+        for (old, new) in swaps {
+            for table in TABLES {
+                let key = (table, old.key.clone());
+                if self
+                    .groups
+                    .get(&key)
+                    .is_some_and(|group| Arc::ptr_eq(group, old))
                 {
-                    *group = new.clone();
+                    self.groups.insert(key, new.clone());
                 }
             }
         }

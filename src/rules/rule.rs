@@ -454,6 +454,8 @@ pub struct ChainGroup {
     /// The chains with their text, in declaration order; empty once released.
     pub chains: Vec<RuleText>,
     summary: Option<GroupSummary>,
+    /// Rules over the chains (counted once: planning sums it over every group).
+    rules: usize,
 }
 
 /// What a released group keeps.
@@ -477,6 +479,7 @@ impl ChainGroup {
     pub fn new(key: ServiceName, chains: Vec<RuleText>) -> Self {
         ChainGroup {
             key,
+            rules: chains.iter().map(RuleText::len).sum(),
             chains,
             summary: None,
         }
@@ -490,6 +493,7 @@ impl ChainGroup {
                 key: self.key.clone(),
                 chains: Vec::new(),
                 summary: Some(summary.clone()),
+                rules: self.rules,
             };
         }
         let mut names = String::with_capacity(
@@ -505,6 +509,7 @@ impl ChainGroup {
         ChainGroup {
             key: self.key.clone(),
             chains: Vec::new(),
+            rules: self.rules,
             summary: Some(GroupSummary {
                 names: names.into_boxed_str(),
                 chains: self.chains.iter().map(|c| (c.digest(), c.len())).collect(),
@@ -560,10 +565,7 @@ impl ChainGroup {
 
     /// Number of rules over the group's chains.
     pub fn rule_count(&self) -> usize {
-        match &self.summary {
-            Some(summary) => summary.chains.iter().map(|&(_, count)| count).sum(),
-            None => self.chains.iter().map(RuleText::len).sum(),
-        }
+        self.rules
     }
 }
 
@@ -637,13 +639,49 @@ pub struct Hook {
 }
 
 /// Everything knat wants in the kernel for one IP family.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RuleSet {
     pub family: IpFamily,
     pub filter: Table,
     pub nat: Table,
     /// Hook jumps, in the order they should appear at the top of each builtin chain.
     pub hooks: Vec<Hook>,
+    /// This rule set's identity (unique in the process), recorded by the planner.
+    pub id: u64,
+    /// How it differs from the rule set the same incremental compiler produced before it.
+    pub lineage: Option<Lineage>,
+}
+
+/// How a rule set differs from its parent, the previous output of the same incremental
+/// compiler. With the record of the parent applied, the planner looks only at this: a sync's
+/// planning costs what changed, not the cluster.
+#[derive(Debug, Clone)]
+pub struct Lineage {
+    pub parent: u64,
+    /// Services whose nat group was recompiled, added or removed: the group now (`None` or an
+    /// empty group: the Service has no chains of its own any more).
+    pub changed_groups: Vec<(ServiceName, Option<Arc<ChainGroup>>)>,
+    /// The named chains of both tables and the hooks are the parent's, unchanged.
+    pub named_unchanged: bool,
+}
+
+/// Equal rules; identity and lineage are bookkeeping.
+impl PartialEq for RuleSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.family == other.family
+            && self.filter == other.filter
+            && self.nat == other.nat
+            && self.hooks == other.hooks
+    }
+}
+
+impl Eq for RuleSet {}
+
+/// A fresh rule-set identity.
+pub fn next_rule_set_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl RuleSet {
@@ -653,6 +691,8 @@ impl RuleSet {
             filter: Table::default(),
             nat: Table::default(),
             hooks: Vec::new(),
+            id: next_rule_set_id(),
+            lineage: None,
         }
     }
 

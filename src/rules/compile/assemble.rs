@@ -1,0 +1,179 @@
+//! Assembling a rule set from fragments: the shared chains, the dispatch of nat
+//! KUBE-SERVICES and the NodePort tail rule.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use super::builders::{COMMENT_NODEPORTS_TAIL, comment_match, dst_ip, jump, loopback_net};
+use super::fragment::Fragment;
+use super::{Compiled, ServiceHealth, UdpServicePort};
+use crate::config::ProxyConfig;
+use crate::model::{IpFamily, ServiceName};
+use crate::rules::chain::ChainName;
+use crate::rules::dispatch::{self, Entry};
+use crate::rules::port_dispatch::{self, PortEntry};
+use crate::rules::rule::{Addr, AddrTypeDir, Match, Rule, RuleSet, TableName};
+
+pub(super) struct Compiler<'a> {
+    pub(super) cfg: &'a ProxyConfig,
+    pub(super) family: IpFamily,
+    pub(super) mark: Arc<str>,
+    pub(super) rs: RuleSet,
+    pub(super) services_entries: Vec<Entry>,
+    pub(super) nodeport_entries: Vec<PortEntry>,
+    pub(super) large: bool,
+    pub(super) out_health: BTreeMap<ServiceName, ServiceHealth>,
+    pub(super) no_local_internal: usize,
+    pub(super) no_local_external: usize,
+    pub(super) fragments: Vec<Arc<Fragment>>,
+    pub(super) udp: Vec<UdpServicePort>,
+    pub(super) kube_mark_masq: ChainName,
+    pub(super) kube_services: ChainName,
+    pub(super) kube_ext_services: ChainName,
+    pub(super) kube_nodeports: ChainName,
+    pub(super) kube_proxy_firewall: ChainName,
+}
+
+impl Compiler<'_> {
+    /// Adds one Service's own part to the rule set being assembled: its group, health,
+    /// counts and UDP ports.
+    pub(super) fn merge_own(&mut self, frag: Arc<Fragment>) {
+        if frag.group.chain_count() > 0 {
+            self.rs.nat.groups.push(frag.group.clone());
+        }
+        if let Some(health) = &frag.health {
+            self.out_health
+                .insert(health.service.clone(), health.clone());
+        }
+        self.no_local_internal += frag.no_local_internal;
+        self.no_local_external += frag.no_local_external;
+        self.udp.extend(frag.udp.iter().cloned());
+        self.fragments.push(frag);
+    }
+
+    /// Adds one Service's entries in the shared chains (KUBE-SERVICES, KUBE-NODEPORTS,
+    /// KUBE-EXTERNAL-SERVICES, KUBE-PROXY-FIREWALL), in Service order.
+    pub(super) fn merge_shared(&mut self, frag: &Fragment) {
+        self.services_entries.extend(frag.entries.iter().cloned());
+        self.nodeport_entries
+            .extend(frag.nodeport_entries.iter().cloned());
+        let tables = [
+            (
+                &frag.filter_services,
+                &self.kube_services,
+                TableName::Filter,
+            ),
+            (
+                &frag.filter_external,
+                &self.kube_ext_services,
+                TableName::Filter,
+            ),
+            (
+                &frag.filter_firewall,
+                &self.kube_proxy_firewall,
+                TableName::Filter,
+            ),
+            (
+                &frag.filter_nodeports,
+                &self.kube_nodeports,
+                TableName::Filter,
+            ),
+        ];
+        for (rules, chain, table) in tables {
+            if rules.is_empty() {
+                continue;
+            }
+            let target = match table {
+                TableName::Nat => &mut self.rs.nat,
+                TableName::Filter => &mut self.rs.filter,
+            };
+            target.chain(chain).append(rules);
+        }
+    }
+
+    /// Builds the dispatch of nat KUBE-SERVICES from the merged entries, then its NodePort
+    /// tail rule.
+    pub(super) fn finish_shared(&mut self) {
+        let entries = std::mem::take(&mut self.services_entries);
+        dispatch::build(
+            entries,
+            self.cfg.dispatch,
+            &self.kube_services,
+            &mut self.rs.nat,
+        );
+        port_dispatch::build(
+            std::mem::take(&mut self.nodeport_entries),
+            self.cfg.dispatch,
+            &self.kube_nodeports,
+            &mut self.rs.nat,
+        );
+        // The NodePort tail rule, last in nat KUBE-SERVICES.
+        let tail_comment = comment_match(COMMENT_NODEPORTS_TAIL);
+        if self.cfg.nodeports_match_all() {
+            let mut matches = vec![
+                tail_comment,
+                Match::AddrTypeLocal {
+                    dir: AddrTypeDir::Dst,
+                    negated: false,
+                },
+            ];
+            match self.family {
+                IpFamily::V6 => matches.push(Match::Dst {
+                    negated: true,
+                    addr: Addr::Net(
+                        IpNet::new(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), 128)
+                            .unwrap_or_default(),
+                    ),
+                }),
+                IpFamily::V4 if !self.cfg.localhost_nodeports_effective() => {
+                    matches.push(Match::Dst {
+                        negated: true,
+                        addr: Addr::Net(loopback_net()),
+                    })
+                }
+                IpFamily::V4 => {}
+            }
+            self.rs.nat.push(
+                &self.kube_services,
+                Rule::new(matches, jump(&self.kube_nodeports)),
+            );
+        } else {
+            let nets = self.cfg.family_nodeport_addresses();
+            let localhost = self.cfg.localhost_nodeports_effective();
+            let mut addresses: Vec<IpAddr> = self
+                .cfg
+                .local_addresses
+                .iter()
+                .copied()
+                .filter(|ip| self.family.contains(ip) && nets.iter().any(|n| n.contains(ip)))
+                .filter(|ip| !ip.is_loopback() || localhost)
+                .collect();
+            addresses.sort();
+            addresses.dedup();
+            for ip in addresses {
+                self.rs.nat.push(
+                    &self.kube_services,
+                    Rule::new(
+                        vec![tail_comment.clone(), dst_ip(ip)],
+                        jump(&self.kube_nodeports),
+                    ),
+                );
+            }
+        }
+    }
+
+    pub(super) fn finish(self) -> Compiled {
+        Compiled {
+            rules: self.rs,
+            health: self.out_health,
+            no_local_endpoints_internal: self.no_local_internal,
+            no_local_endpoints_external: self.no_local_external,
+            fragments: self.fragments,
+            udp: self.udp,
+            large_cluster: self.large,
+        }
+    }
+}

@@ -1,0 +1,466 @@
+//! The incremental compiler: caches each Service's fragment and recompiles only Services whose
+//! object or slices changed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::iter::Peekable;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::Compiled;
+use super::assemble::Compiler;
+use super::fragment::Fragment;
+use super::service::{Probabilities, ServiceCompiler};
+use super::threads::compile_services;
+use crate::config::{LocalDetector, ProxyConfig};
+use crate::model::categorize::NodeTopology;
+use crate::model::snapshot::ServiceSlices;
+use crate::model::{Service, ServiceName, Snapshot};
+use crate::rules::chain::ChainName;
+use crate::rules::dispatch::{Entry, EntryRule};
+use crate::rules::rule::{ChainGroup, ChainRules, Hook, Lineage, RuleSet};
+
+/// What the last output built from every Service at once.
+#[derive(Debug)]
+struct Named {
+    filter: HashMap<crate::rules::ChainName, ChainRules>,
+    nat: HashMap<crate::rules::ChainName, ChainRules>,
+    hooks: Vec<Hook>,
+}
+
+/// A Service whose fragment is new this sync: its previous fragment (`None`: new Service) and
+/// its current one (`None`: removed).
+struct Change {
+    name: ServiceName,
+    before: Option<Arc<Fragment>>,
+    after: Option<Arc<Fragment>>,
+}
+
+/// True if the two fragments add the same rules to the shared chains (absent: none).
+fn same_shared(a: Option<&Fragment>, b: Option<&Fragment>) -> bool {
+    fn rendered(e: &Entry) -> (std::net::IpAddr, Arc<str>) {
+        match &e.rule {
+            EntryRule::Rendered(text) => (e.dst, text.clone()),
+            EntryRule::Typed(_) => match e.rendered().rule {
+                EntryRule::Rendered(text) => (e.dst, text),
+                EntryRule::Typed(_) => unreachable!("rendered() renders"),
+            },
+        }
+    }
+    let empty = |f: &Fragment| {
+        f.entries.is_empty()
+            && f.nodeport_entries.is_empty()
+            && f.filter_services.is_empty()
+            && f.filter_external.is_empty()
+            && f.filter_firewall.is_empty()
+            && f.filter_nodeports.is_empty()
+    };
+    match (a, b) {
+        (None, None) => true,
+        (Some(f), None) | (None, Some(f)) => empty(f),
+        (Some(a), Some(b)) => {
+            a.nodeport_entries.len() == b.nodeport_entries.len()
+                && a.nodeport_entries
+                    .iter()
+                    .zip(&b.nodeport_entries)
+                    .all(|(x, y)| (x.proto, x.port, x.text()) == (y.proto, y.port, y.text()))
+                && a.filter_services == b.filter_services
+                && a.filter_external == b.filter_external
+                && a.filter_firewall == b.filter_firewall
+                && a.filter_nodeports == b.filter_nodeports
+                && a.entries.len() == b.entries.len()
+                && a.entries
+                    .iter()
+                    .zip(&b.entries)
+                    .all(|(x, y)| rendered(x) == rendered(y))
+        }
+    }
+}
+
+/// Advances `iter` to `key` and returns its value there, if it has one.
+fn seek<'i, K: Ord + 'i, V: 'i, I: Iterator<Item = (&'i K, V)>>(
+    iter: &mut Peekable<I>,
+    key: &K,
+    mut skipped: impl FnMut(&K),
+) -> Option<V> {
+    while let Some((k, _)) = iter.peek() {
+        if *k >= key {
+            break;
+        }
+        if let Some((k, _)) = iter.next() {
+            skipped(k);
+        }
+    }
+    iter.next_if(|(k, _)| *k == key).map(|(_, v)| v)
+}
+
+/// What [`IncrementalCompiler::walk`] found.
+struct Walked<'s> {
+    /// Per Service in order: its cached fragment, `None` until compiled.
+    fragments: Vec<Option<Arc<Fragment>>>,
+    /// (position, Service, its endpoint count) of each Service to compile.
+    todo: Vec<(usize, &'s Arc<Service>, usize)>,
+    changes: Vec<Change>,
+    /// Upstream's large-cluster count over every slice ([`Snapshot::endpoint_count`]).
+    endpoints: usize,
+}
+
+/// Endpoints of one Service's slices as upstream counts them (once per port).
+fn endpoint_count(slices: &ServiceSlices) -> usize {
+    slices
+        .values()
+        .map(|s| s.endpoints.len() * s.ports.len().max(1))
+        .sum()
+}
+
+/// Endpoints of slices filed under a name that has no Service (they count for upstream's
+/// large-cluster mode too), given how many slice sets the walk matched to a Service: usually
+/// all of them, and then there is nothing to look for.
+fn orphan_endpoints(snapshot: &Snapshot, matched: usize) -> usize {
+    if matched == snapshot.slices.len() {
+        return 0;
+    }
+    snapshot
+        .slices
+        .iter()
+        .filter(|(name, _)| !snapshot.services.contains_key(*name))
+        .map(|(_, s)| endpoint_count(s))
+        .sum()
+}
+
+/// What a cached fragment was compiled from (shared with the snapshot, so an unchanged Service
+/// is recognised by pointer and costs no memory of its own).
+#[derive(Debug)]
+pub(super) struct CachedFragment {
+    pub(super) service: Arc<Service>,
+    pub(super) slices: Option<Arc<ServiceSlices>>,
+    /// The endpoint count of `slices`.
+    pub(super) endpoints: usize,
+    pub(super) fragment: Arc<Fragment>,
+}
+
+/// Same object, or equal objects (a re-list hands new pointers to unchanged objects).
+pub(super) fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
+/// Inputs shared by every fragment; when any of them changes the cache is dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct CacheKey {
+    pub(super) cfg: ProxyConfig,
+    pub(super) zone: Option<String>,
+    pub(super) node_ip: Option<IpAddr>,
+    pub(super) large: bool,
+}
+
+/// A compiler that remembers each Service's fragment and recompiles only Services whose
+/// object or EndpointSlices changed (compared by value, so callers need not track changes).
+/// The result is identical to [`compile`]; only the work differs.
+#[derive(Debug, Default)]
+pub struct IncrementalCompiler {
+    pub(super) key: Option<CacheKey>,
+    /// In Service order, like the snapshot's maps, so one merged walk finds what changed.
+    pub(super) cache: BTreeMap<ServiceName, CachedFragment>,
+    /// The named chains and hooks of the last output, reused while no changed Service alters
+    /// its entries in the shared chains.
+    named: Option<Named>,
+    /// The identity of the last output ([`RuleSet::id`]), the parent of the next.
+    last_id: Option<u64>,
+    /// Services compiled since the last [`IncrementalCompiler::release_groups`].
+    uncompacted: Vec<ServiceName>,
+    /// Services recompiled by the last call (the rest were reused).
+    pub last_recompiled: usize,
+    /// Threads for compiling many Services at once (`None`: one per CPU, at most 8).
+    pub(super) threads: Option<usize>,
+}
+
+impl IncrementalCompiler {
+    /// A compiler that uses exactly `threads` threads when there is a lot to compile.
+    pub fn with_threads(threads: usize) -> Self {
+        IncrementalCompiler {
+            threads: Some(threads.max(1)),
+            ..IncrementalCompiler::default()
+        }
+    }
+
+    /// Compiles like [`compile`], reusing the fragments of unchanged Services.
+    pub fn compile(&mut self, snapshot: &Snapshot, cfg: &ProxyConfig) -> Compiled {
+        // `--detect-local-mode=NodeCIDR`: the detector is the Node's pod CIDR, so the cache
+        // key (which holds the configuration) changes with it.
+        let resolved;
+        let cfg = if cfg.local_detector == LocalDetector::NodeCidr {
+            let pod_cidrs = snapshot.node.as_ref().map_or(&[][..], |n| &n.pod_cidrs[..]);
+            resolved = ProxyConfig {
+                local_detector: cfg.local_detector.resolve(pod_cidrs, cfg.family),
+                ..cfg.clone()
+            };
+            &resolved
+        } else {
+            cfg
+        };
+        let family = cfg.family;
+        let node_ip = cfg
+            .node_ips
+            .iter()
+            .copied()
+            .find(|ip| family.contains(ip))
+            .or_else(|| {
+                snapshot
+                    .node
+                    .as_ref()
+                    .and_then(|n| n.addresses.iter().copied().find(|ip| family.contains(ip)))
+            });
+        let zone = snapshot.node.as_ref().and_then(|n| n.zone.clone());
+        let same_inputs =
+            |key: &CacheKey| key.cfg == *cfg && key.zone == zone && key.node_ip == node_ip;
+        if !self.key.as_ref().is_some_and(same_inputs) {
+            self.forget();
+        }
+        // Reuse what is cached: one walk, which also counts the endpoints (large-cluster mode
+        // is part of the key; when it flips, everything is compiled again).
+        let mut walked = self.walk(snapshot);
+        let large = walked.endpoints > cfg.large_cluster_threshold;
+        let key = CacheKey {
+            cfg: cfg.clone(),
+            zone: zone.clone(),
+            node_ip,
+            large,
+        };
+        if self.key.as_ref() != Some(&key) {
+            self.forget();
+            self.key = Some(key);
+            walked = self.walk(snapshot);
+        }
+        let mut compiler = Compiler {
+            cfg,
+            family,
+            mark: cfg.masquerade_mark().into(),
+            rs: RuleSet::new(family),
+            services_entries: Vec::new(),
+            nodeport_entries: Vec::new(),
+            large,
+            out_health: BTreeMap::new(),
+            no_local_internal: 0,
+            no_local_external: 0,
+            fragments: Vec::with_capacity(snapshot.services.len()),
+            udp: Vec::new(),
+            kube_mark_masq: ChainName::fixed(ChainName::KUBE_MARK_MASQ),
+            kube_services: ChainName::fixed(ChainName::KUBE_SERVICES),
+            kube_ext_services: ChainName::fixed(ChainName::KUBE_EXTERNAL_SERVICES),
+            kube_nodeports: ChainName::fixed(ChainName::KUBE_NODEPORTS),
+            kube_proxy_firewall: ChainName::fixed(ChainName::KUBE_PROXY_FIREWALL),
+        };
+        let topology = NodeTopology {
+            name: &cfg.node_name,
+            zone: zone.as_deref(),
+        };
+        let workers = ServiceCompiler {
+            cfg,
+            empty_group: Arc::new(ChainGroup::new(
+                ServiceName::new(String::new(), String::new()),
+                Vec::new(),
+            )),
+            family,
+            probabilities: Probabilities::default(),
+            large,
+            node_ip,
+            kube_mark_masq: compiler.kube_mark_masq.clone(),
+            kube_services: compiler.kube_services.clone(),
+            kube_ext_services: compiler.kube_ext_services.clone(),
+            kube_nodeports: compiler.kube_nodeports.clone(),
+            kube_proxy_firewall: compiler.kube_proxy_firewall.clone(),
+        };
+        // Compile what is not cached (in parallel when there is a lot of it).
+        let Walked {
+            mut fragments,
+            todo,
+            mut changes,
+            ..
+        } = walked;
+        let services: Vec<&Arc<Service>> = todo.iter().map(|(_, service, _)| *service).collect();
+        let indices: Vec<usize> = (0..todo.len()).collect();
+        self.last_recompiled = todo.len();
+        let threads = self
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)));
+        let fresh = compile_services(&workers, snapshot, topology, &services, &indices, threads);
+        for ((i, service, endpoints), frag) in todo.into_iter().zip(fresh) {
+            let frag = Arc::new(frag);
+            let before = self
+                .cache
+                .insert(
+                    service.name.clone(),
+                    CachedFragment {
+                        service: service.clone(),
+                        slices: snapshot.slices.get(&service.name).cloned(),
+                        endpoints,
+                        fragment: frag.clone(),
+                    },
+                )
+                .map(|cached| cached.fragment);
+            self.uncompacted.push(service.name.clone());
+            changes.push(Change {
+                name: service.name.clone(),
+                before,
+                after: Some(frag.clone()),
+            });
+            fragments[i] = Some(frag);
+        }
+        // The named chains are rebuilt only when a changed Service changes what it adds to
+        // them (an endpoint change does not).
+        let reuse_named = self.named.is_some()
+            && changes
+                .iter()
+                .all(|c| same_shared(c.before.as_deref(), c.after.as_deref()));
+        match self.named.as_ref().filter(|_| reuse_named) {
+            Some(named) => {
+                compiler.rs.filter.chains = named.filter.clone();
+                compiler.rs.nat.chains = named.nat.clone();
+                compiler.rs.hooks = named.hooks.clone();
+            }
+            None => {
+                compiler.fixed_chains();
+                for fragment in fragments.iter().flatten() {
+                    compiler.merge_shared(fragment);
+                }
+                compiler.finish_shared();
+                self.named = Some(Named {
+                    filter: compiler.rs.filter.chains.clone(),
+                    nat: compiler.rs.nat.chains.clone(),
+                    hooks: compiler.rs.hooks.clone(),
+                });
+            }
+        }
+        compiler.rs.nat.groups.reserve(fragments.len());
+        for fragment in fragments.into_iter().flatten() {
+            compiler.merge_own(fragment);
+        }
+        compiler.rs.lineage = self.last_id.map(|parent| Lineage {
+            parent,
+            changed_groups: changes
+                .into_iter()
+                .map(|c| (c.name, c.after.map(|f| f.group.clone())))
+                .collect(),
+            named_unchanged: reuse_named,
+        });
+        self.last_id = Some(compiler.rs.id);
+        compiler.finish()
+    }
+
+    /// One walk over the snapshot's Services and slices and the cache, all in Service order:
+    /// the cached fragments where neither the Service nor its slices changed, what is left to
+    /// compile, the Services that are gone (removed from the cache) and the endpoint count.
+    /// Unchanged Services are recognised by pointer, without comparing names.
+    fn walk<'s>(&mut self, snapshot: &'s Snapshot) -> Walked<'s> {
+        let mut walked = Walked {
+            fragments: Vec::with_capacity(snapshot.services.len()),
+            todo: Vec::new(),
+            changes: Vec::new(),
+            endpoints: 0,
+        };
+        let mut gone: Vec<ServiceName> = Vec::new();
+        let mut matched = 0;
+        let mut slices = snapshot.slices.iter().peekable();
+        let mut cached = self.cache.iter_mut().peekable();
+        for (name, service) in &snapshot.services {
+            let entry = match cached.peek() {
+                Some((_, c)) if Arc::ptr_eq(&c.service, service) => cached.next().map(|(_, c)| c),
+                _ => seek(&mut cached, name, |k| gone.push(k.clone())),
+            };
+            let fast = match (&entry, slices.peek()) {
+                (Some(c), Some((_, s))) => c.slices.as_ref().is_some_and(|c| Arc::ptr_eq(c, s)),
+                _ => false,
+            };
+            let own_slices = if fast {
+                slices.next().map(|(_, s)| s)
+            } else {
+                seek(&mut slices, name, |_| {})
+            };
+            // Slices of names without a Service (skipped by `seek`) are not counted here.
+            let endpoints = match (&entry, own_slices) {
+                (Some(c), Some(s)) if c.slices.as_ref().is_some_and(|c| Arc::ptr_eq(c, s)) => {
+                    c.endpoints
+                }
+                (_, Some(s)) => endpoint_count(s),
+                (_, None) => 0,
+            };
+            walked.endpoints += endpoints;
+            matched += usize::from(own_slices.is_some());
+            let fragment = entry.and_then(|entry| reuse(entry, service, own_slices));
+            if fragment.is_none() {
+                walked
+                    .todo
+                    .push((walked.fragments.len(), service, endpoints));
+            }
+            walked.fragments.push(fragment);
+        }
+        gone.extend(cached.map(|(k, _)| k.clone()));
+        walked.endpoints += orphan_endpoints(snapshot, matched);
+        walked.changes = gone
+            .into_iter()
+            .map(|name| {
+                let before = self.cache.remove(&name).map(|c| c.fragment);
+                Change {
+                    name,
+                    before,
+                    after: None,
+                }
+            })
+            .collect();
+        walked
+    }
+
+    /// Releases the text of every cached Service group that still has it (once the kernel has
+    /// those chains): only digests are kept, about 33 MB less at 10,000 services x 10
+    /// endpoints. Each such fragment is replaced by a compact copy in fresh allocations, so
+    /// that the pages the compile threads filled with text and long-lived data alike become
+    /// wholly free and go back to the system (releasing in place left a third of the text's
+    /// memory resident). Returns (old, new) group pairs for the planner's record; callers go
+    /// through [`crate::rules::AppliedState::release_text`], which does both.
+    pub(crate) fn release_groups(&mut self) -> Vec<(Arc<ChainGroup>, Arc<ChainGroup>)> {
+        let mut swaps = Vec::new();
+        for name in std::mem::take(&mut self.uncompacted) {
+            let Some(cached) = self.cache.get_mut(&name) else {
+                continue;
+            };
+            if cached.fragment.compact {
+                continue;
+            }
+            let compact = cached.fragment.compacted();
+            if !Arc::ptr_eq(&compact.group, &cached.fragment.group) {
+                swaps.push((cached.fragment.group.clone(), compact.group.clone()));
+            }
+            cached.fragment = Arc::new(compact);
+        }
+        swaps
+    }
+
+    /// Forgets every cached fragment, so that the next compilation compiles every Service
+    /// afresh, with text (full syncs write every chain, and released text cannot be written).
+    pub fn forget(&mut self) {
+        self.cache.clear();
+        self.named = None;
+        self.last_id = None;
+        self.uncompacted.clear();
+    }
+}
+
+/// The cached fragment of `service` if neither it nor its slices changed.
+fn reuse(
+    cached: &mut CachedFragment,
+    service: &Arc<Service>,
+    slices: Option<&Arc<ServiceSlices>>,
+) -> Option<Arc<Fragment>> {
+    let unchanged = same(&cached.service, service)
+        && match (&cached.slices, slices) {
+            (Some(a), Some(b)) => same(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+    if !unchanged {
+        return None;
+    }
+    // Equal but re-created objects: keep the snapshot's, so old copies are freed.
+    cached.service = service.clone();
+    cached.slices = slices.cloned();
+    Some(cached.fragment.clone())
+}
