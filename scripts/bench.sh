@@ -2,16 +2,15 @@
 # Runs the side-by-side cluster benchmark (issue 6): builds knat and the benchmark (release),
 # the Kubernetes binaries (scripts/build-k8s.sh, cached under /var/cache/knat-e2e), then runs
 # knat and upstream kube-proxy against one real kube-apiserver inside network namespaces and
-# writes the table into docs/performance.md. Needs root. Arguments go to the benchmark, e.g.
+# writes the table into docs/performance.md. Needs root (re-runs itself through sudo when not root). Arguments go to the benchmark, e.g.
 #   scripts/bench.sh --sizes 100,1000,10000 --churn-secs 60 --samples 200
 # (see bench/cluster/main.rs). It never touches the root network namespace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ "$(id -u)" -ne 0 ]; then
-  echo "bench.sh: needs root (network namespaces, iptables inside them)" >&2
-  exit 1
-fi
+# shellcheck source=scripts/lib/root.sh
+source scripts/lib/root.sh
+root_or_reexec scripts/bench.sh "$@"
 for tool in ip nft iptables-nft iptables-nft-restore openssl getconf; do
   command -v "$tool" >/dev/null || { echo "bench.sh: missing $tool (scripts/install-deps.sh)" >&2; exit 1; }
 done

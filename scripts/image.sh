@@ -17,6 +17,9 @@
 # Progress goes to stderr; the tag, digest and sizes to stdout. daemonset/Containerfile builds
 # the same image with an engine, from the same daemonset/image/ files.
 set -euo pipefail
+# shellcheck source=scripts/lib/root.sh
+source "$(dirname "$0")/lib/root.sh"
+root_or_reexec "$0" "$@"
 OCI_NAME=image.sh
 # shellcheck source=scripts/lib/oci.sh
 source "$(dirname "$0")/lib/oci.sh"

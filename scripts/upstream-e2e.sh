@@ -10,6 +10,9 @@
 # Focus and skips: integration/upstream-e2e/README.md says why each skip is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/root.sh
+source scripts/lib/root.sh
+root_or_reexec scripts/upstream-e2e.sh "$@"
 focus='\[sig-network\] (Services|Conntrack|Networking)'
 skip='\[Serial\]|\[Disruptive\]|\[Slow\]|\[Flaky\]|\[Feature:[^]]+\]|SCTP|IPv6|DualStack|HealthCheckNodePort correctly when ExternalTrafficPolicy changes'
 procs=3

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::model::IpFamily;
+use crate::model::{IpFamily, NodeInfo};
 use crate::rules::Match;
 use crate::rules::rule::Addr;
 
@@ -29,6 +29,12 @@ pub enum ConfigError {
     /// A `--cluster-cidr` value is not a CIDR.
     #[error("--cluster-cidr {value:?} is not a CIDR (such as 10.244.0.0/16): {reason}")]
     ClusterCidr { value: String, reason: String },
+    /// `--detect-local-mode=BridgeInterface` or `InterfaceNamePrefix` without its interface.
+    #[error("--detect-local-mode={mode} needs a non-empty {flag}")]
+    EmptyInterface {
+        mode: &'static str,
+        flag: &'static str,
+    },
     /// A `--cluster-cidr=$(VAR)` the kubelet left unexpanded: the variable is not set.
     #[error(
         "--cluster-cidr {0:?}: the kubelet left the variable unexpanded because it is not set; \
@@ -56,13 +62,69 @@ pub fn parse_cluster_cidr(text: &str) -> Result<Option<IpNet>, ConfigError> {
         })
 }
 
+/// One `--nodeport-addresses` / `nodePortAddresses` entry: a CIDR or one of kube-proxy's
+/// keywords (`primary`: the node's primary IP of each family; `localhost`: 127.0.0.0/8 and
+/// ::1/128; `all`: 0.0.0.0/0 and ::/0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodePortAddress {
+    Cidr(IpNet),
+    Primary,
+    Localhost,
+    All,
+}
+
+impl std::str::FromStr for NodePortAddress {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "primary" => Ok(NodePortAddress::Primary),
+            "localhost" => Ok(NodePortAddress::Localhost),
+            "all" => Ok(NodePortAddress::All),
+            other => crate::model::convert::parse_cidr_sloppy(other)
+                .map(NodePortAddress::Cidr)
+                .ok_or_else(|| {
+                    format!(
+                        "{other:?} must be a valid CIDR or one of the keywords 'primary', 'localhost', 'all'"
+                    )
+                }),
+        }
+    }
+}
+
+impl NodePortAddress {
+    /// The CIDRs of the entries (keywords `localhost` and `all` expanded), and whether
+    /// `primary` is among them (resolved per sync by [`ProxyConfig::resolve_for_node`]).
+    pub fn expand(list: &[NodePortAddress]) -> (Vec<IpNet>, bool) {
+        let net = |s: &str| s.parse::<IpNet>().ok();
+        let mut nets = Vec::new();
+        let mut primary = false;
+        for entry in list {
+            match entry {
+                NodePortAddress::Cidr(n) => nets.push(*n),
+                NodePortAddress::Primary => primary = true,
+                NodePortAddress::Localhost => {
+                    nets.extend(net("127.0.0.0/8").into_iter().chain(net("::1/128")))
+                }
+                NodePortAddress::All => {
+                    nets.extend(net("0.0.0.0/0").into_iter().chain(net("::/0")))
+                }
+            }
+        }
+        (nets, primary)
+    }
+}
+
 /// How the proxy tells pod traffic from everything else (`--detect-local-mode`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LocalDetector {
     /// No detector for this family: no ClusterIP masquerade rule and no pod short-circuit.
     None,
-    /// `ClusterCIDR` / `NodeCIDR`: `-s CIDR` / `! -s CIDR`.
+    /// `ClusterCIDR`, or `NodeCIDR` once resolved: `-s CIDR` / `! -s CIDR`.
     Cidr(IpNet),
+    /// `NodeCIDR`: the first CIDR of this family in the Node's `spec.podCIDRs`, resolved by
+    /// the compiler from the snapshot's Node ([`LocalDetector::resolve`]).
+    NodeCidr,
     /// `BridgeInterface`: `-i BRIDGE` / `! -i BRIDGE`.
     Bridge(String),
     /// `InterfaceNamePrefix`: `-i PREFIX+` / `! -i PREFIX+`.
@@ -79,13 +141,23 @@ impl LocalDetector {
             .unwrap_or(LocalDetector::None)
     }
 
+    /// `NodeCidr` becomes the Node's first pod CIDR of `family` (or `None` without one, as
+    /// upstream's per-family no-op detector); every other detector is returned as it is.
+    pub fn resolve(&self, node_pod_cidrs: &[IpNet], family: IpFamily) -> Self {
+        match self {
+            LocalDetector::NodeCidr => LocalDetector::from_cidrs(node_pod_cidrs, family),
+            other => other.clone(),
+        }
+    }
+
+    /// Whether the detector produces rules (an unresolved `NodeCidr` does not).
     pub fn is_implemented(&self) -> bool {
-        !matches!(self, LocalDetector::None)
+        !matches!(self, LocalDetector::None | LocalDetector::NodeCidr)
     }
 
     fn matcher(&self, negated: bool) -> Option<Match> {
         match self {
-            LocalDetector::None => None,
+            LocalDetector::None | LocalDetector::NodeCidr => None,
             LocalDetector::Cidr(net) => Some(Match::Src {
                 negated,
                 addr: Addr::Net(*net),
@@ -109,6 +181,40 @@ impl LocalDetector {
     /// The match for "does not come from a local pod".
     pub fn if_not_local(&self) -> Option<Match> {
         self.matcher(true)
+    }
+}
+
+/// Why `--detect-local-mode=NodeCIDR` cannot tell pod traffic yet. kube-proxy waits for the
+/// Node's `spec.podCIDRs` at start (up to 5 minutes, then exits); knat writes nothing until
+/// they are there.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum NodeCidrError {
+    /// No Node with this proxy's name (the node-name check reports this on its own too).
+    #[error(
+        "--detect-local-mode=NodeCIDR: no Node named {0:?}, whose spec.podCIDRs say which sources are this node's pods"
+    )]
+    NoNode(String),
+    /// The Node exists but has no pod CIDR (not allocated yet).
+    #[error(
+        "--detect-local-mode=NodeCIDR: Node {0:?} has no spec.podCIDRs yet (the controller manager's node IPAM or the installer assigns them); no rule is written until it has"
+    )]
+    NoPodCidrs(String),
+}
+
+/// `Ok` unless `detector` is `NodeCidr` and `node` cannot resolve it (no Node, or no pod
+/// CIDR of any family: a family without one gets no detector, as upstream).
+pub fn node_cidr_ready(
+    detector: &LocalDetector,
+    node_name: &str,
+    node: Option<&NodeInfo>,
+) -> Result<(), NodeCidrError> {
+    if *detector != LocalDetector::NodeCidr {
+        return Ok(());
+    }
+    match node {
+        None => Err(NodeCidrError::NoNode(node_name.to_string())),
+        Some(n) if n.pod_cidrs.is_empty() => Err(NodeCidrError::NoPodCidrs(n.name.clone())),
+        Some(_) => Ok(()),
     }
 }
 
@@ -136,6 +242,9 @@ pub struct ProxyConfig {
     pub masquerade_bit: u8,
     /// `--nodeport-addresses` of this family; empty means every local address.
     pub nodeport_addresses: Vec<IpNet>,
+    /// `--nodeport-addresses` contains `primary`: the node's primary IP of this family is
+    /// added to `nodeport_addresses` per sync ([`ProxyConfig::resolve_for_node`]).
+    pub nodeport_primary: bool,
     /// Local interface addresses (needed only when `nodeport_addresses` is restricted).
     pub local_addresses: Vec<IpAddr>,
     /// Primary node IPs (used for the loadBalancerSourceRanges "allow from node" rules);
@@ -169,6 +278,7 @@ impl ProxyConfig {
             masquerade_all: false,
             masquerade_bit: 14,
             nodeport_addresses: Vec::new(),
+            nodeport_primary: false,
             local_addresses: Vec::new(),
             node_ips: Vec::new(),
             localhost_nodeports: true,
@@ -193,6 +303,36 @@ impl ProxyConfig {
             return Err(ConfigError::LeafSize(leaf_size));
         }
         Ok(())
+    }
+
+    /// The configuration for one sync on a node described by `node` (the snapshot's Node):
+    /// `primary` in `--nodeport-addresses` becomes the node's IP of this family as a /32 or
+    /// /128 (`--bind-address` first, then the Node's addresses, InternalIP before ExternalIP;
+    /// a loopback or missing IP adds nothing, as upstream's keyword expansion). `None` when
+    /// nothing needs resolving.
+    pub fn resolve_for_node(&self, node: Option<&crate::model::NodeInfo>) -> Option<ProxyConfig> {
+        if !self.nodeport_primary {
+            return None;
+        }
+        let family = self.family;
+        let ip = self
+            .node_ips
+            .iter()
+            .copied()
+            .find(|ip| family.contains(ip))
+            .or_else(|| {
+                node.and_then(|n| n.addresses.iter().copied().find(|ip| family.contains(ip)))
+            });
+        let mut resolved = self.clone();
+        resolved.nodeport_primary = false;
+        if let Some(ip) = ip.filter(|ip| !ip.is_loopback()) {
+            resolved.nodeport_addresses.push(IpNet::from(ip));
+            // The node's own address is local (render and diff take it from the Node object).
+            if !resolved.local_addresses.contains(&ip) {
+                resolved.local_addresses.push(ip);
+            }
+        }
+        Some(resolved)
     }
 
     /// The masquerade mark as upstream formats it (`0x00004000`).
@@ -265,6 +405,53 @@ mod tests {
         );
         let text = unexpanded.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(text.contains("ConfigMap kube-system/knat"), "{text}");
+    }
+
+    #[test]
+    fn node_cidr_resolves_from_the_node() {
+        let net = |s: &str| s.parse::<IpNet>().expect("cidr");
+        let node = |cidrs: &[&str]| NodeInfo {
+            name: "node-1".into(),
+            zone: None,
+            addresses: Vec::new(),
+            pod_cidrs: cidrs.iter().map(|c| net(c)).collect(),
+            unschedulable_for_deletion: false,
+        };
+        let dual = node(&["10.244.1.0/24", "fd00:10:244:1::/64", "10.245.1.0/24"]);
+        let d = LocalDetector::NodeCidr;
+        assert_eq!(
+            d.resolve(&dual.pod_cidrs, IpFamily::V4),
+            LocalDetector::Cidr(net("10.244.1.0/24")),
+            "the first of the family"
+        );
+        assert_eq!(
+            d.resolve(&dual.pod_cidrs, IpFamily::V6),
+            LocalDetector::Cidr(net("fd00:10:244:1::/64"))
+        );
+        let v4 = node(&["10.244.1.7/24"]);
+        assert_eq!(
+            d.resolve(&v4.pod_cidrs, IpFamily::V4),
+            LocalDetector::Cidr(net("10.244.1.0/24")),
+            "printed as the network, as Go's ParseCIDR does"
+        );
+        assert_eq!(d.resolve(&v4.pod_cidrs, IpFamily::V6), LocalDetector::None);
+        assert!(!d.is_implemented() && d.if_local().is_none());
+        let bridge = LocalDetector::Bridge("cni0".into());
+        assert_eq!(bridge.resolve(&v4.pod_cidrs, IpFamily::V4), bridge);
+
+        assert_eq!(node_cidr_ready(&d, "node-1", Some(&v4)), Ok(()));
+        assert_eq!(
+            node_cidr_ready(&d, "node-1", None),
+            Err(NodeCidrError::NoNode("node-1".into()))
+        );
+        let bare = node(&[]);
+        let err = node_cidr_ready(&d, "node-1", Some(&bare));
+        assert_eq!(err, Err(NodeCidrError::NoPodCidrs("node-1".into())));
+        assert!(
+            err.err()
+                .is_some_and(|e| e.to_string().contains("no spec.podCIDRs yet"))
+        );
+        assert_eq!(node_cidr_ready(&bridge, "node-1", None), Ok(()));
     }
 
     #[test]

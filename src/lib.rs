@@ -17,6 +17,7 @@ pub mod doctor;
 pub mod dump;
 pub mod health;
 pub mod input;
+pub mod kube_proxy_config;
 pub mod lab;
 pub mod memory;
 pub mod metrics;

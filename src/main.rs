@@ -4,7 +4,7 @@
 
 mod cli;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 // mimalloc instead of glibc malloc: compiling 10,000 services allocates and frees about a million
 // small objects, and glibc's free-list consolidation was a fifth of the time (render benchmark:
@@ -33,7 +33,7 @@ enum Command {
     /// Follow one new connection through an iptables-save dump and explain the verdict.
     Trace(cli::trace::TraceArgs),
     /// Run the proxy agent (the DaemonSet's process): watch the API (or --from-files DIR) and program iptables.
-    Run(cli::run::RunArgs),
+    Run(Box<cli::run::RunArgs>),
     /// Remove every chain and hook jump knat or kube-proxy (iptables mode) installed.
     Cleanup(cli::cleanup::CleanupArgs),
     /// Check node identity, Local-service spread and Services that cannot work; exit 1 when something is broken.
@@ -48,39 +48,86 @@ enum Command {
     /// Lab helper: connect (or send a datagram) and print the outcome as JSON lines.
     #[command(hide = true)]
     LabProbe(cli::lab::LabProbeArgs),
+    /// Lab helper: send packets conntrack classifies as INVALID (unsolicited echo replies).
+    #[command(hide = true)]
+    LabInvalid(cli::lab::LabInvalidArgs),
 }
 
-fn main() -> std::process::ExitCode {
+fn init_logging(default_filter: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         // Colour only on a terminal: logs collected from a file or a container runtime stay
         // plain text (tests and log pipelines read them as such).
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+fn fail(err: anyhow::Error) -> std::process::ExitCode {
+    eprintln!("knat: error: {err:#}");
+    std::process::ExitCode::from(2)
+}
+
+fn main() -> std::process::ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
+    let sub = |name: &str| {
+        matches
+            .subcommand_matches(name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    // `knat run` reads its --config file before logging starts: the file's verbosity (or -v)
+    // decides the log level, and an invalid file stops it before anything is touched.
+    let (cli, prepared) = match cli.command {
+        Command::Run(args) => match cli::run::prepare(*args, &sub("run")) {
+            Ok(prepared) => (None, Some(prepared)),
+            Err(err) => {
+                init_logging("info");
+                return fail(err);
+            }
+        },
+        other => (Some(other), None),
+    };
+    let verbosity = prepared.as_ref().and_then(|p| p.verbosity).unwrap_or(0);
+    init_logging(cli::kube_proxy_flags::log_filter(verbosity));
     if !knat::memory::purge_immediately() {
         tracing::debug!("mimalloc purge delay left as it is (set in the environment?)");
     }
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Demo(args) => cli::lab::demo(args),
-        Command::LabEcho(args) => cli::lab::lab_echo(args),
-        Command::LabProbe(args) => cli::lab::lab_probe(args),
-        Command::Render(args) => cli::render::run(args),
-        Command::Trace(args) => cli::trace::run(args),
-        Command::Run(args) => cli::run::run(args),
-        Command::Cleanup(args) => cli::cleanup::run(args),
-        Command::Doctor(args) => cli::doctor::run(args),
-        Command::Diff(args) => cli::diff::run(args),
-        Command::NodeSetup(args) => cli::node_setup::run(args),
+    let result = match (cli, prepared) {
+        (_, Some(prepared)) => {
+            for warning in &prepared.warnings {
+                tracing::warn!("{warning}");
+            }
+            if prepared.args.kube_proxy.cleanup {
+                cli::cleanup::run(cli::cleanup::CleanupArgs {
+                    ip_families: prepared.args.ip_families.clone(),
+                    dry_run: false,
+                })
+            } else {
+                cli::run::run(prepared.args)
+            }
+        }
+        (Some(Command::Demo(args)), None) => cli::lab::demo(args),
+        (Some(Command::LabEcho(args)), None) => cli::lab::lab_echo(args),
+        (Some(Command::LabProbe(args)), None) => cli::lab::lab_probe(args),
+        (Some(Command::LabInvalid(args)), None) => cli::lab::lab_invalid(args),
+        (Some(Command::Render(args)), None) => cli::render::run(args, &sub("render")),
+        (Some(Command::Trace(args)), None) => cli::trace::run(args),
+        (Some(Command::Cleanup(args)), None) => cli::cleanup::run(args),
+        (Some(Command::Doctor(args)), None) => cli::doctor::run(args),
+        (Some(Command::Diff(args)), None) => cli::diff::run(args, &sub("diff")),
+        (Some(Command::NodeSetup(args)), None) => cli::node_setup::run(args),
+        (Some(Command::Run(_)), None) | (None, None) => Ok(std::process::ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
-        Err(err) => {
-            eprintln!("knat: error: {err:#}");
-            std::process::ExitCode::from(2)
-        }
+        Err(err) => fail(err),
     }
 }

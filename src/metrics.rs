@@ -4,7 +4,13 @@
 //! Counters are registered without the `_total` suffix; the OpenMetrics encoder appends it, so
 //! the exposed names are exactly upstream's.
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -13,7 +19,46 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::backend::nfacct::{self, Nfacct};
 use crate::model::IpFamily;
+
+/// kube-proxy's metrics read from the nfacct counters on every scrape, as upstream's
+/// `nfacctMetricCollector` does: a counter that cannot be read (not created yet) is left out
+/// of that scrape, with a debug message.
+#[derive(Debug)]
+pub struct NfacctCollector {
+    client: Arc<Nfacct>,
+}
+
+/// (metric name without `_total`, help, nfacct counter).
+const NFACCT_METRICS: [(&str, &str, &str); 2] = [
+    (
+        "kubeproxy_iptables_ct_state_invalid_dropped_packets",
+        "packets dropped by iptables to work around conntrack problems",
+        nfacct::CT_STATE_INVALID_DROPPED,
+    ),
+    (
+        "kubeproxy_iptables_localhost_nodeports_accepted_packets",
+        "Number of packets accepted on nodeports of loopback interface",
+        nfacct::LOCALHOST_NODEPORTS_ACCEPTED,
+    ),
+];
+
+impl Collector for NfacctCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (metric, help, counter) in NFACCT_METRICS {
+            match self.client.get(counter) {
+                Ok(value) => {
+                    let sample =
+                        encoder.encode_descriptor(metric, help, None, MetricType::Counter)?;
+                    ConstCounter::new(value.packets).encode(sample)?;
+                }
+                Err(err) => tracing::debug!(%err, counter, "nfacct counter not read"),
+            }
+        }
+        Ok(())
+    }
+}
 
 /// A label set: `(name, value)` pairs with static strings.
 pub type Labels = Vec<(&'static str, &'static str)>;
@@ -226,6 +271,13 @@ impl Metrics {
             m.events.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// Exports kube-proxy's two nfacct-based counters from `client` (only when nfacct works,
+    /// as upstream registers them only then).
+    pub fn register_nfacct(&mut self, client: Arc<Nfacct>) {
+        self.registry
+            .register_collector(Box::new(NfacctCollector { client }));
     }
 
     /// The OpenMetrics text exposition.

@@ -179,3 +179,100 @@ fn parallel_compilation_renders_the_same_payload_as_one_thread() {
     assert!(one.lines().filter(|l| l.starts_with(":KUBE-SEP-")).count() > 600);
     assert_eq!(one, render(3));
 }
+
+/// `--detect-local-mode`: the two rules upstream's `syncProxyRules` writes with the detector
+/// (`IfNotLocal` in the ClusterIP masquerade rule of KUBE-SVC, `IfLocal` in the pod
+/// short-circuit of KUBE-EXT), byte for byte as `localdetector.go` spells each mode, and no
+/// other rule carries it.
+#[test]
+fn detect_local_modes_render_as_upstream() {
+    use knat::config::LocalDetector;
+    use knat::model::NodeInfo;
+    use knat::rules::{compile, render_standalone};
+
+    const SVC: &str = r#"-A KUBE-SVC-XRY76EGRC3BSCIIJ -m comment --comment "demo/web:http cluster IP" -m tcp -p tcp -d 10.96.0.10 --dport 80"#;
+    const EXT: &str = r#"-A KUBE-EXT-XRY76EGRC3BSCIIJ -m comment --comment "pod traffic for demo/web:http external destinations""#;
+    let cases = [
+        (
+            LocalDetector::Cidr("10.244.0.0/16".parse().expect("cidr")),
+            "! -s 10.244.0.0/16",
+            "-s 10.244.0.0/16",
+        ),
+        (
+            LocalDetector::NodeCidr,
+            "! -s 10.244.1.0/24",
+            "-s 10.244.1.0/24",
+        ),
+        (LocalDetector::Bridge("cni0".into()), "! -i cni0", "-i cni0"),
+        (
+            LocalDetector::InterfacePrefix("veth".into()),
+            "! -i veth+",
+            "-i veth+",
+        ),
+    ];
+    for (detector, not_local, local) in cases {
+        let (mut snapshot, cfg) =
+            common::load_fixture("worked-example.yaml", "node-1", IpFamily::V4, |c| {
+                c.local_detector = detector.clone()
+            });
+        snapshot.node = Some(NodeInfo {
+            name: "node-1".into(),
+            zone: None,
+            addresses: vec!["192.168.0.2".parse().expect("ip")],
+            pod_cidrs: vec![
+                "10.244.1.0/24".parse().expect("cidr"),
+                "fd00:10:244:1::/64".parse().expect("cidr"),
+            ],
+            unschedulable_for_deletion: false,
+        });
+        let payload = render_standalone(&compile(&snapshot, &cfg).rules);
+        let lines: Vec<&str> = payload.lines().collect();
+        let masq = format!("{SVC} {not_local} -j KUBE-MARK-MASQ");
+        let short = format!("{EXT} {local} -j KUBE-SVC-XRY76EGRC3BSCIIJ");
+        for rule in [&masq, &short] {
+            assert!(
+                lines.contains(&rule.as_str()),
+                "{detector:?}: missing\n{rule}\nin\n{payload}"
+            );
+        }
+        let with_detector: Vec<&&str> = lines
+            .iter()
+            .filter(|l| l.contains(&format!(" {local} ")))
+            .collect();
+        assert_eq!(
+            with_detector.len(),
+            2,
+            "{detector:?}: only the two rules carry the detector: {with_detector:#?}"
+        );
+    }
+}
+
+/// Without a pod CIDR of the family (NodeCIDR on an IPv4-only Node, rendering IPv6), the
+/// detector is upstream's no-op one: no ClusterIP masquerade rule, no pod short-circuit.
+#[test]
+fn node_cidr_without_a_cidr_of_the_family_writes_neither_rule() {
+    use knat::config::LocalDetector;
+    use knat::model::NodeInfo;
+    use knat::rules::{compile, render_standalone};
+
+    let (mut snapshot, cfg) = common::load_fixture("mixed.yaml", "node-1", IpFamily::V6, |c| {
+        c.local_detector = LocalDetector::NodeCidr
+    });
+    snapshot.node = Some(NodeInfo {
+        name: "node-1".into(),
+        zone: None,
+        addresses: Vec::new(),
+        pod_cidrs: vec!["10.244.1.0/24".parse().expect("cidr")],
+        unschedulable_for_deletion: false,
+    });
+    let payload = render_standalone(&compile(&snapshot, &cfg).rules);
+    assert!(payload.contains("-A KUBE-SVC-"), "{payload}");
+    assert!(
+        !payload
+            .lines()
+            .any(|l| l.starts_with("-A KUBE-SVC-") && l.contains("-j KUBE-MARK-MASQ")),
+        "{payload}"
+    );
+    assert!(!payload.contains("pod traffic for"), "{payload}");
+    assert!(!payload.contains(" -s 10.244."), "{payload}");
+}

@@ -31,6 +31,9 @@
 # image is cached under /var/cache/knat-e2e/images/<name>-<hash of its inputs> and rebuilt only
 # when those inputs change; each is read back and run with runc once, when it is built.
 set -euo pipefail
+# shellcheck source=scripts/lib/root.sh
+source "$(dirname "$0")/../../scripts/lib/root.sh"
+root_or_reexec "$0" "$@"
 OCI_NAME=images
 # shellcheck source=scripts/lib/oci.sh
 source "$(dirname "$0")/../../scripts/lib/oci.sh"

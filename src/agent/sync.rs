@@ -25,8 +25,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::index::{Readiness, SourceState};
+use super::node_cidr::NodeCidrGate;
 use super::node_identity::{NameSource, NodeCheck, missing_message};
 use crate::backend::conntrack::Conntrack;
+use crate::backend::nfacct::Nfacct;
 use crate::backend::{BackendError, ChainListing, Iptables, canary_payload, command_timeout};
 use crate::config::ProxyConfig;
 use crate::health::{ProxyHealth, ServiceHealthServers};
@@ -263,6 +265,8 @@ pub struct FamilySync {
     /// Recompiles only Services whose object or slices changed since the last sync.
     compiler: IncrementalCompiler,
     last_udp: Option<Vec<UdpServicePort>>,
+    /// The nfacct counters' client (None: nfacct unavailable or turned off).
+    nfacct: Option<Arc<Nfacct>>,
 }
 
 impl FamilySync {
@@ -275,7 +279,38 @@ impl FamilySync {
             applied: AppliedState::default(),
             compiler: IncrementalCompiler::default(),
             last_udp: None,
+            nfacct: None,
         }
+    }
+
+    /// Creates the nfacct counters on every full sync (as upstream does) and writes the
+    /// `-m nfacct` clauses while they exist.
+    pub fn with_nfacct(mut self, client: Option<Arc<Nfacct>>) -> Self {
+        self.cfg.nfacct = client.is_some();
+        self.nfacct = client;
+        self
+    }
+
+    /// Full syncs: (re)creates the counters; the clauses follow whether that worked.
+    fn ensure_nfacct(&mut self) {
+        let Some(client) = &self.nfacct else {
+            return;
+        };
+        let ok = match client.ensure_counters() {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::error!(%err, "cannot create the nfacct counters; rules without -m nfacct clauses until a full sync succeeds in creating them");
+                false
+            }
+        };
+        if ok != self.cfg.nfacct {
+            tracing::info!(
+                family = self.cfg.family.label(),
+                nfacct = ok,
+                "nfacct clauses changed"
+            );
+        }
+        self.cfg.nfacct = ok;
     }
 
     /// One sync of this family. On error the applied state is unchanged unless the restore
@@ -297,8 +332,12 @@ impl FamilySync {
         if full {
             // Full syncs write every chain; the cached ones keep digests only.
             self.compiler.forget();
+            self.ensure_nfacct();
         }
-        let mut compiled = self.compiler.compile(snapshot, &self.cfg);
+        // `--nodeport-addresses primary` follows the Node's IP of this family.
+        let resolved = self.cfg.resolve_for_node(snapshot.node.as_ref());
+        let cfg = resolved.as_ref().unwrap_or(&self.cfg);
+        let mut compiled = self.compiler.compile(snapshot, cfg);
         lap(&mut phases.compile);
         let listing = if full {
             // The canary chains are written by the restore itself (see `canary_payload`).
@@ -555,6 +594,10 @@ impl SyncLoop {
         let mut alarm_at = Instant::now();
         let mut last_readiness = None;
         let mut synced_once = false;
+        let mut node_cidr = NodeCidrGate::new(
+            self.families.iter().map(|f| &f.cfg.local_detector),
+            sync_period,
+        );
         loop {
             let now = Instant::now();
             let (readiness, node_missing) = {
@@ -583,8 +626,23 @@ impl SyncLoop {
                 }
                 last_readiness = Some(readiness);
             }
+            // --detect-local-mode=NodeCIDR: nothing is written before the Node's podCIDRs.
+            let cidrs_known = match node_cidr.as_mut() {
+                Some(gate) if readiness == Readiness::Ready => {
+                    let state = self.source.borrow();
+                    NodeCidrGate::report(&gate.check(
+                        &state.node_name,
+                        state.snapshot.node.as_ref(),
+                        now,
+                    ))
+                }
+                _ => true,
+            };
             let mut deadline = None;
-            match self.scheduler.decide(now, readiness == Readiness::Ready) {
+            match self
+                .scheduler
+                .decide(now, readiness == Readiness::Ready && cidrs_known)
+            {
                 Decision::Sync(kind) => {
                     self.scheduler.started(now);
                     let (snapshot, triggers) = {

@@ -20,6 +20,8 @@
 //! payload) is pure and unit-tested here.
 
 pub mod conntrack;
+pub mod nfacct;
+pub mod random_fully;
 
 use std::collections::HashSet;
 use std::process::Stdio;
@@ -29,6 +31,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
+use crate::dump::words::{TokenError, split};
 use crate::model::IpFamily;
 use crate::rules::rule::Hook;
 use crate::rules::{ChainName, ChainOrder, TableName, Target};
@@ -338,7 +341,12 @@ impl Iptables {
     pub async fn ensure_hooks(&self, hooks: &[&Hook]) -> Result<usize, BackendError> {
         let mut inserted = 0;
         for hook in hooks.iter().rev() {
-            let rule_args = split_args(&hook.rule.to_string());
+            let rendered = hook.rule.to_string();
+            let rule_args = split_args(&rendered).map_err(|e| BackendError::Command {
+                command: format!("iptables -C {} {rendered}", hook.chain.as_str()),
+                status: "not run".into(),
+                stderr: format!("the hook rule does not split into arguments: {e}"),
+            })?;
             let rule: Vec<&str> = rule_args.iter().map(String::as_str).collect();
             let mut check = vec!["-t", hook.table.as_str(), "-C", hook.chain.as_str()];
             check.extend(&rule);
@@ -569,44 +577,17 @@ pub fn line_context(payload: &str, line: usize, around: usize) -> String {
         .join("\n")
 }
 
-/// Splits a rendered rule into arguments: whitespace-separated, double quotes group words
-/// (the only quoting knat's renderer and iptables-save produce).
-pub fn split_args(text: &str) -> Vec<String> {
-    let mut args = Vec::new();
-    let mut current = String::new();
-    let mut in_quotes = false;
-    let mut has_token = false;
-    let mut chars = text.chars();
-    while let Some(ch) = chars.next() {
-        match ch {
-            '"' => {
-                in_quotes = !in_quotes;
-                has_token = true;
-            }
-            '\\' if in_quotes => {
-                if let Some(next) = chars.next() {
-                    current.push(next);
-                }
-            }
-            c if c.is_whitespace() && !in_quotes => {
-                if has_token {
-                    args.push(std::mem::take(&mut current));
-                    has_token = false;
-                }
-            }
-            c => {
-                current.push(c);
-                has_token = true;
-            }
-        }
-    }
-    if has_token {
-        args.push(current);
-    }
-    args
+/// A rendered rule or an `iptables-save` rule line split into arguments as iptables-restore
+/// splits it (the one tokenizer, [`crate::dump::words::split`]).
+pub fn split_args(text: &str) -> Result<Vec<String>, TokenError> {
+    Ok(split(text)?.into_iter().map(|word| word.text).collect())
 }
 
 /// `(table, chain)` for every chain declared in `iptables-save` output (builtins included).
+///
+/// A scan of the `*table` and `:chain` lines only, not a second parser: the agent's chain
+/// listing needs no rule, and [`crate::dump::parse`] would tokenize and type every one of them
+/// (a hundred thousand at 10,000 Services) on each full sync.
 pub fn saved_chains(text: &str) -> Vec<(String, String)> {
     let mut table = String::new();
     let mut out = Vec::new();
@@ -788,7 +769,8 @@ pub fn cleanup_payload(save: &str) -> String {
             let Some(rule) = line.strip_prefix("-A ") else {
                 continue;
             };
-            let args = split_args(rule);
+            // A line iptables-save printed always splits; one that does not is not touched.
+            let Ok(args) = split_args(rule) else { continue };
             let Some(chain) = args.first() else { continue };
             if owned.contains(chain) {
                 continue;
@@ -933,7 +915,8 @@ mod tests {
     #[test]
     fn split_args_handles_quotes() {
         assert_eq!(
-            split_args("-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"),
+            split_args("-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES")
+                .unwrap(),
             vec![
                 "-m",
                 "comment",
@@ -944,10 +927,11 @@ mod tests {
             ]
         );
         assert_eq!(
-            split_args("-m comment --comment \"\" -j X"),
+            split_args("-m comment --comment \"\" -j X").unwrap(),
             vec!["-m", "comment", "--comment", "", "-j", "X"]
         );
-        assert_eq!(split_args("  "), Vec::<String>::new());
+        assert_eq!(split_args("  ").unwrap(), Vec::<String>::new());
+        assert!(split_args("-m comment --comment \"unterminated").is_err());
     }
 
     #[test]

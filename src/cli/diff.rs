@@ -107,7 +107,8 @@ async fn save_live(family: IpFamily, backend: BackendArg) -> anyhow::Result<Stri
     Ok(text)
 }
 
-pub fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
+pub fn run(mut args: DiffArgs, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
+    args.rules.load_file(matches)?;
     let sources = read_sources(&args.files)?;
     let loaded = input::load(&sources, &args.node_name)?;
     for note in loaded
@@ -125,6 +126,11 @@ pub fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
     for (family_arg, dump) in args.targets() {
         let cfg = args.render_args(family_arg).config()?;
         let family = cfg.family;
+        knat::config::node_cidr_ready(
+            &cfg.local_detector,
+            &cfg.node_name,
+            loaded.snapshot.node.as_ref(),
+        )?;
         let (text, what) = match dump {
             Some(path) => (
                 std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?,
@@ -136,6 +142,9 @@ pub fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
             ),
         };
         let live = parse(&text).with_context(|| format!("parsing {what}"))?;
+        let cfg = cfg
+            .resolve_for_node(loaded.snapshot.node.as_ref())
+            .unwrap_or(cfg);
         let compiled = compile(&loaded.snapshot, &cfg);
         let desired = diff::desired_dump(&compiled.rules)?;
         let owners = diff::owner_names(&compiled.chain_owners());

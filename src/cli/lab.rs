@@ -1,4 +1,4 @@
-//! `knat demo` and the hidden lab helpers (`lab-echo`, `lab-probe`) that run inside the
+//! `knat demo` and the hidden lab helpers (`lab-echo`, `lab-probe`, `lab-invalid`) that run inside the
 //! network namespaces of the demo and of the real-kernel tests.
 
 use std::process::ExitCode;
@@ -39,6 +39,15 @@ pub struct LabProbeArgs {
     pub count: u32,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct LabInvalidArgs {
+    /// Where to send unsolicited ICMP echo replies (conntrack: INVALID).
+    #[arg(long)]
+    pub to: std::net::IpAddr,
+    #[arg(long, default_value_t = 1)]
+    pub count: u16,
+}
+
 pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe()?;
     let report = knat::lab::run_demo(&exe, args.backend, &mut std::io::stdout().lock())?;
@@ -67,5 +76,10 @@ pub fn lab_probe(args: LabProbeArgs) -> anyhow::Result<ExitCode> {
         count: args.count,
     };
     knat::lab::run_probe(&args, &mut std::io::stdout().lock())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn lab_invalid(args: LabInvalidArgs) -> anyhow::Result<ExitCode> {
+    knat::lab::invalid::send_unsolicited_echo_replies(args.to, args.count)?;
     Ok(ExitCode::SUCCESS)
 }

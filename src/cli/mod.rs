@@ -4,6 +4,7 @@ pub mod cleanup;
 pub mod common;
 pub mod diff;
 pub mod doctor;
+pub mod kube_proxy_flags;
 pub mod lab;
 pub mod node_setup;
 pub mod render;

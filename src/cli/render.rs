@@ -44,7 +44,8 @@ impl RenderArgs {
     }
 }
 
-pub fn run(args: RenderArgs) -> anyhow::Result<ExitCode> {
+pub fn run(mut args: RenderArgs, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
+    args.rules.load_file(matches)?;
     let cfg = args.config()?;
     let sources = read_sources(&args.files)?;
     let loaded = input::load(&sources, &cfg.node_name)?;
@@ -62,6 +63,14 @@ pub fn run(args: RenderArgs) -> anyhow::Result<ExitCode> {
             loaded.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
         );
     }
+    knat::config::node_cidr_ready(
+        &cfg.local_detector,
+        &cfg.node_name,
+        loaded.snapshot.node.as_ref(),
+    )?;
+    let cfg = cfg
+        .resolve_for_node(loaded.snapshot.node.as_ref())
+        .unwrap_or(cfg);
     let compiled = compile(&loaded.snapshot, &cfg);
     super::common::emit(&render_standalone(&compiled.rules))?;
     Ok(ExitCode::SUCCESS)

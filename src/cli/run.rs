@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use knat::agent::index::SourceState;
-use knat::agent::localnet;
 use knat::agent::node_event::{self, PodRefError};
 use knat::agent::node_identity::{self, MISSING_NODE_FIX, NameSource};
 use knat::agent::sync::{FamilySync, Scheduler, SyncLoop, Timing};
+use knat::agent::{capabilities, localnet};
 use knat::agent::{files, watch as kwatch};
 use knat::backend::{self, Iptables, Mode};
 use knat::config::ProxyConfig;
@@ -19,7 +19,10 @@ use knat::health::{self, AdminState, ProxyHealth, ServiceHealthServers};
 use knat::metrics::Metrics;
 use knat::model::IpFamily;
 
+use knat::kube_proxy_config::settings::{HEALTHZ_PORT, METRICS_PORT};
+
 use super::common::{FamilyArg, RuleFlags};
+use super::kube_proxy_flags::{self, KubeProxyFlags};
 
 /// `--iptables-backend` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -30,41 +33,21 @@ pub enum BackendArg {
     Legacy,
 }
 
-/// Parses Go-style durations: `500ms`, `1s`, `30s`, `1m`, `1h`, `1m30s`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let (num, tail) = rest.split_at(digits);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {text:?}"))?;
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let secs = match unit {
-            "ms" => value / 1000.0,
-            "s" => value,
-            "m" => value * 60.0,
-            "h" => value * 3600.0,
-            _ => {
-                return Err(format!(
-                    "invalid duration {text:?}: unit must be ms, s, m or h"
-                ));
-            }
-        };
-        total += Duration::from_secs_f64(secs);
-        rest = tail;
-    }
-    Ok(total)
+fn duration(text: &str) -> Result<Duration, String> {
+    knat::kube_proxy_config::duration::parse_duration(text)
+}
+
+fn healthz_address(text: &str) -> Result<SocketAddr, String> {
+    knat::kube_proxy_config::settings::parse_bind_address(text, HEALTHZ_PORT)
+}
+
+fn metrics_address(text: &str) -> Result<SocketAddr, String> {
+    knat::kube_proxy_config::settings::parse_bind_address(text, METRICS_PORT)
+}
+
+fn node_ip(text: &str) -> Result<IpAddr, String> {
+    knat::model::convert::parse_ip_sloppy(text)
+        .ok_or_else(|| format!("{text:?} is not a valid IP address"))
 }
 
 #[derive(clap::Args, Debug)]
@@ -82,28 +65,32 @@ pub struct RunArgs {
     #[command(flatten)]
     pub rules: RuleFlags,
     /// Minimum interval between two syncs (start to start; a burst of 2 is allowed).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = duration)]
     pub iptables_min_sync_period: Duration,
     /// Canary poll interval, maximum retry backoff; health times out after twice this.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = duration)]
     pub iptables_sync_period: Duration,
-    /// The bit of the packet mark used for masquerading.
-    #[arg(long, default_value_t = 14)]
-    pub iptables_masquerade_bit: u8,
-    /// Address of the /healthz and /livez server.
-    #[arg(long, default_value = "0.0.0.0:10256")]
+    /// Address of the /healthz and /livez server (IP:PORT, or IP for port 10256).
+    #[arg(long, default_value = "0.0.0.0:10256", value_parser = healthz_address)]
     pub healthz_bind_address: SocketAddr,
-    /// Address of the /metrics server.
-    #[arg(long, default_value = "127.0.0.1:10249")]
+    /// Address of the /metrics server (IP:PORT, or IP for port 10249).
+    #[arg(long, default_value = "127.0.0.1:10249", value_parser = metrics_address)]
     pub metrics_bind_address: SocketAddr,
+    /// The node's primary IP (kube-proxy's --bind-address: nothing is bound to it): used for
+    /// `--nodeport-addresses primary` and the load-balancer source-range rules of its family.
+    /// 0.0.0.0 or :: (the default) means the Node object's addresses.
+    #[arg(long, value_parser = node_ip)]
+    pub bind_address: Option<IpAddr>,
     #[arg(long, value_enum, default_value = "auto")]
     pub iptables_backend: BackendArg,
     /// IP families to program (default: IPv4, plus IPv6 when the host has it).
     #[arg(long = "ip-families", value_enum, value_delimiter = ',')]
     pub ip_families: Vec<FamilyArg>,
     /// How often --from-files polls the directory.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = duration)]
     pub files_poll_interval: Duration,
+    #[command(flatten)]
+    pub kube_proxy: KubeProxyFlags,
 }
 
 fn ipv6_available() -> bool {
@@ -157,8 +144,12 @@ impl RunArgs {
     ) -> anyhow::Result<ProxyConfig> {
         let mut cfg = self.rules.config(node_name, family)?;
         cfg.localhost_nodeports &= localnet_ok;
-        cfg.masquerade_bit = self.iptables_masquerade_bit;
-        if !cfg.nodeports_match_all() {
+        if let Some(ip) = self.bind_address.filter(|ip| !ip.is_unspecified())
+            && family.contains(&ip)
+        {
+            cfg.node_ips = vec![ip];
+        }
+        if !cfg.nodeports_match_all() || cfg.nodeport_primary {
             cfg.local_addresses = local_addresses(family);
         }
         cfg.validate()?;
@@ -187,6 +178,111 @@ fn localhost_nodeports_check(
         tracing::warn!("{}", state.message());
     }
     Ok(state.usable())
+}
+
+/// The arguments (ids) of flags that a `--config` file also sets.
+const FILE_FIELD_FLAGS: &[&str] = &[
+    "cluster_cidrs",
+    "detect_local_mode",
+    "pod_bridge_interface",
+    "pod_interface_name_prefix",
+    "masquerade_all",
+    "iptables_masquerade_bit",
+    "nodeport_addresses",
+    "localhost_nodeports",
+    "kubeconfig",
+    "iptables_min_sync_period",
+    "iptables_sync_period",
+    "healthz_bind_address",
+    "metrics_bind_address",
+    "bind_address",
+    "feature_gates",
+];
+
+/// `knat run`'s arguments with the `--config` file applied and kube-proxy's flags checked:
+/// ready to run, nothing touched yet.
+#[derive(Debug)]
+pub struct Prepared {
+    pub args: RunArgs,
+    /// To log once logging is set up.
+    pub warnings: Vec<String>,
+    /// `-v`, else the file's `logging.verbosity`.
+    pub verbosity: Option<u32>,
+}
+
+/// Applies the `--config` file (a flag given on the command line wins) and validates what
+/// kube-proxy validates. Any error here stops `knat run` before iptables is touched.
+pub fn prepare(mut args: RunArgs, matches: &clap::ArgMatches) -> anyhow::Result<Prepared> {
+    args.kube_proxy.refused()?;
+    let mut warnings = Vec::new();
+    let flag_gates = args.kube_proxy.gates()?;
+    kube_proxy_flags::check_flag_gates(&flag_gates, &mut warnings)?;
+    let mut verbosity = args.kube_proxy.verbosity;
+    if let Some(path) = args.rules.config_file.clone() {
+        let loaded = knat::kube_proxy_config::load(&path)?;
+        warnings.extend(
+            loaded
+                .warnings
+                .iter()
+                .map(|w| format!("{}: {}", path.display(), w.message)),
+        );
+        let file = &loaded.settings;
+        args.rules.apply_file(file, matches);
+        let from_file = |id: &str| !kube_proxy_flags::explicit(matches, id);
+        if from_file("hostname_override") && file.hostname_override.is_some() {
+            args.hostname_override = file.hostname_override.clone();
+        }
+        if from_file("kubeconfig") && args.from_files.is_none() && file.kubeconfig.is_some() {
+            args.kubeconfig = file.kubeconfig.clone();
+        }
+        if from_file("iptables_min_sync_period") {
+            args.iptables_min_sync_period = file.min_sync_period;
+        }
+        if from_file("iptables_sync_period") {
+            args.iptables_sync_period = file.sync_period;
+        }
+        if from_file("healthz_bind_address") {
+            args.healthz_bind_address = file.healthz_bind_address;
+        }
+        if from_file("metrics_bind_address") {
+            args.metrics_bind_address = file.metrics_bind_address;
+        }
+        if from_file("bind_address") {
+            args.bind_address = Some(file.bind_address);
+        }
+        if verbosity.is_none() {
+            verbosity = Some(file.verbosity);
+        }
+        // kube-proxy ignores these flags when --config is given; knat lets them win.
+        let overriding: Vec<String> = FILE_FIELD_FLAGS
+            .iter()
+            .filter(|id| kube_proxy_flags::explicit(matches, id))
+            .map(|id| format!("--{}", id.replace('_', "-")))
+            .collect();
+        if !overriding.is_empty() {
+            warnings.push(format!(
+                "flags given on the command line override {}: {} (kube-proxy would ignore them and use the file)",
+                path.display(),
+                overriding.join(" ")
+            ));
+        }
+    }
+    if args.iptables_sync_period.is_zero() {
+        anyhow::bail!("--iptables-sync-period: invalid value 0s: must be greater than 0");
+    }
+    if args.iptables_min_sync_period > args.iptables_sync_period {
+        anyhow::bail!(
+            "--iptables-sync-period: invalid value {:?}: must be greater than or equal to --iptables-min-sync-period ({:?})",
+            args.iptables_sync_period,
+            args.iptables_min_sync_period
+        );
+    }
+    warnings.extend(args.kube_proxy.warnings());
+    Ok(Prepared {
+        args,
+        warnings,
+        verbosity,
+    })
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -243,16 +339,28 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
             mode
         }
     };
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    let nfacct = capabilities::nfacct_client(args.rules.nfacct)?;
+    if let Some(client) = &nfacct {
+        metrics.register_nfacct(client.clone());
+    }
+    let metrics = Arc::new(metrics);
     let localnet_ok = localhost_nodeports_check(&args, &node_name, &families)?;
     let mut family_syncs = Vec::new();
     let mut localhost = false;
     for family in &families {
-        let cfg = args.config(&node_name, *family, localnet_ok)?;
+        let mut cfg = args.config(&node_name, *family, localnet_ok)?;
         localhost |= cfg.localhost_nodeports_effective();
         let ipt = Iptables::new(*family, mode);
-        tracing::info!(family = family.label(), restore = %ipt.bins.restore, "programming family");
-        family_syncs.push(FamilySync::new(cfg, ipt));
+        cfg.random_fully = capabilities::random_fully(args.rules.random_fully, &ipt).await;
+        tracing::info!(family = family.label(), restore = %ipt.bins.restore, local_detector = ?cfg.local_detector, "programming family");
+        if cfg.local_detector == knat::config::LocalDetector::None {
+            tracing::info!(
+                family = family.label(),
+                "--detect-local-mode=ClusterCIDR but no --cluster-cidr of this family: pod traffic cannot be told apart (no ClusterIP masquerade rule, no pod short-circuit for Local services)"
+            );
+        }
+        family_syncs.push(FamilySync::new(cfg, ipt).with_nfacct(nfacct.clone()));
     }
     metrics.localhost_nodeports.set(i64::from(localhost));
     let health = Arc::new(Mutex::new(ProxyHealth::new(
@@ -303,15 +411,20 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     // Health-check node ports listen on the wildcard, or on the local addresses allowed by
     // --nodeport-addresses.
-    let hc_addresses: Vec<IpAddr> = if args.rules.nodeport_addresses.is_empty() {
-        Vec::new()
-    } else {
-        families
-            .iter()
-            .flat_map(|f| local_addresses(*f))
-            .filter(|ip| args.rules.nodeport_addresses.iter().any(|n| n.contains(ip)))
-            .collect()
-    };
+    // With `primary` alone the Node's IP is not known yet: the wildcard (or --bind-address).
+    let (hc_nets, hc_primary) =
+        knat::config::NodePortAddress::expand(&args.rules.nodeport_addresses);
+    let mut hc_addresses: Vec<IpAddr> = families
+        .iter()
+        .flat_map(|f| local_addresses(*f))
+        .filter(|ip| hc_nets.iter().any(|n| n.contains(ip)))
+        .collect();
+    if hc_primary && let Some(ip) = args.bind_address.filter(|ip| !ip.is_unspecified()) {
+        hc_addresses.push(ip);
+    }
+    if hc_nets.is_empty() && (!hc_primary || hc_addresses.is_empty()) {
+        hc_addresses.clear();
+    }
     let sync_loop = SyncLoop {
         families: family_syncs,
         scheduler: Scheduler::new(Timing::new(
@@ -366,20 +479,5 @@ fn node_events(
             tracing::warn!("{err}");
             None
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn go_durations() {
-        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("10").is_err());
     }
 }

@@ -7,12 +7,35 @@
 use std::net::IpAddr;
 
 use super::matches::{Direction, Match, Recent, RecentMode, StatisticMode};
-use super::rule::Opt;
 use super::target::{DEFAULT_REJECTS, Target};
 use super::values::{
     ValueError, parse_ctstates, parse_mark, parse_nat_addr, parse_port_list, parse_port_range,
     parse_probability, parse_u32,
 };
+
+/// One option given to an extension, with its arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opt {
+    /// Preceded by `!`.
+    pub negated: bool,
+    /// The option, e.g. `--dport`.
+    pub name: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+}
+
+impl Opt {
+    /// The option as words again (`!`, name, arguments).
+    pub fn words(&self) -> Vec<String> {
+        let mut w = Vec::with_capacity(self.args.len() + 2);
+        if self.negated {
+            w.push("!".to_string());
+        }
+        w.push(self.name.clone());
+        w.extend(self.args.iter().cloned());
+        w
+    }
+}
 
 /// How many arguments option `opt` of match module `module` takes, if the module is known and
 /// knows the option.

@@ -1,5 +1,8 @@
 //! The in-memory model of a ruleset: tables of chains of rules, as `iptables-save` shows them.
 //!
+//! The reader's model of any dump; the compiler writes with its own, smaller one
+//! (`crate::rules::rule`, whose header says why there are two).
+//!
 //! Equality is semantic: two rules are equal when their typed matches, target and unknown parts
 //! are equal, whatever their line numbers and spelling (so knat's restore input and the
 //! `iptables-save` output of the same ruleset compare equal).

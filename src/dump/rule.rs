@@ -9,7 +9,7 @@
 use thiserror::Error;
 
 use super::extensions::{
-    build_match, build_target, is_known_module, is_target_extension, is_typed_target,
+    Opt, build_match, build_target, is_known_module, is_target_extension, is_typed_target,
     match_option_arity, target_option_arity,
 };
 use super::matches::{Match, canonical_sort};
@@ -36,30 +36,6 @@ pub enum RuleError {
     /// A value iptables would refuse. Not retryable: the rule is malformed.
     #[error(transparent)]
     Value(#[from] ValueError),
-}
-
-/// One option given to an extension, with its arguments.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Opt {
-    /// Preceded by `!`.
-    pub negated: bool,
-    /// The option, e.g. `--dport`.
-    pub name: String,
-    /// Its arguments.
-    pub args: Vec<String>,
-}
-
-impl Opt {
-    /// The option as words again (`!`, name, arguments).
-    pub fn words(&self) -> Vec<String> {
-        let mut w = Vec::with_capacity(self.args.len() + 2);
-        if self.negated {
-            w.push("!".to_string());
-        }
-        w.push(self.name.clone());
-        w.extend(self.args.iter().cloned());
-        w
-    }
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //!  client-1 ──┐            fabric namespace: bridge br0 (192.168.77.1, fd00:77::1)
-//!  client-2 ──┼── br0 ──┬── node-1 ──┬── pod web-1      (veth per pod, routed, no bridge)
+//!  client-2 ──┼── br0 ──┬── node-1 ──┬── pod web-1      (veth per pod, routed, no bridge;
+//!             │         │            │                  or a bridge: [`PodLinks`])
 //!             │         │            └── pod web-2
 //!             │         └── node-2 ───── pod api-1
 //! ```
@@ -32,6 +33,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::LabError;
+use super::backend::Backend;
 use super::echo::{ProbeResult, READY_LINE, parse_probe_output};
 use super::scenario::{Family, Proto, Role, Scenario, TARGET_PORT};
 use super::sys::{Reaper, describe, in_netns, run};
@@ -44,75 +46,29 @@ const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// dropped connection costs about a second.
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
 
-/// Which iptables backend programs the nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Backend {
-    /// `iptables-nft-restore` (nf_tables).
-    Nft,
-    /// `iptables-legacy-restore` (x_tables).
-    Legacy,
-}
-
-impl Backend {
-    /// Both backends.
-    pub const ALL: [Backend; 2] = [Backend::Nft, Backend::Legacy];
-
-    /// The restore binary of a family, called by its explicit name (never through
-    /// `update-alternatives`).
-    pub fn restore(self, family: Family) -> &'static str {
-        match (self, family) {
-            (Backend::Nft, Family::V4) => "iptables-nft-restore",
-            (Backend::Nft, Family::V6) => "ip6tables-nft-restore",
-            (Backend::Legacy, Family::V4) => "iptables-legacy-restore",
-            (Backend::Legacy, Family::V6) => "ip6tables-legacy-restore",
-        }
-    }
-
-    /// The save binary of a family.
-    pub fn save(self, family: Family) -> &'static str {
-        match (self, family) {
-            (Backend::Nft, Family::V4) => "iptables-nft-save",
-            (Backend::Nft, Family::V6) => "ip6tables-nft-save",
-            (Backend::Legacy, Family::V4) => "iptables-legacy-save",
-            (Backend::Legacy, Family::V6) => "ip6tables-legacy-save",
-        }
-    }
-
-    /// Extra arguments for restore: legacy takes the global xtables lock, so wait for it.
-    fn restore_args(self) -> &'static [&'static str] {
-        match self {
-            Backend::Nft => &[],
-            Backend::Legacy => &["-w", "10"],
-        }
-    }
-
-    /// `nft` or `legacy`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Nft => "nft",
-            Backend::Legacy => "legacy",
-        }
-    }
-}
-
-impl std::str::FromStr for Backend {
-    type Err = LabError;
-
-    /// Parses `nft` or `legacy` (so a CLI can take `--backend nft|legacy`).
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "nft" => Ok(Backend::Nft),
-            "legacy" => Ok(Backend::Legacy),
-            other => Err(LabError::Usage(format!(
-                "unknown iptables backend {other:?}: use nft or legacy"
-            ))),
-        }
-    }
-}
-
 impl std::fmt::Display for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// How a node's pods are attached to it (what `--detect-local-mode` interface modes see).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodLinks {
+    /// One routed veth per pod, named `<prefix>1`, `<prefix>2`, ... on the node, no bridge;
+    /// the node holds its gateway address on each (the default, prefix `vp`).
+    Routed { prefix: String },
+    /// The pods' veths (`veth1`, `veth2`, ...) are ports of this bridge (`cni0` as the CNI
+    /// bridge plugin names it), which holds the node's gateway address with the pod CIDR's
+    /// prefix length.
+    Bridge { name: String },
+}
+
+impl Default for PodLinks {
+    fn default() -> Self {
+        PodLinks::Routed {
+            prefix: "vp".into(),
+        }
     }
 }
 
@@ -124,6 +80,8 @@ pub struct LabOptions {
     pub backend: Backend,
     /// Per-attempt probe timeout ([`DEFAULT_PROBE_TIMEOUT`] by default).
     pub probe_timeout: Duration,
+    /// How pods are attached to their node ([`PodLinks::Routed`] with prefix `vp` by default).
+    pub pod_links: PodLinks,
 }
 
 impl LabOptions {
@@ -133,6 +91,7 @@ impl LabOptions {
             knat: knat.to_path_buf(),
             backend,
             probe_timeout: DEFAULT_PROBE_TIMEOUT,
+            pod_links: PodLinks::default(),
         }
     }
 }
@@ -391,12 +350,37 @@ impl Lab {
                     b.add(format!("route add {cidr} via {via} dev eth0"));
                 }
             }
+            if let PodLinks::Bridge { name } = &self.options.pod_links {
+                b.add(format!("link add {name} type bridge mcast_snooping 0"));
+                for f in &families {
+                    let gw = s
+                        .node_gateway(node, *f)
+                        .ok_or_else(|| missing("gateway", node))?;
+                    let cidr = s
+                        .pod_cidr(node, *f)
+                        .ok_or_else(|| missing("pod CIDR", node))?;
+                    b.add(format!(
+                        "addr add {gw}/{} dev {name}{}",
+                        cidr.prefix_len(),
+                        nodad(gw)
+                    ));
+                }
+                b.add(format!("link set {name} up"));
+            }
             for (k, pod) in s.pods_on(node).enumerate() {
-                let dev = format!("vp{}", k + 1);
+                let (dev, bridge) = match &self.options.pod_links {
+                    PodLinks::Routed { prefix } => (format!("{prefix}{}", k + 1), None),
+                    PodLinks::Bridge { name } => (format!("veth{}", k + 1), Some(name)),
+                };
                 b.add(format!(
                     "link add {dev} type veth peer name eth0 netns {}",
                     self.ns(&pod.name)
                 ));
+                if let Some(bridge) = bridge {
+                    b.add(format!("link set {dev} master {bridge}"));
+                    b.add(format!("link set {dev} up"));
+                    continue;
+                }
                 b.add(format!("link set {dev} up"));
                 for f in &families {
                     let gw = s

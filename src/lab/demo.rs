@@ -10,7 +10,8 @@ use std::thread;
 use std::time::Instant;
 
 use super::LabError;
-use super::cluster::{Backend, Lab, LabOptions};
+use super::backend::Backend;
+use super::cluster::{Lab, LabOptions};
 use super::echo::ProbeResult;
 use super::scenario::{Family, Proto, Role, Scenario, ServiceSpec};
 use super::sys::{find_program, preflight, run};

@@ -13,13 +13,16 @@
 //! only processes the lab started are ended, by PID. Teardown happens on drop, on failure while
 //! building, and, through a reaper process, when the process dies (Ctrl-C).
 
+mod backend;
 pub mod cluster;
 pub mod demo;
 pub mod echo;
+pub mod invalid;
 pub mod scenario;
 mod sys;
 
-pub use cluster::{Backend, DEFAULT_PROBE_TIMEOUT, Lab, LabOptions};
+pub use backend::Backend;
+pub use cluster::{DEFAULT_PROBE_TIMEOUT, Lab, LabOptions, PodLinks};
 pub use demo::{DemoReport, DemoRow, demo_scenario, run_demo};
 pub use echo::{
     EchoArgs, EchoReply, EchoServer, ProbeArgs, ProbeResult, probe, run_echo_server, run_probe,

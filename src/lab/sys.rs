@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 
 use super::LabError;
-use super::cluster::Backend;
+use super::backend::Backend;
 
 /// Renders a command line for error messages.
 pub fn describe(command: &Command) -> String {

@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use super::chain::{ChainName, ServiceChains, endpoint_chain};
 use super::dispatch::{self, Entry};
 use super::rule::*;
-use crate::config::ProxyConfig;
+use crate::config::{LocalDetector, ProxyConfig};
 use crate::model::categorize::{NodeTopology, categorize};
 use crate::model::endpoints::{EndpointInfo, endpoints_by_port, local_ready_ip_count};
 use crate::model::snapshot::ServiceSlices;
@@ -703,6 +703,19 @@ impl IncrementalCompiler {
 
     /// Compiles like [`compile`], reusing the fragments of unchanged Services.
     pub fn compile(&mut self, snapshot: &Snapshot, cfg: &ProxyConfig) -> Compiled {
+        // `--detect-local-mode=NodeCIDR`: the detector is the Node's pod CIDR, so the cache
+        // key (which holds the configuration) changes with it.
+        let resolved;
+        let cfg = if cfg.local_detector == LocalDetector::NodeCidr {
+            let pod_cidrs = snapshot.node.as_ref().map_or(&[][..], |n| &n.pod_cidrs[..]);
+            resolved = ProxyConfig {
+                local_detector: cfg.local_detector.resolve(pod_cidrs, cfg.family),
+                ..cfg.clone()
+            };
+            &resolved
+        } else {
+            cfg
+        };
         let family = cfg.family;
         let node_ip = cfg
             .node_ips

@@ -1,4 +1,13 @@
 //! Typed iptables rules with a `Display` that reproduces upstream's argument order exactly.
+//!
+//! This is the *writer's* model: only what kube-proxy's iptables mode emits (its matches, its
+//! targets, its argument order), built by the compiler on every sync and rendered straight into
+//! restore text. `crate::dump` has a second model of the same nouns (`Match`, `Target`, `Rule`,
+//! `Table`) on purpose: the *reader's*, for any `iptables-save` dump (kube-proxy's, a CNI's, a
+//! firewall's), with every extension knat understands, normalised values and semantic
+//! equality. The compiler must not pay for the reader's generality, and the reader must not be
+//! limited to what knat writes; the golden and trace tests tie the two together (what this
+//! model renders, the dump model parses back to the same rules).
 
 use std::collections::HashMap;
 use std::fmt;

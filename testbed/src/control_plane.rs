@@ -325,6 +325,8 @@ pub struct ControlPlane {
     controller_manager: Option<Daemon>,
     scheduler: Option<Daemon>,
     admin: PathBuf,
+    /// `--service-cluster-ip-range` of the API server and the controller manager.
+    service_cidr: String,
 }
 
 /// The controllers kube-controller-manager runs: EndpointSlices (and their mirroring), plus
@@ -337,6 +339,15 @@ impl ControlPlane {
     /// Generates certificates and starts etcd, kube-apiserver and kube-controller-manager,
     /// waiting until the API server answers `/readyz`.
     pub fn start(options: ControlPlaneOptions) -> Result<ControlPlane, ControlPlaneError> {
+        ControlPlane::start_with_service_cidr(options, SERVICE_CIDR)
+    }
+
+    /// As [`start`](Self::start), with another Service CIDR: `10.96.0.0/16,fd00:10:96::/112`
+    /// makes a dual-stack cluster (Services get ClusterIPs of both families).
+    pub fn start_with_service_cidr(
+        options: ControlPlaneOptions,
+        service_cidr: &str,
+    ) -> Result<ControlPlane, ControlPlaneError> {
         let n = CONTROL_PLANE_COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("knat-cp-{}-{n}", std::process::id()));
         std::fs::create_dir_all(dir.join("etcd"))
@@ -350,6 +361,7 @@ impl ControlPlane {
             controller_manager: None,
             scheduler: None,
             admin,
+            service_cidr: service_cidr.to_string(),
         };
         cp.generate_pki()?;
         cp.write_kubeconfig("admin", "kubernetes-admin", &["system:masters"])?;
@@ -585,7 +597,7 @@ impl ControlPlane {
             format!("--service-account-key-file={d}/sa.pub"),
             format!("--service-account-signing-key-file={d}/sa.key"),
             "--service-account-issuer=https://kubernetes.default.svc".to_string(),
-            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            format!("--service-cluster-ip-range={}", self.service_cidr),
             "--allow-privileged=true".to_string(),
             "--profiling=false".to_string(),
             "--v=1".to_string(),
@@ -638,7 +650,7 @@ impl ControlPlane {
             "--bind-address=127.0.0.1".to_string(),
             "--secure-port=10257".to_string(),
             format!("--cert-dir={d}/kcm-certs"),
-            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            format!("--service-cluster-ip-range={}", self.service_cidr),
             "--concurrent-service-endpoint-syncs=5".to_string(),
             "--v=1".to_string(),
         ];
