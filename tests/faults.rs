@@ -227,8 +227,9 @@ fn processes_named(marker: &str) -> usize {
 }
 
 /// The `iptables-nft-restore` wrapper: passes through to the real binary, or, by the word in
-/// its mode file, corrupts the payload's last `-A KUBE-SEP-` rule (a jump to a chain that does
-/// not exist, so the real binary rejects the transaction with its own message), or hangs once
+/// its mode file, corrupts the payload's last endpoint DNAT rule (port 99999, so the real
+/// binary rejects the whole transaction with its own message, `Port `99999' not valid`, and
+/// the line; exit code 2), or hangs once
 /// (a grandchild named by the marker, then the mode turns back to `pass`). Each call appends
 /// `<mode> <line>` to `calls`.
 const WRAPPER: &str = r#"#!/bin/bash
@@ -238,11 +239,15 @@ case "$mode" in
 fail)
     payload="$(mktemp)"
     cat > "$payload"
-    n="$(grep -n '^-A KUBE-SEP-' "$payload" | tail -n 1 | cut -d: -f1)"
-    if [ -z "$n" ]; then n="$(grep -n '^-A ' "$payload" | tail -n 1 | cut -d: -f1)"; fi
+    n="$(grep -n '^-A KUBE-SEP-.*--to-destination' "$payload" | tail -n 1 | cut -d: -f1)"
+    if [ -z "$n" ]; then
+        echo "fail -" >> "$dir/calls"
+        echo "iptables-nft-restore: line 1 failed" >&2
+        exit 1
+    fi
     echo "fail $n" >> "$dir/calls"
     sed -n "${n}p" "$payload" > "$dir/last-corrupted"
-    sed -i "${n}s/ -j .*/ -j KNAT-FAULT-NO-SUCH-CHAIN/" "$payload"
+    sed -i -E "${n}s/(--to-destination [0-9.]+):[0-9]+/\1:99999/" "$payload"
     "$REAL_RESTORE" "$@" < "$payload"
     rc=$?
     rm -f "$payload"
@@ -832,13 +837,18 @@ fn failing_restores_leave_the_kernel_unchanged_and_fail_healthz() {
         Duration::from_secs(10),
         || node.programmed(&[POD_A, POD_B]).then(Instant::now),
     );
-    let log = node.log();
-    let after_failure = log
-        .rsplit("sync failed")
-        .next()
-        .and_then(|rest| rest.lines().find(|l| l.contains("sync done")))
-        .unwrap_or_default()
-        .to_string();
+    // The kernel holds the rules a moment before the agent logs the sync.
+    let after_failure = node.wait(
+        "the sync after the failures logged",
+        Duration::from_secs(5),
+        || {
+            node.log()
+                .rsplit("sync failed")
+                .next()
+                .and_then(|rest| rest.lines().find(|l| l.contains("sync done")))
+                .map(str::to_string)
+        },
+    );
     assert!(
         after_failure.contains("kind=\"full\""),
         "the first sync after failures is full: {after_failure}"
@@ -864,6 +874,11 @@ fn failing_restores_leave_the_kernel_unchanged_and_fail_healthz() {
     );
     let (attempted, failed) = traffic.counts(t0, Instant::now());
     let failures = failed_calls();
+    let counted_end = node.metric("kubeproxy_sync_proxy_rules_iptables_restore_failures_total");
+    assert_eq!(
+        counted_end, failures as f64,
+        "every failed restore is counted once"
+    );
     drop(traffic);
     assert_eq!(failed, 0, "connections failed during failing restores");
     print_figures(&[Figure {
@@ -873,7 +888,7 @@ fn failing_restores_leave_the_kernel_unchanged_and_fail_healthz() {
         recovery: recovered - released,
         logged: format!("ERROR `sync failed` with `at line {line}` and the line marked `>>`"),
         counted: format!(
-            "restore_failures_total {counted} (partial {partial}); {failures} failed restores"
+            "restore_failures_total {counted_end} for {failures} failed restores (partial {partial})"
         ),
         healthz: format!(
             "503 after {:.1} s ({failures_when_unhealthy} failures; {:.1} s when a lost canary's resync fails), 200 after recovery",
