@@ -1057,3 +1057,173 @@ fn the_xtables_lock_held_for_30_s_delays_syncs_without_piling_up_processes() {
         healthz: format!("{} after recovery", node.healthz()),
     }]);
 }
+
+/// The `i`-th of the many Services: `bulk-i` in `demo` at 10.96.(1 + i / 250).(1 + i % 250),
+/// one endpoint (pod A).
+fn bulk_ip(i: usize) -> String {
+    format!("10.96.{}.{}", 1 + i / 250, 1 + i % 250)
+}
+
+/// A `v1` List (JSON) of `n` Services with one EndpointSlice each.
+fn bulk_list(n: usize) -> String {
+    let mut items = Vec::with_capacity(2 * n);
+    for i in 0..n {
+        items.push(serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": format!("bulk-{i}"), "namespace": "demo"},
+            "spec": {"clusterIP": bulk_ip(i),
+                     "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}
+        }));
+        items.push(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("bulk-{i}-1"), "namespace": "demo",
+                         "labels": {"kubernetes.io/service-name": format!("bulk-{i}")}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [POD_A], "nodeName": "node-1"}]
+        }));
+    }
+    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
+}
+
+/// The `iptables-nft-restore` child of `parent`, if one runs.
+fn restore_child_of(parent: u32) -> Option<u32> {
+    let dir = std::fs::read_dir("/proc").ok()?;
+    dir.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        let ppid: u32 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let argv0 = cmdline.split(|b| *b == 0).next()?;
+        (ppid == parent && argv0.ends_with(b"iptables-nft-restore")).then_some(pid)
+    })
+}
+
+/// Service chains declared in the nat table of a dump.
+fn nat_service_chains(dump: &str) -> usize {
+    let nat = dump
+        .split("*nat\n")
+        .nth(1)
+        .and_then(|rest| rest.split("COMMIT").next())
+        .unwrap_or_default();
+    nat.lines().filter(|l| l.starts_with(":KUBE-SVC-")).count()
+}
+
+/// One TCP probe from inside the namespace.
+fn probe_in(ns: &str, target: SocketAddr) -> bool {
+    let netns = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns file");
+    std::thread::spawn(move || {
+        nix::sched::setns(netns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("enter the node's network namespace");
+        knat::lab::probe(target, knat::lab::Proto::Tcp, Duration::from_secs(1))
+            .reply()
+            .is_some()
+    })
+    .join()
+    .unwrap_or(false)
+}
+
+/// knat is SIGKILLed while `iptables-restore` applies 10,000 new Services (at three points:
+/// as the restore starts, 0.5 s and 2 s into it): the nat table then holds the old rule set or
+/// the new one, never part of it; traffic to the existing Service never fails; started
+/// again, knat converges to the new set.
+#[test]
+fn sigkill_during_a_10000_service_restore_leaves_old_or_new_and_the_restart_converges() {
+    let test = "sigkill_during_a_10000_service_restore_leaves_old_or_new_and_the_restart_converges";
+    if !prerequisites(test) {
+        return;
+    }
+    const N: usize = 10_000;
+    let mut node = Node::new("kill", Front::Nft);
+    node.ready();
+    let traffic = Traffic::start(&node.ns);
+    let bulk = bulk_list(N);
+    let t_all = Instant::now();
+    let mut rows = Vec::new();
+    for delay_ms in [0u64, 500, 2000] {
+        let t0 = Instant::now();
+        node.write("bulk.json", &bulk);
+        let pid = node.agent_pid();
+        let restore = node.wait("the big restore", Duration::from_secs(60), || {
+            restore_child_of(pid)
+        });
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let mut agent = node.agent.take().expect("agent");
+        agent.kill().expect("SIGKILL knat");
+        let killed = Instant::now();
+        let _ = agent.wait();
+        // The orphaned restore reads to the end of its input and ends on its own.
+        node.wait(
+            "the orphaned restore to end",
+            Duration::from_secs(60),
+            || (!std::path::Path::new(&format!("/proc/{restore}")).exists()).then_some(()),
+        );
+        let chains = nat_service_chains(&node.save());
+        let state = match chains {
+            1 => "old (1 Service)",
+            c if c == N + 1 => "new (10,001 Services)",
+            c => panic!("the nat table holds {c} Service chains after the kill: a mix"),
+        };
+        node.start_agent();
+        let restarted = Instant::now();
+        node.wait(
+            "convergence after the restart",
+            Duration::from_secs(120),
+            || {
+                (nat_service_chains(&node.save()) == N + 1 && node.programmed(&[POD_A]))
+                    .then_some(())
+            },
+        );
+        let converged = Instant::now();
+        for i in [0, N / 2, N - 1] {
+            let target: SocketAddr = format!("{}:80", bulk_ip(i)).parse().expect("address");
+            assert!(
+                probe_in(&node.ns, target),
+                "bulk-{i} answers after the restart"
+            );
+        }
+        node.wait("/healthz 200", Duration::from_secs(10), || {
+            (node.healthz() == 200).then_some(())
+        });
+        // Back to the old state for the next round.
+        std::fs::remove_file(node.dir.join("manifests").join("bulk.json")).expect("remove");
+        node.wait(
+            "the 10,000 Services removed",
+            Duration::from_secs(120),
+            || (nat_service_chains(&node.save()) == 1).then_some(()),
+        );
+        let (attempted, failed) = traffic.counts(t0, Instant::now());
+        rows.push(Figure {
+            fault: format!(
+                "SIGKILL {delay_ms} ms into the restore of 10,000 Services, then restart"
+            ),
+            attempted,
+            failed,
+            recovery: converged - restarted,
+            logged: format!(
+                "nat table after the kill: {state}; killed {:.1} s after the change",
+                (killed - t0).as_secs_f64()
+            ),
+            counted: format!(
+                "{} Service chains after the restart; bulk-0, bulk-{}, bulk-{} answer",
+                N + 1,
+                N / 2,
+                N - 1
+            ),
+            healthz: "200 after the restart".into(),
+        });
+    }
+    let (attempted, failed) = traffic.counts(t_all, Instant::now());
+    drop(traffic);
+    print_figures(&rows);
+    assert_eq!(
+        failed, 0,
+        "connections to the existing Service failed ({failed} of {attempted})"
+    );
+}
