@@ -63,11 +63,12 @@ step_done "compile the tests"
 declare -A slow=(
   [netns]="real kernel: the lab cluster in network namespaces, both iptables backends (about 15 s)"
   [agent_netns]="real kernel: knat run in network namespaces (about 30 s)"
+  [faults]="real kernel: faults under counted traffic (flushes, failing/hanging restores, xtables lock, SIGKILL at 10,000 Services, a 60 s churn soak) (about 2 min)"
   [e2e]="real control plane: knat beside upstream kube-proxy (about 1 min)"
   [nodes]="real kubelet nodes: the DaemonSet takes over from kube-proxy (about 2 min, plus 5-10 min of image builds the first time)"
   [upstream_conformance]="upstream's sig-network conformance tests, kube-proxy then knat (about 4 min)"
 )
-order=(netns agent_netns e2e nodes upstream_conformance)
+order=(netns agent_netns faults e2e nodes upstream_conformance)
 mapfile -t all_tests < <(cargo metadata --no-deps --format-version 1 --quiet |
   python3 -c 'import json, sys
 for p in json.load(sys.stdin)["packages"]:
