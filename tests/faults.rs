@@ -1279,7 +1279,7 @@ fn slope(points: &[(f64, f64)]) -> f64 {
 
 /// Churn at 1,000 Services (a change every 500 ms: 500 endpoints move, Services come and go)
 /// for `KNAT_SOAK_SECONDS` (60 unless set; docs/reliability.md has a 600 s run) with knat's RSS
-/// sampled every second: after a 10 s warm-up the least-squares slope stays under 1% of the
+/// sampled every second (written as CSV to `KNAT_SOAK_SAMPLES` when set): after a 10 s warm-up the least-squares slope stays under 1% of the
 /// mean RSS per minute (and the rules follow the last generation).
 #[test]
 fn churn_soak_at_1000_services_shows_no_rss_growth() {
@@ -1324,6 +1324,13 @@ fn churn_soak_at_1000_services_shows_no_rss_growth() {
     });
     let (attempted, failed) = traffic.counts(t0, Instant::now());
     drop(traffic);
+    if let Ok(path) = std::env::var("KNAT_SOAK_SAMPLES") {
+        let csv: String = samples
+            .iter()
+            .map(|(m, kib)| format!("{:.1},{kib}\n", m * 60.0))
+            .collect();
+        std::fs::write(&path, format!("seconds,rss_kib\n{csv}")).expect("write the samples");
+    }
     let steady: Vec<(f64, f64)> = samples
         .iter()
         .copied()
