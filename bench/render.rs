@@ -104,6 +104,7 @@ fn snapshot(services: usize) -> Snapshot {
             internal_policy_local: false,
             session_affinity_timeout: None,
             health_check_node_port: None,
+            uid: None,
         });
         let endpoints = (0..ENDPOINTS)
             .map(|j| Endpoint {

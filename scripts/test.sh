@@ -16,6 +16,14 @@ root_or_reexec scripts/test.sh "$@"
 # shellcheck source=scripts/lib/progress.sh
 source scripts/lib/progress.sh
 
+# A full run needs a few GB: the test build (1.8 GB measured), the images and, the first time, the
+# Go build cache. Say so before a linker dies of a full disk halfway through.
+free_kb=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [ "$free_kb" -lt $((3 * 1024 * 1024)) ]; then
+  echo "test.sh: only $((free_kb / 1024)) MB free on the filesystem of $(pwd); a full run needs about 3 GB (here, with empty caches, the Go module and build caches took 7.6 GB more and /var/cache/knat-e2e 2.4 GB)" >&2
+  exit 1
+fi
+
 run_start=$(date +%s)
 times=()
 step_start=$run_start
@@ -65,10 +73,12 @@ declare -A slow=(
   [agent_netns]="real kernel: knat run in network namespaces (about 30 s)"
   [faults]="real kernel: faults under counted traffic (flushes, failing/hanging restores, xtables lock, SIGKILL at 10,000 Services, a 60 s churn soak) (about 2 min)"
   [e2e]="real control plane: knat beside upstream kube-proxy (about 1 min)"
+  [rule_diff]="real control plane: every rule of knat and kube-proxy compared, nft and legacy, IPv4 and IPv6 (about 20 s)"
+  [events]="real control plane: knat's Kubernetes Events (port taken, failing restores; about 20 s)"
   [nodes]="real kubelet nodes: the DaemonSet takes over from kube-proxy (about 2 min, plus 5-10 min of image builds the first time)"
   [upstream_conformance]="upstream's sig-network conformance tests, kube-proxy then knat (about 4 min)"
 )
-order=(netns agent_netns faults e2e nodes upstream_conformance)
+order=(netns agent_netns faults e2e rule_diff events nodes upstream_conformance)
 mapfile -t all_tests < <(cargo metadata --no-deps --format-version 1 --quiet |
   python3 -c 'import json, sys
 for p in json.load(sys.stdin)["packages"]:

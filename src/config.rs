@@ -9,8 +9,6 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::model::{IpFamily, NodeInfo};
-use crate::rules::Match;
-use crate::rules::rule::Addr;
 
 /// Configuration errors. None is retryable: the operator must fix the flags.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -35,6 +33,12 @@ pub enum ConfigError {
         mode: &'static str,
         flag: &'static str,
     },
+    /// `--detect-local-mode=ClusterCIDR` with CIDRs that are not one CIDR or a dual-stack pair
+    /// (kube-proxy's validation).
+    #[error(
+        "--cluster-cidr {0:?}: must be either a single CIDR or a dual-stack pair of CIDRs (one IPv4, one IPv6)"
+    )]
+    ClusterCidrCount(String),
     /// A `--cluster-cidr=$(VAR)` the kubelet left unexpanded: the variable is not set.
     #[error(
         "--cluster-cidr {0:?}: the kubelet left the variable unexpanded because it is not set; \
@@ -153,34 +157,6 @@ impl LocalDetector {
     /// Whether the detector produces rules (an unresolved `NodeCidr` does not).
     pub fn is_implemented(&self) -> bool {
         !matches!(self, LocalDetector::None | LocalDetector::NodeCidr)
-    }
-
-    fn matcher(&self, negated: bool) -> Option<Match> {
-        match self {
-            LocalDetector::None | LocalDetector::NodeCidr => None,
-            LocalDetector::Cidr(net) => Some(Match::Src {
-                negated,
-                addr: Addr::Net(*net),
-            }),
-            LocalDetector::Bridge(name) => Some(Match::InIface {
-                negated,
-                name: name.clone(),
-            }),
-            LocalDetector::InterfacePrefix(prefix) => Some(Match::InIface {
-                negated,
-                name: format!("{prefix}+"),
-            }),
-        }
-    }
-
-    /// The match for "comes from a local pod".
-    pub fn if_local(&self) -> Option<Match> {
-        self.matcher(false)
-    }
-
-    /// The match for "does not come from a local pod".
-    pub fn if_not_local(&self) -> Option<Match> {
-        self.matcher(true)
     }
 }
 
@@ -435,7 +411,7 @@ mod tests {
             "printed as the network, as Go's ParseCIDR does"
         );
         assert_eq!(d.resolve(&v4.pod_cidrs, IpFamily::V6), LocalDetector::None);
-        assert!(!d.is_implemented() && d.if_local().is_none());
+        assert!(!d.is_implemented());
         let bridge = LocalDetector::Bridge("cni0".into());
         assert_eq!(bridge.resolve(&v4.pod_cidrs, IpFamily::V4), bridge);
 

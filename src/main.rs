@@ -5,6 +5,7 @@
 mod cli;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::io::Write as _;
 
 // mimalloc instead of glibc malloc: compiling 10,000 services allocates and frees about a million
 // small objects, and glibc's free-list consolidation was a fifth of the time (render benchmark:
@@ -60,6 +61,9 @@ fn init_logging(default_filter: &str) {
                 .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr's reader is gone, e.g. `2>&1 | head`) is
+        // dropped: by default tracing-subscriber reports it with eprintln!, which panics then.
+        .log_internal_errors(false)
         // Colour only on a terminal: logs collected from a file or a container runtime stay
         // plain text (tests and log pipelines read them as such).
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -67,7 +71,8 @@ fn init_logging(default_filter: &str) {
 }
 
 fn fail(err: anyhow::Error) -> std::process::ExitCode {
-    eprintln!("knat: error: {err:#}");
+    // Not eprintln!: it panics when stderr is a closed pipe, and the exit code must stay 2.
+    let _ = writeln!(std::io::stderr(), "knat: error: {err:#}");
     std::process::ExitCode::from(2)
 }
 
@@ -86,6 +91,10 @@ fn main() -> std::process::ExitCode {
     // `knat run` reads its --config file before logging starts: the file's verbosity (or -v)
     // decides the log level, and an invalid file stops it before anything is touched.
     let (cli, prepared) = match cli.command {
+        Command::Run(args) if args.kube_proxy.version_requested() => {
+            println!("knat {}", env!("CARGO_PKG_VERSION"));
+            return std::process::ExitCode::SUCCESS;
+        }
         Command::Run(args) => match cli::run::prepare(*args, &sub("run")) {
             Ok(prepared) => (None, Some(prepared)),
             Err(err) => {

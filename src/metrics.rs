@@ -267,7 +267,7 @@ impl Metrics {
         );
         r.register(
             "knat_events",
-            "Kubernetes Events knat tried to record on its own Pod, by reason and result (recorded or failed)",
+            "Kubernetes Events knat tried to record (on its own Pod, a Service or its Node), by reason and result (recorded or failed)",
             m.events.clone(),
         );
         Metrics { registry, ..m }

@@ -216,7 +216,10 @@ fn edited(dir: &Path, name: &str, from: &str, to: &str) -> String {
 }
 
 fn prerequisites(test: &str) -> bool {
-    knat::lab::test_prerequisites(test, &["ip", "iptables-save", "iptables-restore"])
+    knat_testbed::prerequisites::test_prerequisites(
+        test,
+        &["ip", "iptables-save", "iptables-restore"],
+    )
 }
 
 #[test]
@@ -337,4 +340,53 @@ fn tempdir(tag: &str) -> TempDir {
     let dir = std::env::temp_dir().join(format!("knat-cfg-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     TempDir(dir)
+}
+
+#[test]
+fn a_changed_config_file_ends_knat_and_leaves_the_rules() {
+    if !prerequisites("a_changed_config_file_ends_knat_and_leaves_the_rules") {
+        return;
+    }
+    let scratch = tempdir("changed");
+    let copy = edited(
+        scratch.path(),
+        "kubeadm.conf",
+        "mode: iptables",
+        "mode: iptables",
+    );
+    let mut run = Run::new("changed");
+    run.spawn(&["--config", &copy, "--hostname-override", "node-1"]);
+    let before = run.settled_rules();
+    // Rewriting the same bytes is no change.
+    let text = std::fs::read_to_string(&copy).expect("copy");
+    std::fs::write(&copy, &text).expect("rewrite");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        run.agent
+            .as_mut()
+            .is_some_and(|a| matches!(a.try_wait(), Ok(None))),
+        "knat exited on an unchanged file\n{}",
+        run.log()
+    );
+    let changed_at = Instant::now();
+    std::fs::write(
+        &copy,
+        text.replacen("  masqueradeBit: null\n", "  masqueradeBit: 13\n", 1),
+    )
+    .expect("change the file");
+    let (status, log) = run.exit_status();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("the content of the --config file changed"),
+        "{log}"
+    );
+    eprintln!(
+        "config_netns: knat exited {:.1?} after the file changed",
+        changed_at.elapsed()
+    );
+    assert_eq!(
+        normalise(&run.exec(&["iptables-save"])),
+        before,
+        "the rules must stay when knat exits"
+    );
 }

@@ -18,9 +18,9 @@ const FIXTURE: &str = concat!(
 /// `KUBE-SVL-` + upstream's hash of `demo/web:httptcp` (reference test vector).
 const SVL: &str = "KUBE-SVL-XRY76EGRC3BSCIIJ";
 
-/// True when the test can run (see `knat::lab::test_prerequisites`).
+/// True when the test can run (see `knat_testbed::prerequisites::test_prerequisites`).
 fn prerequisites(test: &str) -> bool {
-    knat::lab::test_prerequisites(
+    knat_testbed::prerequisites::test_prerequisites(
         test,
         &[
             "ip",

@@ -100,6 +100,7 @@ fn build(specs: &[Option<SvcSpec>]) -> Snapshot {
             session_affinity_timeout: spec.affinity.then_some(10800),
             health_check_node_port: (service_type == ServiceType::LoadBalancer && spec.etp_local)
                 .then_some(31000 + i as u16),
+            uid: None,
         });
         let endpoints = spec
             .endpoints

@@ -70,7 +70,7 @@ fn rendered_payloads_pass_iptables_restore_on_both_backends() {
         "ip6tables-nft-restore",
         "ip6tables-legacy-restore",
     ];
-    if !knat::lab::test_prerequisites(
+    if !knat_testbed::prerequisites::test_prerequisites(
         "rendered_payloads_pass_iptables_restore_on_both_backends",
         &programs,
     ) {
@@ -122,7 +122,7 @@ fn bulk_restore_on_iptables_nft_lands_every_chain_and_zeroes_counters() {
         "iptables-nft-restore",
         "iptables-nft-save",
     ];
-    if !knat::lab::test_prerequisites(
+    if !knat_testbed::prerequisites::test_prerequisites(
         "bulk_restore_on_iptables_nft_lands_every_chain_and_zeroes_counters",
         &programs,
     ) {
@@ -231,7 +231,7 @@ fn hooks_inserted_by_the_restore_land_once_in_order_on_both_backends() {
         "iptables-legacy-restore",
         "iptables-legacy-save",
     ];
-    if !knat::lab::test_prerequisites(
+    if !knat_testbed::prerequisites::test_prerequisites(
         "hooks_inserted_by_the_restore_land_once_in_order_on_both_backends",
         &programs,
     ) {

@@ -106,6 +106,7 @@ fn make_service(ns: &str, name: &str, cluster_ip: &str, f: impl FnOnce(&mut Serv
         internal_policy_local: false,
         session_affinity_timeout: None,
         health_check_node_port: None,
+        uid: None,
     };
     f(&mut svc);
     svc

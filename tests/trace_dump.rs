@@ -277,7 +277,28 @@ fn trace_both(req: &TraceRequest) -> TraceResult {
     assert_eq!(a.verdict, b.verdict, "{req:?}");
     assert_eq!(a.targets, b.targets, "{req:?}");
     assert_eq!(a.masquerade, b.masquerade, "{req:?}");
-    assert_eq!(a.branches, b.branches, "{req:?}");
+    // Branches agree but for each cause's original spelling and line.
+    let branches = |r: &TraceResult| -> Vec<String> {
+        let cause = |c: &Option<knat::dump::trace::RuleRef>| {
+            c.as_ref()
+                .map(|c| format!("{} {} #{}", c.table, c.chain, c.rule_index))
+        };
+        r.branches
+            .iter()
+            .map(|b| {
+                format!(
+                    "{:?} {:?} {} {:.6} {:?} {:?}",
+                    b.target,
+                    b.verdict,
+                    b.masquerade,
+                    b.chance,
+                    cause(&b.mark_set_by),
+                    cause(&b.masquerade_by)
+                )
+            })
+            .collect()
+    };
+    assert_eq!(branches(&a), branches(&b), "{req:?}");
     assert_eq!(a.unknown, Vec::<String>::new(), "{req:?}");
     assert_eq!(b.unknown, Vec::<String>::new(), "{req:?}");
     let shape = |r: &TraceResult| -> Vec<(String, String, usize, String)> {
@@ -327,6 +348,16 @@ fn host_to_cluster_ip_is_masqueraded() {
     assert_eq!(r.targets, vec![WEB_LOCAL, WEB_REMOTE]);
     assert!(r.masquerade);
     assert!(r.branches.iter().all(|b| b.masquerade));
+    for b in &r.branches {
+        // Not from a pod: the service chain's first rule asked for it.
+        let mark = b.mark_set_by.as_ref().expect("marked");
+        assert!(mark.chain.starts_with("KUBE-SVC-"), "{mark}");
+        assert_eq!(mark.rule_index, 1, "{mark}");
+        assert!(mark.rule.contains("! -s 10.244.0.0/16"), "{mark}");
+        let snat = b.masquerade_by.as_ref().expect("source NAT");
+        assert_eq!(snat.chain, "KUBE-POSTROUTING", "{snat}");
+        assert!(snat.rule.contains("MASQUERADE"), "{snat}");
+    }
     assert!(visited(&r, "nat", "KUBE-MARK-MASQ"));
     assert!(visited(&r, "filter", "OUTPUT"));
 }
@@ -449,7 +480,30 @@ fn hairpin_is_masqueraded_only_towards_the_client_itself() {
         by_target,
         vec![(Some(WEB_LOCAL), true), (Some(WEB_REMOTE), false)]
     );
+    // Half of the new connections each; the hairpin one because of its endpoint chain's
+    // `-s <endpoint> -j KUBE-MARK-MASQ`.
+    assert!(r.branches.iter().all(|b| (b.chance - 0.5).abs() < 1e-9));
+    let hairpin = &r.branches[0];
+    let mark = hairpin.mark_set_by.as_ref().expect("marked");
+    assert_eq!(mark.chain, "KUBE-SEP-NW5VICAF3Z2QABHQ", "{mark}");
+    assert_eq!(mark.rule_index, 1);
+    assert!(
+        mark.rule.contains("10.244.1.5") && mark.rule.ends_with("-j KUBE-MARK-MASQ"),
+        "{mark}"
+    );
+    let other = &r.branches[1];
+    assert_eq!((&other.mark_set_by, &other.masquerade_by), (&None, &None));
     assert!(format_text(&r).contains("masquerade: in some branches only"));
+    // The whole report as an operator reads it, and the branches as JSON.
+    insta::assert_snapshot!(
+        "hairpin_text",
+        format_text(&trace(&knat_dump(), &from("10.244.1.5", "10.96.0.10", 80)))
+    );
+    let json = serde_json::to_value(&r.branches).expect("json");
+    insta::assert_snapshot!(
+        "hairpin_branches_json",
+        serde_json::to_string_pretty(&json).expect("json")
+    );
 }
 
 #[test]

@@ -7,7 +7,9 @@
 //! [`SourceState::node_event`], which convert objects at the boundary and report whether the
 //! published state changed, so no-op updates do not wake the sync loop. A re-list (after a
 //! watch error such as 410 Gone) is buffered from `Init` to `InitDone` and then replaces the
-//! kind's state: whatever was not re-listed is deleted.
+//! kind's state: whatever was not re-listed is deleted. Each kind says how it is keyed,
+//! converted and stored (`Kind`); one generic `SourceState::apply` and one `Relist`
+//! buffer serve all three.
 //!
 //! Everything here is pure and synchronous; the watchers publish it through a
 //! `tokio::sync::watch` channel with `send_if_modified`.
@@ -56,9 +58,10 @@ pub enum Readiness {
     Ready,
 }
 
-/// The result of applying one event.
+/// The result of applying one watch event to the index (not to be confused with
+/// `rules::plan::AppliedState`, what the kernel holds).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Applied {
+pub struct EventOutcome {
     /// The published state changed (the sync loop must be woken).
     pub changed: bool,
     /// Objects that were not converted, with who they are and why.
@@ -81,9 +84,9 @@ pub struct SourceState {
     /// latency metric.
     pub triggers: Vec<(u64, SystemTime)>,
     next_trigger: u64,
-    relist_services: Option<BTreeMap<ServiceName, Service>>,
-    relist_slices: Option<BTreeMap<(String, String), EndpointSlice>>,
-    relist_node: Option<Option<NodeInfo>>,
+    relist_services: Relist<ServiceName, Service>,
+    relist_slices: Relist<(String, String), EndpointSlice>,
+    relist_node: Relist<(), NodeInfo>,
 }
 
 /// The annotation the EndpointSlice controller sets to the time of the change that caused it.
@@ -108,9 +111,9 @@ impl SourceState {
             node_name: node_name.to_string(),
             triggers: Vec::new(),
             next_trigger: 0,
-            relist_services: None,
-            relist_slices: None,
-            relist_node: None,
+            relist_services: Relist::default(),
+            relist_slices: Relist::default(),
+            relist_node: Relist::default(),
         }
     }
 
@@ -160,131 +163,67 @@ impl SourceState {
     }
 
     /// Applies a Service watch event.
-    pub fn service_event(&mut self, event: Event<K8sService>) -> Applied {
-        let mut applied = Applied::default();
-        let convert = |svc: &K8sService, applied: &mut Applied| match convert::service(svc) {
-            Ok(s) => Some(s),
-            Err(skip) => {
-                let (ns, name) = key_of(&svc.metadata);
-                applied.skipped.push((format!("Service {ns}/{name}"), skip));
-                None
-            }
-        };
-        match event {
-            Event::Apply(svc) => {
-                let (ns, name) = key_of(&svc.metadata);
-                let key = ServiceName::new(ns, name);
-                match convert(&svc, &mut applied) {
-                    Some(s) => {
-                        if self.snapshot.services.get(&key).map(|old| &**old) != Some(&s) {
-                            self.snapshot.upsert_service(s);
-                            applied.changed = true;
-                        }
-                    }
-                    None => applied.changed = self.snapshot.remove_service(&key).is_some(),
-                }
-            }
-            Event::Delete(svc) => {
-                let (ns, name) = key_of(&svc.metadata);
-                applied.changed = self
-                    .snapshot
-                    .remove_service(&ServiceName::new(ns, name))
-                    .is_some();
-            }
-            Event::Init => self.relist_services = Some(BTreeMap::new()),
-            Event::InitApply(svc) => {
-                if let Some(s) = convert(&svc, &mut applied) {
-                    self.relist_services
-                        .get_or_insert_default()
-                        .insert(s.name.clone(), s);
-                }
-            }
-            Event::InitDone => {
-                // Unchanged Services keep their shared object, so the compiler reuses them.
-                let fresh: BTreeMap<ServiceName, Arc<Service>> = self
-                    .relist_services
-                    .take()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(name, svc)| {
-                        let shared = match self.snapshot.services.get(&name) {
-                            Some(old) if **old == svc => old.clone(),
-                            _ => Arc::new(svc),
-                        };
-                        (name, shared)
-                    })
-                    .collect();
-                applied.changed = fresh != self.snapshot.services || !self.listed.services;
-                self.snapshot.services = fresh;
-                self.listed.services = true;
-            }
-        }
-        applied
-    }
-
-    fn find_slice(&self, ns: &str, name: &str) -> Option<&EndpointSlice> {
-        self.snapshot
-            .slices
-            .iter()
-            .filter(|(svc, _)| svc.namespace == ns)
-            .find_map(|(_, slices)| slices.get(name))
+    pub fn service_event(&mut self, event: Event<K8sService>) -> EventOutcome {
+        self.apply::<Services>(event)
     }
 
     /// Applies an EndpointSlice watch event.
-    pub fn slice_event(&mut self, event: Event<K8sEndpointSlice>) -> Applied {
-        let mut applied = Applied::default();
-        let convert = |slice: &K8sEndpointSlice, applied: &mut Applied| {
-            match convert::endpoint_slice(slice) {
-                Ok(s) => Some(s),
-                Err(skip) => {
-                    let (ns, name) = key_of(&slice.metadata);
-                    applied
-                        .skipped
-                        .push((format!("EndpointSlice {ns}/{name}"), skip));
-                    None
-                }
+    pub fn slice_event(&mut self, event: Event<K8sEndpointSlice>) -> EventOutcome {
+        self.apply::<Slices>(event)
+    }
+
+    /// Applies an event of the own-Node watcher (field selector `metadata.name=<node>`).
+    /// Nodes with another name are ignored (defensive; the selector excludes them).
+    pub fn node_event(&mut self, event: Event<K8sNode>) -> EventOutcome {
+        self.apply::<OwnNode>(event)
+    }
+
+    /// One watch event of any kind: the single place where `Apply`, `Delete` and a re-list
+    /// (`Init`, `InitApply`, `InitDone`) are told apart, as kube-runtime's
+    /// `Writer::apply_watcher_event` does for its store.
+    fn apply<K: Kind>(&mut self, event: Event<K::Object>) -> EventOutcome {
+        let mut applied = EventOutcome::default();
+        let mut convert = |obj: &K::Object| match K::convert(obj) {
+            Ok(value) => Some(value),
+            Err(skip) => {
+                applied.skipped.push((K::describe(obj), skip));
+                None
             }
         };
-        match event {
-            Event::Apply(slice) => {
-                let (ns, name) = key_of(&slice.metadata);
-                match convert(&slice, &mut applied) {
-                    Some(s) => {
-                        if self.find_slice(&ns, &name) != Some(&s) {
-                            self.snapshot.upsert_slice(&ns, s);
-                            self.record_trigger(&slice);
-                            applied.changed = true;
-                        }
-                    }
-                    None => applied.changed = self.snapshot.remove_slice(&ns, &name).is_some(),
-                }
+        let changed = match event {
+            Event::Apply(obj) if K::relevant(self, &obj) => match convert(&obj) {
+                Some(value) => K::upsert(self, K::key(&obj), value, &obj),
+                None if K::INVALID_REMOVES => K::remove(self, &K::key(&obj)),
+                None => false,
+            },
+            Event::Delete(obj) if K::relevant(self, &obj) => K::remove(self, &K::key(&obj)),
+            Event::Apply(_) | Event::Delete(_) => false,
+            Event::Init => {
+                K::relist(self).start();
+                false
             }
-            Event::Delete(slice) => {
-                let (ns, name) = key_of(&slice.metadata);
-                applied.changed = self.snapshot.remove_slice(&ns, &name).is_some();
-            }
-            Event::Init => self.relist_slices = Some(BTreeMap::new()),
-            Event::InitApply(slice) => {
-                let (ns, name) = key_of(&slice.metadata);
-                if let Some(s) = convert(&slice, &mut applied) {
-                    self.relist_slices
-                        .get_or_insert_default()
-                        .insert((ns, name), s);
+            Event::InitApply(obj) => {
+                if K::relevant(self, &obj)
+                    && let Some(value) = convert(&obj)
+                {
+                    K::relist(self).add(K::key(&obj), value);
                 }
+                false
             }
             Event::InitDone => {
-                let fresh = self.relist_slices.take().unwrap_or_default();
-                let before = std::mem::take(&mut self.snapshot.slices);
-                // Owners are rebuilt with the slices (slices deleted meanwhile leave none).
-                self.snapshot.slice_owners.clear();
-                for ((ns, _), slice) in fresh {
-                    self.snapshot.upsert_slice(&ns, slice);
-                }
-                applied.changed = before != self.snapshot.slices || !self.listed.slices;
-                self.listed.slices = true;
+                let fresh = K::relist(self).finish();
+                let first = !std::mem::replace(K::listed(self), true);
+                K::replace(self, fresh) || first
             }
-        }
+        };
+        applied.changed = changed;
         applied
+    }
+
+    /// The slice (namespace, name) as the snapshot holds it, found through its owner.
+    fn find_slice(&self, key: &(String, String)) -> Option<&EndpointSlice> {
+        let owner = self.snapshot.slice_owners.get(key)?;
+        self.snapshot.slices.get(owner)?.get(&key.1)
     }
 
     fn set_node(&mut self, node: Option<NodeInfo>) -> bool {
@@ -298,50 +237,224 @@ impl SourceState {
         self.snapshot.node = node;
         changed
     }
+}
 
-    /// Applies an event of the own-Node watcher (field selector `metadata.name=<node>`).
-    /// Nodes with another name are ignored (defensive; the selector excludes them).
-    pub fn node_event(&mut self, event: Event<K8sNode>) -> Applied {
-        let mut applied = Applied::default();
-        let ours = |n: &K8sNode| n.metadata.name.as_deref() == Some(self.node_name.as_str());
-        let mut convert = |n: &K8sNode| match convert::node(n) {
-            Ok(info) => Some(info),
-            Err(skip) => {
-                applied.skipped.push((
-                    format!("Node {}", n.metadata.name.as_deref().unwrap_or("?")),
-                    skip,
-                ));
-                None
-            }
-        };
-        let changed = match event {
-            Event::Apply(n) if ours(&n) => match convert(&n) {
-                Some(info) => self.set_node(Some(info)),
-                None => false,
-            },
-            Event::Delete(n) if ours(&n) => self.set_node(None),
-            Event::Apply(_) | Event::Delete(_) => false,
-            Event::Init => {
-                self.relist_node = Some(None);
-                false
-            }
-            Event::InitApply(n) => {
-                if ours(&n)
-                    && let Some(info) = convert(&n)
-                {
-                    self.relist_node = Some(Some(info));
-                }
-                false
-            }
-            Event::InitDone => {
-                let node = self.relist_node.take().flatten();
-                let first = !self.listed.node;
-                self.listed.node = true;
-                self.set_node(node) || first
-            }
-        };
-        applied.changed = changed;
-        applied
+/// The objects of one kind listed again since `Init`, held until `InitDone` replaces the
+/// kind's state with them (one buffer type for every kind).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Relist<Key, Value> {
+    buffer: Option<BTreeMap<Key, Value>>,
+}
+
+impl<Key: Ord, Value> Default for Relist<Key, Value> {
+    fn default() -> Self {
+        Relist { buffer: None }
+    }
+}
+
+impl<Key: Ord, Value> Relist<Key, Value> {
+    fn start(&mut self) {
+        self.buffer = Some(BTreeMap::new());
+    }
+
+    fn add(&mut self, key: Key, value: Value) {
+        self.buffer.get_or_insert_default().insert(key, value);
+    }
+
+    fn finish(&mut self) -> BTreeMap<Key, Value> {
+        self.buffer.take().unwrap_or_default()
+    }
+}
+
+/// What [`SourceState::apply`] needs to know of one watched kind: how its objects are keyed and
+/// converted, and how the snapshot takes one object or a whole re-list.
+trait Kind {
+    type Object;
+    type Key: Ord;
+    type Value;
+    /// An object that fails conversion deletes what was there (Services, slices: upstream
+    /// skips them); the own Node keeps its last good state instead.
+    const INVALID_REMOVES: bool;
+    fn key(obj: &Self::Object) -> Self::Key;
+    fn describe(obj: &Self::Object) -> String;
+    fn convert(obj: &Self::Object) -> Result<Self::Value, Skip>;
+    fn relevant(_state: &SourceState, _obj: &Self::Object) -> bool {
+        true
+    }
+    fn relist(state: &mut SourceState) -> &mut Relist<Self::Key, Self::Value>;
+    fn listed(state: &mut SourceState) -> &mut bool;
+    /// Takes one object; true when the published state changed.
+    fn upsert(
+        state: &mut SourceState,
+        key: Self::Key,
+        value: Self::Value,
+        obj: &Self::Object,
+    ) -> bool;
+    /// Deletes one object; true when the published state changed.
+    fn remove(state: &mut SourceState, key: &Self::Key) -> bool;
+    /// Replaces the kind's state with a completed re-list; true when it changed.
+    fn replace(state: &mut SourceState, fresh: BTreeMap<Self::Key, Self::Value>) -> bool;
+}
+
+struct Services;
+
+impl Kind for Services {
+    type Object = K8sService;
+    type Key = ServiceName;
+    type Value = Service;
+    const INVALID_REMOVES: bool = true;
+
+    fn key(obj: &K8sService) -> ServiceName {
+        let (ns, name) = key_of(&obj.metadata);
+        ServiceName::new(ns, name)
+    }
+
+    fn describe(obj: &K8sService) -> String {
+        let (ns, name) = key_of(&obj.metadata);
+        format!("Service {ns}/{name}")
+    }
+
+    fn convert(obj: &K8sService) -> Result<Service, Skip> {
+        convert::service(obj)
+    }
+
+    fn relist(state: &mut SourceState) -> &mut Relist<ServiceName, Service> {
+        &mut state.relist_services
+    }
+
+    fn listed(state: &mut SourceState) -> &mut bool {
+        &mut state.listed.services
+    }
+
+    fn upsert(state: &mut SourceState, key: ServiceName, value: Service, _: &K8sService) -> bool {
+        if state.snapshot.services.get(&key).map(|old| &**old) == Some(&value) {
+            return false;
+        }
+        state.snapshot.upsert_service(value);
+        true
+    }
+
+    fn remove(state: &mut SourceState, key: &ServiceName) -> bool {
+        state.snapshot.remove_service(key).is_some()
+    }
+
+    fn replace(state: &mut SourceState, fresh: BTreeMap<ServiceName, Service>) -> bool {
+        // Unchanged Services keep their shared object, so the compiler reuses them.
+        let fresh: BTreeMap<ServiceName, Arc<Service>> = fresh
+            .into_iter()
+            .map(|(name, svc)| {
+                let shared = match state.snapshot.services.get(&name) {
+                    Some(old) if **old == svc => old.clone(),
+                    _ => Arc::new(svc),
+                };
+                (name, shared)
+            })
+            .collect();
+        let changed = fresh != state.snapshot.services;
+        state.snapshot.services = fresh;
+        changed
+    }
+}
+
+struct Slices;
+
+impl Kind for Slices {
+    type Object = K8sEndpointSlice;
+    type Key = (String, String);
+    type Value = EndpointSlice;
+    const INVALID_REMOVES: bool = true;
+
+    fn key(obj: &K8sEndpointSlice) -> (String, String) {
+        key_of(&obj.metadata)
+    }
+
+    fn describe(obj: &K8sEndpointSlice) -> String {
+        let (ns, name) = key_of(&obj.metadata);
+        format!("EndpointSlice {ns}/{name}")
+    }
+
+    fn convert(obj: &K8sEndpointSlice) -> Result<EndpointSlice, Skip> {
+        convert::endpoint_slice(obj)
+    }
+
+    fn relist(state: &mut SourceState) -> &mut Relist<(String, String), EndpointSlice> {
+        &mut state.relist_slices
+    }
+
+    fn listed(state: &mut SourceState) -> &mut bool {
+        &mut state.listed.slices
+    }
+
+    fn upsert(
+        state: &mut SourceState,
+        key: (String, String),
+        value: EndpointSlice,
+        obj: &K8sEndpointSlice,
+    ) -> bool {
+        if state.find_slice(&key) == Some(&value) {
+            return false;
+        }
+        state.snapshot.upsert_slice(&key.0, value);
+        state.record_trigger(obj);
+        true
+    }
+
+    fn remove(state: &mut SourceState, (ns, name): &(String, String)) -> bool {
+        state.snapshot.remove_slice(ns, name).is_some()
+    }
+
+    fn replace(state: &mut SourceState, fresh: BTreeMap<(String, String), EndpointSlice>) -> bool {
+        let before = std::mem::take(&mut state.snapshot.slices);
+        // Owners are rebuilt with the slices (slices deleted meanwhile leave none).
+        state.snapshot.slice_owners.clear();
+        for ((ns, _), slice) in fresh {
+            state.snapshot.upsert_slice(&ns, slice);
+        }
+        before != state.snapshot.slices
+    }
+}
+
+/// The Node named like this proxy (the watch's field selector shows no other).
+struct OwnNode;
+
+impl Kind for OwnNode {
+    type Object = K8sNode;
+    type Key = ();
+    type Value = NodeInfo;
+    const INVALID_REMOVES: bool = false;
+
+    fn key(_: &K8sNode) {}
+
+    fn describe(obj: &K8sNode) -> String {
+        format!("Node {}", obj.metadata.name.as_deref().unwrap_or("?"))
+    }
+
+    fn convert(obj: &K8sNode) -> Result<NodeInfo, Skip> {
+        convert::node(obj)
+    }
+
+    fn relevant(state: &SourceState, obj: &K8sNode) -> bool {
+        obj.metadata.name.as_deref() == Some(state.node_name.as_str())
+    }
+
+    fn relist(state: &mut SourceState) -> &mut Relist<(), NodeInfo> {
+        &mut state.relist_node
+    }
+
+    fn listed(state: &mut SourceState) -> &mut bool {
+        &mut state.listed.node
+    }
+
+    fn upsert(state: &mut SourceState, (): (), value: NodeInfo, _: &K8sNode) -> bool {
+        state.set_node(Some(value))
+    }
+
+    fn remove(state: &mut SourceState, (): &()) -> bool {
+        state.set_node(None)
+    }
+
+    fn replace(state: &mut SourceState, mut fresh: BTreeMap<(), NodeInfo>) -> bool {
+        state.set_node(fresh.remove(&()))
     }
 }
 

@@ -2,7 +2,10 @@
 //! one sync loop turns it into iptables rules, health-check servers and metrics.
 //!
 //! - [`node_identity`]: which Node we are, and the loud error when no Node has that name;
+//! - [`events`]: publishing Kubernetes Events (shared by the three below);
 //! - [`node_event`]: the Kubernetes Event on knat's own Pod while that Node is missing;
+//! - [`health_event`], [`sync_event`]: `FailedToStartServiceHealthcheck` on a Service, and
+//!   repeated sync failures on the Node; [`loop_events`] feeds them from the sync loop;
 //! - [`node_cidr`]: `--detect-local-mode=NodeCIDR` waits for (and follows) the Node's podCIDRs;
 //! - [`index`]: the pure state the sources update (initial-list gating, re-list replacement);
 //! - [`api_server`]: which API server we dial, from where, and the messages when it fails;
@@ -14,13 +17,17 @@
 
 pub mod api_server;
 pub mod capabilities;
+pub mod events;
 pub mod files;
+pub mod health_event;
 pub mod index;
 pub mod localnet;
+pub mod loop_events;
 pub mod node_cidr;
 pub mod node_event;
 pub mod node_identity;
 pub mod sync;
+pub mod sync_event;
 pub mod watch;
 
 pub use index::SourceState;

@@ -7,18 +7,18 @@
 //! [`REPEAT`] while it stays missing, and a Normal [`REASON_FOUND`] when it appears after a
 //! Warning. [`run`] follows the source state in its own task and publishes with kube-rs's
 //! `Recorder` (events.k8s.io/v1: create, and patch for a repeat inside the recorder's series
-//! window). A failed Event is logged and counted in `knat_events_total{result="failed"}`; it
-//! never touches syncing.
+//! window, through [`super::events::publish`]). A failed Event is logged and counted in
+//! `knat_events_total{result="failed"}`; it never touches syncing.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::Client;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::events::{self, NOTE_LIMIT, cut};
 use super::index::SourceState;
 use super::node_identity::{NameSource, NodeCheck, missing_message};
 use crate::metrics::Metrics;
@@ -29,16 +29,8 @@ pub const REASON_MISMATCH: &str = "NodeNameMismatch";
 pub const REASON_FOUND: &str = "NodeFound";
 /// The events.k8s.io `action`: what knat was doing when it noticed.
 pub const ACTION: &str = "CheckNodeName";
-/// The events.k8s.io `reportingController`.
-pub const CONTROLLER: &str = "knat";
 /// A Warning is repeated this often while the Node stays missing.
 pub const REPEAT: Duration = Duration::from_secs(600);
-/// The API server's limit of `note`, in bytes.
-pub const NOTE_LIMIT: usize = 1024;
-/// The API server's limit of `reportingInstance`, in bytes.
-pub const INSTANCE_LIMIT: usize = 128;
-/// One publish attempt gives up after this long (the next one comes with the next decision).
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why no Event can be recorded: the Pod to attach it to is not known.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -134,15 +126,6 @@ impl Throttle {
     }
 }
 
-/// `s` cut to at most `limit` bytes, at a character boundary.
-fn cut(s: &str, limit: usize) -> &str {
-    let mut end = s.len().min(limit);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 /// `make(name)` within [`NOTE_LIMIT`] bytes: a name too long for it is shortened (with "…")
 /// rather than the end of the message, where the fix is.
 fn note_with_name(name: &str, make: impl Fn(&str) -> String) -> String {
@@ -196,43 +179,6 @@ pub fn event(kind: NodeEventKind, node_name: &str, source: NameSource, frozen: b
     }
 }
 
-/// The recorder: controller [`CONTROLLER`], instance the node name used (within the limit).
-pub fn recorder(client: Client, node_name: &str) -> Recorder {
-    Recorder::new(
-        client,
-        Reporter {
-            controller: CONTROLLER.into(),
-            instance: Some(cut(node_name, INSTANCE_LIMIT).to_string()),
-        },
-    )
-}
-
-/// Publishes one Event; failures are logged and counted, never returned.
-async fn publish(
-    recorder: &Recorder,
-    pod: &ObjectReference,
-    kind: NodeEventKind,
-    ev: &Event,
-    metrics: &Metrics,
-) {
-    let pod_name = pod.name.as_deref().unwrap_or_default();
-    let result = match tokio::time::timeout(PUBLISH_TIMEOUT, recorder.publish(ev, pod)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err(format!("no answer within {PUBLISH_TIMEOUT:?}")),
-    };
-    match result {
-        Ok(()) => {
-            metrics.event(kind.reason(), true);
-            tracing::info!(reason = %ev.reason, pod = pod_name, "Kubernetes Event recorded on the Pod");
-        }
-        Err(err) => {
-            metrics.event(kind.reason(), false);
-            tracing::warn!(reason = %ev.reason, pod = pod_name, %err, "cannot record the Kubernetes Event (syncing is not affected)");
-        }
-    }
-}
-
 /// Follows the source state until its sender goes away, recording Events on `pod`.
 pub async fn run(
     recorder: Recorder,
@@ -249,14 +195,8 @@ pub async fn run(
             (state.node, state.require_node)
         };
         if let Some(kind) = throttle.observe(check, Instant::now()) {
-            publish(
-                &recorder,
-                &pod,
-                kind,
-                &event(kind, &node_name, source, frozen),
-                &metrics,
-            )
-            .await;
+            let ev = event(kind, &node_name, source, frozen);
+            events::publish(&recorder, &pod, kind.reason(), &ev, &metrics).await;
         }
         let next = throttle.next_at();
         let repeat = async {
@@ -279,6 +219,8 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use serde_json::Value;
+
+    use kube::Client;
 
     use super::*;
     use crate::agent::node_identity::MISSING_NODE_FIX;
@@ -401,10 +343,6 @@ mod tests {
             assert!(note.ends_with(MISSING_NODE_FIX), "{note}");
             assert!(note.contains("…\" exists"), "{note}");
         }
-        let name = "é".repeat(200);
-        assert_eq!(cut(&name, INSTANCE_LIMIT).len(), INSTANCE_LIMIT);
-        assert_eq!(cut(&name, INSTANCE_LIMIT - 1).len(), INSTANCE_LIMIT - 2);
-        assert_eq!(cut("node-1", INSTANCE_LIMIT), "node-1");
     }
 
     type Requests = tokio::sync::mpsc::UnboundedReceiver<(String, String, Value)>;
@@ -460,7 +398,7 @@ mod tests {
         let pod = pod_reference(Some("knat-abcde"), Some("kube-system"), Some("uid-1"))
             .expect("pod reference");
         let task = tokio::spawn(run(
-            recorder(client, "node-1"),
+            events::recorder(client, "node-1"),
             pod,
             "node-1".into(),
             NameSource::Flag,

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::index::{Readiness, SourceState};
+use super::loop_events::LoopEvents;
 use super::node_cidr::NodeCidrGate;
 use super::node_identity::{NameSource, NodeCheck, missing_message};
 use crate::backend::conntrack::Conntrack;
@@ -453,6 +454,8 @@ pub struct SyncLoop {
     pub name_source: NameSource,
     /// The newest change trigger already observed in the programming-latency metric.
     pub observed_trigger: u64,
+    /// Kubernetes Events (API-server source only).
+    pub events: Option<LoopEvents>,
 }
 
 fn with_health<R>(health: &Mutex<ProxyHealth>, f: impl FnOnce(&mut ProxyHealth) -> R) -> R {
@@ -656,15 +659,26 @@ impl SyncLoop {
                             synced_once = true;
                             self.observe_programming(&triggers);
                             let merged = merge_health(&outcomes);
-                            for (svc, err) in self.servers.sync(&merged).await {
+                            let errors = self.servers.sync(&merged).await;
+                            for (svc, err) in &errors {
                                 tracing::error!(service = %svc, %err, "FailedToStartServiceHealthcheck; retried on the next sync");
+                            }
+                            if let Some(events) = self.events.as_mut() {
+                                let ports =
+                                    merged.iter().map(|(k, h)| (k.clone(), h.port)).collect();
+                                events.health_checks(&errors, &ports, &snapshot);
+                                events.sync_finished(0, "", Instant::now());
                             }
                             self.metrics
                                 .health_check_servers
                                 .set(self.servers.ports().len() as i64);
                         }
                         Err(err) => {
-                            tracing::error!(%err, failures = self.scheduler.failures() + 1, "sync failed; retrying with a full sync");
+                            let failures = self.scheduler.failures() + 1;
+                            tracing::error!(%err, failures, "sync failed; retrying with a full sync");
+                            if let Some(events) = self.events.as_mut() {
+                                events.sync_finished(failures, &err.to_string(), Instant::now());
+                            }
                             // The sync is still owed: `/healthz` fails once it has been owed
                             // for twice the sync period, whatever asked for it.
                             self.queue_all(&families, now);

@@ -23,7 +23,7 @@ use super::api_server::{
     ApiTarget, ConfigSource, Failure, Placeholder, ServiceIp, check_placeholder, error_chain,
     failure_message,
 };
-use super::index::{Applied, SourceState};
+use super::index::{EventOutcome, SourceState};
 use crate::metrics::Metrics;
 use crate::model::convert::Skip;
 
@@ -143,7 +143,7 @@ fn report_error(kind: &'static str, err: &watcher::Error, target: &ApiTarget, me
     }
 }
 
-fn report(kind: &'static str, applied: &Applied, metrics: &Metrics) {
+fn report(kind: &'static str, applied: &EventOutcome, metrics: &Metrics) {
     for (what, skip) in &applied.skipped {
         let malformed = matches!(skip, Skip::Malformed(_));
         metrics.skipped(kind, malformed);
@@ -160,7 +160,7 @@ pub async fn drive<K, S>(
     stream: S,
     kind: &'static str,
     tx: &watch::Sender<SourceState>,
-    apply: fn(&mut SourceState, Event<K>) -> Applied,
+    apply: fn(&mut SourceState, Event<K>) -> EventOutcome,
     on_change: impl Fn(),
     target: &ApiTarget,
     metrics: &Metrics,
@@ -176,7 +176,7 @@ pub async fn drive<K, S>(
                     Event::InitDone => Some("list complete"),
                     _ => None,
                 };
-                let mut applied = Applied::default();
+                let mut applied = EventOutcome::default();
                 tx.send_if_modified(|state| {
                     applied = apply(state, event);
                     applied.changed
@@ -536,7 +536,7 @@ mod tests {
         )
         .expect("pod reference");
         let events = tokio::spawn(node_event::run(
-            node_event::recorder(client.clone(), "node-1"),
+            crate::agent::events::recorder(client.clone(), "node-1"),
             pod,
             "node-1".into(),
             NameSource::Flag,

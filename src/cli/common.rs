@@ -245,7 +245,8 @@ impl RuleFlags {
     }
 
     /// The detector of `--detect-local-mode` for one family (validated as kube-proxy does:
-    /// the interface modes need a non-empty name; `--cluster-cidr` counts only in ClusterCIDR).
+    /// the interface modes need a non-empty name; `--cluster-cidr` counts only in ClusterCIDR,
+    /// where it must be one CIDR or a dual-stack pair).
     pub fn local_detector(
         &self,
         family: knat::model::IpFamily,
@@ -263,6 +264,12 @@ impl RuleFlags {
             DetectLocalModeArg::ClusterCidr => {
                 let cidrs: Vec<ipnet::IpNet> =
                     self.cluster_cidrs.iter().flatten().copied().collect();
+                let dual_pair =
+                    matches!(cidrs.as_slice(), [a, b] if a.addr().is_ipv4() != b.addr().is_ipv4());
+                if cidrs.len() > 1 && !dual_pair {
+                    let text: Vec<String> = cidrs.iter().map(ToString::to_string).collect();
+                    return Err(ConfigError::ClusterCidrCount(text.join(",")));
+                }
                 LocalDetector::from_cidrs(&cidrs, family)
             }
             DetectLocalModeArg::NodeCidr => LocalDetector::NodeCidr,
@@ -328,6 +335,25 @@ mod tests {
         cli.rules
             .local_detector(IpFamily::V4)
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn cluster_cidrs_are_one_or_a_dual_stack_pair() {
+        assert!(detector(&["--cluster-cidr=10.244.0.0/16,fd00:10:244::/56"]).is_ok());
+        let err = detector(&["--cluster-cidr=10.244.0.0/16,10.245.0.0/16"]).expect_err("two v4");
+        assert!(err.contains("dual-stack pair"), "{err}");
+        assert!(
+            detector(&["--cluster-cidr=10.244.0.0/16,fd00::/56,10.245.0.0/16"]).is_err(),
+            "three"
+        );
+        // Only ClusterCIDR mode looks at them, as in kube-proxy.
+        assert!(
+            detector(&[
+                "--cluster-cidr=10.244.0.0/16,10.245.0.0/16",
+                "--detect-local-mode=NodeCIDR"
+            ])
+            .is_ok()
+        );
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub struct KubeProxyFlags {
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false,
           action = clap::ArgAction::Set)]
     pub cleanup: bool,
+    /// Print knat's version and exit, as kube-proxy's `--version[=true|raw]` (`=false`: run).
+    #[arg(long, value_name = "true|raw|false", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true")]
+    pub version: Option<String>,
 
     // Accepted; knat does not write conntrack sysctls (a warning says so).
     #[arg(long, hide = true, value_name = "N")]
@@ -110,6 +114,13 @@ pub struct KubeProxyFlags {
     pub init_only: Option<String>,
     #[arg(long, value_name = "FILE", hide = true)]
     pub write_config_to: Option<String>,
+}
+
+impl KubeProxyFlags {
+    /// True when `--version` asks for the version instead of a run.
+    pub fn version_requested(&self) -> bool {
+        self.version.as_deref().is_some_and(|v| v != "false")
+    }
 }
 
 /// A kube-proxy flag knat will not run with.

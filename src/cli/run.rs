@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use knat::agent::events::{self, Outbox};
 use knat::agent::index::SourceState;
+use knat::agent::loop_events::LoopEvents;
 use knat::agent::node_event::{self, PodRefError};
 use knat::agent::node_identity::{self, MISSING_NODE_FIX, NameSource};
 use knat::agent::sync::{FamilySync, Scheduler, SyncLoop, Timing};
@@ -37,12 +39,22 @@ fn duration(text: &str) -> Result<Duration, String> {
     knat::kube_proxy_config::duration::parse_duration(text)
 }
 
+/// A bind-address flag: as kube-proxy's (`IP` or `IP:PORT`), and also `IP:0` for a port the
+/// kernel chooses (the tests run many agents side by side; the config file keeps kube-proxy's
+/// 1-65535 validation).
+fn bind_address_flag(text: &str, default_port: u16) -> Result<SocketAddr, String> {
+    match text.trim().parse::<SocketAddr>() {
+        Ok(addr) if addr.port() == 0 => Ok(addr),
+        _ => knat::kube_proxy_config::settings::parse_bind_address(text, default_port),
+    }
+}
+
 fn healthz_address(text: &str) -> Result<SocketAddr, String> {
-    knat::kube_proxy_config::settings::parse_bind_address(text, HEALTHZ_PORT)
+    bind_address_flag(text, HEALTHZ_PORT)
 }
 
 fn metrics_address(text: &str) -> Result<SocketAddr, String> {
-    knat::kube_proxy_config::settings::parse_bind_address(text, METRICS_PORT)
+    bind_address_flag(text, METRICS_PORT)
 }
 
 fn node_ip(text: &str) -> Result<IpAddr, String> {
@@ -180,23 +192,23 @@ fn localhost_nodeports_check(
     Ok(state.usable())
 }
 
-/// The arguments (ids) of flags that a `--config` file also sets.
-const FILE_FIELD_FLAGS: &[&str] = &[
-    "cluster_cidrs",
-    "detect_local_mode",
-    "pod_bridge_interface",
-    "pod_interface_name_prefix",
-    "masquerade_all",
-    "iptables_masquerade_bit",
-    "nodeport_addresses",
-    "localhost_nodeports",
-    "kubeconfig",
-    "iptables_min_sync_period",
-    "iptables_sync_period",
-    "healthz_bind_address",
-    "metrics_bind_address",
-    "bind_address",
-    "feature_gates",
+/// The flags (argument id, spelling) that a `--config` file also sets.
+const FILE_FIELD_FLAGS: &[(&str, &str)] = &[
+    ("cluster_cidrs", "--cluster-cidr"),
+    ("detect_local_mode", "--detect-local-mode"),
+    ("pod_bridge_interface", "--pod-bridge-interface"),
+    ("pod_interface_name_prefix", "--pod-interface-name-prefix"),
+    ("masquerade_all", "--masquerade-all"),
+    ("iptables_masquerade_bit", "--iptables-masquerade-bit"),
+    ("nodeport_addresses", "--nodeport-addresses"),
+    ("localhost_nodeports", "--localhost-nodeports"),
+    ("kubeconfig", "--kubeconfig"),
+    ("iptables_min_sync_period", "--iptables-min-sync-period"),
+    ("iptables_sync_period", "--iptables-sync-period"),
+    ("healthz_bind_address", "--healthz-bind-address"),
+    ("metrics_bind_address", "--metrics-bind-address"),
+    ("bind_address", "--bind-address"),
+    ("feature_gates", "--feature-gates"),
 ];
 
 /// `knat run`'s arguments with the `--config` file applied and kube-proxy's flags checked:
@@ -256,8 +268,8 @@ pub fn prepare(mut args: RunArgs, matches: &clap::ArgMatches) -> anyhow::Result<
         // kube-proxy ignores these flags when --config is given; knat lets them win.
         let overriding: Vec<String> = FILE_FIELD_FLAGS
             .iter()
-            .filter(|id| kube_proxy_flags::explicit(matches, id))
-            .map(|id| format!("--{}", id.replace('_', "-")))
+            .filter(|(id, _)| kube_proxy_flags::explicit(matches, id))
+            .map(|(_, flag)| flag.to_string())
             .collect();
         if !overriding.is_empty() {
             warnings.push(format!(
@@ -380,6 +392,8 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (tx, rx) =
         tokio::sync::watch::channel(SourceState::new(&node_name, args.from_files.is_none()));
     let mut events_task = None;
+    let mut outbox_task = None;
+    let mut loop_events = None;
     let source_task = match &args.from_files {
         Some(dir) => {
             tracing::info!(dir = %dir.display(), "static source: reading manifests");
@@ -398,7 +412,15 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
                 from = %target.source,
                 "API server"
             );
-            events_task = node_events(&client, &node_name, source, &rx, &metrics);
+            let recorder = events::recorder(client.clone(), &node_name);
+            events_task = node_events(&recorder, &node_name, source, &rx, &metrics);
+            let (outbox, outgoing) = Outbox::new(metrics.clone());
+            outbox_task = Some(tokio::spawn(events::run_outbox(
+                recorder,
+                outgoing,
+                metrics.clone(),
+            )));
+            loop_events = Some(LoopEvents::new(outbox, &node_name));
             tokio::spawn(kwatch::run(
                 client,
                 target,
@@ -437,21 +459,55 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
         metrics,
         name_source: source,
         observed_trigger: 0,
+        events: loop_events,
     };
-    sync_loop.run(shutdown_signal()).await;
+    // As kube-proxy: a changed --config file ends the process, so that its pod restarts.
+    let config_changed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch_config = {
+        let flag = config_changed.clone();
+        let watched = args
+            .rules
+            .config_file
+            .clone()
+            .and_then(|path| std::fs::read(&path).ok().map(|initial| (path, initial)));
+        async move {
+            let Some((path, initial)) = watched else {
+                return std::future::pending().await;
+            };
+            knat::kube_proxy_config::watch::changed(
+                path.clone(),
+                initial,
+                knat::kube_proxy_config::watch::POLL_INTERVAL,
+            )
+            .await;
+            tracing::error!(file = %path.display(), "the content of the --config file changed: exiting so that the pod restarts with it (as kube-proxy does); the rules stay in place");
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    };
+    sync_loop
+        .run(async {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                () = watch_config => {}
+            }
+        })
+        .await;
     source_task.abort();
-    if let Some(task) = events_task {
+    for task in [events_task, outbox_task].into_iter().flatten() {
         task.abort();
     }
     healthz_task.abort();
     metrics_task.abort();
+    if config_changed.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Starts recording the node-name Events on knat's own Pod (from the downward API variables
 /// POD_NAME, POD_NAMESPACE and POD_UID); without a Pod name there is nothing to attach them to.
 fn node_events(
-    client: &kube::Client,
+    recorder: &kube::runtime::events::Recorder,
     node_name: &str,
     source: NameSource,
     rx: &tokio::sync::watch::Receiver<SourceState>,
@@ -464,7 +520,7 @@ fn node_events(
         env("POD_UID").as_deref(),
     ) {
         Ok(pod) => Some(tokio::spawn(node_event::run(
-            node_event::recorder(client.clone(), node_name),
+            recorder.clone(),
             pod,
             node_name.to_string(),
             source,
@@ -479,5 +535,129 @@ fn node_events(
             tracing::warn!("{err}");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, FromArgMatches, Parser};
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    const KUBEADM: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/kube-proxy-config/kubeadm.conf"
+    );
+
+    fn prepared(args: &[&str]) -> Result<Prepared, String> {
+        let matches = Cli::command()
+            .try_get_matches_from(std::iter::once("knat").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        let cli = Cli::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+        prepare(cli.run, &matches).map_err(|e| format!("{e:#}"))
+    }
+
+    #[test]
+    fn file_settings_apply_and_explicit_flags_win() {
+        let p = prepared(&["--config", KUBEADM]).expect("kubeadm file");
+        assert_eq!(
+            p.args.rules.cluster_cidrs,
+            vec![Some("10.244.0.0/16".parse().expect("cidr"))]
+        );
+        assert_eq!(
+            p.args.kubeconfig.as_deref(),
+            Some(std::path::Path::new("/var/lib/kube-proxy/kubeconfig.conf"))
+        );
+        assert_eq!(p.verbosity, Some(0));
+        assert!(!p.warnings.iter().any(|w| w.contains("override")));
+
+        let p = prepared(&[
+            "--config",
+            KUBEADM,
+            "--cluster-cidr",
+            "10.100.0.0/16",
+            "--iptables-masquerade-bit=9",
+            "--iptables-sync-period",
+            "10s",
+            "--healthz-bind-address",
+            "127.0.0.1",
+            "-v",
+            "5",
+        ])
+        .expect("flags and file");
+        assert_eq!(
+            p.args.rules.cluster_cidrs,
+            vec![Some("10.100.0.0/16".parse().expect("cidr"))]
+        );
+        assert_eq!(p.args.rules.iptables_masquerade_bit, 9);
+        assert_eq!(p.args.iptables_sync_period, Duration::from_secs(10));
+        assert_eq!(p.args.iptables_min_sync_period, Duration::from_secs(1));
+        assert_eq!(
+            p.args.healthz_bind_address,
+            "127.0.0.1:10256".parse::<SocketAddr>().expect("addr")
+        );
+        assert_eq!(p.verbosity, Some(5));
+        let over = p
+            .warnings
+            .iter()
+            .find(|w| w.contains("override"))
+            .expect("override warning");
+        assert!(
+            over.contains("--cluster-cidr --iptables-masquerade-bit --iptables-sync-period --healthz-bind-address"),
+            "{over}"
+        );
+    }
+
+    #[test]
+    fn version_is_kube_proxy_spelling() {
+        let asks = |args: &[&str]| {
+            prepared(args)
+                .map(|p| p.args.kube_proxy.version_requested())
+                .expect("parses")
+        };
+        assert!(asks(&["--version"]));
+        assert!(asks(&["--version=raw"]));
+        assert!(!asks(&["--version=false"]));
+        assert!(!asks(&[]));
+    }
+
+    #[test]
+    fn kube_proxy_flags_are_checked() {
+        assert!(prepared(&["--proxy-mode", "iptables"]).is_ok());
+        let err = prepared(&["--proxy-mode=nftables"]).expect_err("nftables");
+        assert!(
+            err.contains("--proxy-mode") && err.contains("nftables"),
+            "{err}"
+        );
+        let err = prepared(&["--healthz-port", "0"]).expect_err("healthz-port");
+        assert!(err.contains("--healthz-bind-address"), "{err}");
+        let err =
+            prepared(&["--feature-gates", "AllowServiceExternalIPs=false"]).expect_err("gate");
+        assert!(err.contains("AllowServiceExternalIPs=false"), "{err}");
+        let p = prepared(&[
+            "--feature-gates=SomeGate=true",
+            "--conntrack-max-per-core=0",
+            "--oom-score-adj=-999",
+            "--masquerade-all=false",
+            "--iptables-localhost-nodeports=false",
+            "--nodeport-addresses=primary,192.168.0.0/16",
+        ])
+        .expect("accepted");
+        assert_eq!(p.warnings.len(), 3, "{:?}", p.warnings);
+        assert!(p.warnings[0].contains("SomeGate"));
+        assert!(!p.args.rules.localhost_nodeports);
+        assert!(!p.args.rules.masquerade_all);
+        let err = prepared(&[
+            "--iptables-min-sync-period=1m",
+            "--iptables-sync-period=30s",
+        ])
+        .expect_err("min > sync");
+        assert!(err.contains("--iptables-sync-period"), "{err}");
     }
 }

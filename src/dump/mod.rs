@@ -3,9 +3,13 @@
 //!
 //! Everything here is pure: functions over strings and values, no processes, no I/O.
 //!
-//! - [`parse`](mod@parse): text (save output or restore input) to table blocks and to a [`Dump`].
+//! - [`parse`](mod@parse): text (save output or restore input) to table blocks.
 //! - [`restore`]: `iptables-restore [--noflush]` semantics ([`apply_restore`]) and a canonical
 //!   rendering ([`to_save_text`]).
+//! - [`read`]: text to a [`Dump`] ([`parse()`]), the blocks replayed leniently.
+//!
+//! Each dependency points one way: `read` → `restore` → `parse` → `rule` → `extensions`, and
+//! `report` → `trace` (`report` formats what `trace` returns; `trace` does not import it).
 //! - [`trace`](mod@trace): follow one new connection through a dump ([`trace()`], [`format_text`]).
 //!
 //! The building blocks: [`words`] (tokenizer and quoting), [`values`] (option values),
@@ -18,6 +22,7 @@ pub mod extensions;
 pub mod matches;
 pub mod model;
 pub mod parse;
+pub mod read;
 pub mod report;
 pub mod restore;
 pub mod rule;
@@ -28,7 +33,8 @@ pub mod words;
 
 pub use matches::{CtState, Direction, Match, PortRange, Recent, RecentMode, StatisticMode};
 pub use model::{Chain, Dump, Rule, Table};
-pub use parse::{ParseError, ParseReason, parse, parse_payload, parse_rule_spec};
+pub use parse::{ParseError, ParseReason, parse_payload, parse_rule_spec};
+pub use read::parse;
 pub use report::format_text;
 pub use restore::{RestoreError, apply_restore, to_save_text};
 pub use target::{NatAddr, Target};

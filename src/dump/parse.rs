@@ -1,5 +1,6 @@
 //! Parsing `iptables-save` output and `iptables-restore` input (they share one syntax) into table
-//! transactions and, from those, into a [`Dump`].
+//! transactions ([`TableBlock`]s). Replaying them into a [`Dump`] is [`super::restore`]'s job
+//! (strict) and [`super::read`]'s (lenient), so this module depends on neither.
 //!
 //! Understood lines: `*table`, `:CHAIN POLICY [p:b]`, `-A`, `-I [n]`, `-D n|rule`, `-F [chain]`,
 //! `-X [chain]`, `-N`, `-P`, `COMMIT`, `#` comments and blank lines. A leading `[p:b]` counter
@@ -8,7 +9,6 @@
 use thiserror::Error;
 
 pub use super::model::{Chain, Dump, Rule, Table};
-use super::restore::{Mode, replay};
 use super::rule::{RuleError, parse_rule};
 use super::words::{TokenError, Word, split};
 
@@ -153,23 +153,6 @@ pub enum DeleteSpec {
     Index(usize),
     /// The first rule equal to this one.
     Rule(Rule),
-}
-
-/// Parses text into a [`Dump`]. Tables are replayed leniently and in `--noflush` style (a later
-/// block for the same table adds to it): rules may name chains that are not declared (they are
-/// created) and jumps are not checked, so a partial dump can still be traced. Use
-/// [`super::restore::apply_restore`] for iptables-restore's strict semantics.
-pub fn parse(text: &str) -> Result<Dump, ParseError> {
-    let mut dump = Dump::default();
-    for block in parse_payload(text)? {
-        let table = replay(&dump, &block, true, Mode::Lenient).map_err(|e| ParseError {
-            line: e.line(),
-            text: e.text().to_string(),
-            reason: ParseReason::Rejected(e.to_string()),
-        })?;
-        dump.tables.insert(block.name.clone(), table);
-    }
-    Ok(dump)
 }
 
 /// Parses one rule specification (the part after `-A CHAIN`), as line 1.
@@ -373,6 +356,7 @@ fn check_chain_name(name: &str) -> Result<(), ParseReason> {
 mod tests {
     use super::*;
     use crate::dump::matches::Match;
+    use crate::dump::read::parse;
     use crate::dump::target::Target;
 
     const SAVED: &str = "\

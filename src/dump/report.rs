@@ -1,10 +1,11 @@
 //! Rendering a [`TraceResult`] for operators: the path, indented by jump depth, then a one-line
-//! verdict with the targets and masquerade, the branches when there are several, and the rules
-//! that could not be understood.
+//! verdict with the targets and masquerade, the branches when there are several (each with its
+//! share of new connections and, when masqueraded, the rule that asked for it and the rule that
+//! did it), and the rules that could not be understood.
 
 use std::fmt::Write;
 
-use super::trace::{TraceResult, Verdict};
+use super::trace::{Branch, TraceResult, Verdict};
 
 /// Renders a trace result as readable text.
 pub fn format_text(result: &TraceResult) -> String {
@@ -31,16 +32,22 @@ pub fn format_text(result: &TraceResult) -> String {
         };
     }
     let _ = writeln!(out, "{}", verdict_line(result));
-    if result.branches.len() > 1 {
-        let _ = writeln!(out, "branches:");
-        for b in &result.branches {
-            let _ = writeln!(
-                out,
-                "  {} -> {}{}",
-                b.target.as_deref().unwrap_or("(no DNAT)"),
-                b.verdict.as_str(),
-                if b.masquerade { ", masqueraded" } else { "" }
-            );
+    match result.branches.as_slice() {
+        [] => {}
+        [only] => masquerade_causes(&mut out, only, "  "),
+        branches => {
+            let _ = writeln!(out, "branches:");
+            for b in branches {
+                let _ = writeln!(
+                    out,
+                    "  {} ({:.1}%) -> {}{}",
+                    b.target.as_deref().unwrap_or("(no DNAT)"),
+                    b.chance * 100.0,
+                    b.verdict.as_str(),
+                    if b.masquerade { ", masqueraded" } else { "" }
+                );
+                masquerade_causes(&mut out, b, "      ");
+            }
         }
     }
     if !result.unknown.is_empty() {
@@ -50,6 +57,16 @@ pub fn format_text(result: &TraceResult) -> String {
         }
     }
     out
+}
+
+/// Why a branch is masqueraded: the rule that set the mark and the rule that source-NATed.
+fn masquerade_causes(out: &mut String, branch: &Branch, indent: &str) {
+    if let Some(rule) = &branch.mark_set_by {
+        let _ = writeln!(out, "{indent}marked by {rule}");
+    }
+    if let Some(rule) = &branch.masquerade_by {
+        let _ = writeln!(out, "{indent}source NAT by {rule}");
+    }
 }
 
 fn verdict_line(result: &TraceResult) -> String {
@@ -73,7 +90,17 @@ fn verdict_line(result: &TraceResult) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dump::trace::{Branch, Step};
+    use crate::dump::trace::{Branch, RuleRef, Step};
+
+    fn rule(chain: &str, index: usize, line: usize, text: &str) -> RuleRef {
+        RuleRef {
+            table: "nat".into(),
+            chain: chain.into(),
+            rule_index: index,
+            rule_line: line,
+            rule: text.into(),
+        }
+    }
 
     #[test]
     fn renders_path_and_verdict() {
@@ -106,11 +133,27 @@ mod tests {
                     target: Some("10.0.0.1:80".into()),
                     verdict: Verdict::Dnat,
                     masquerade: false,
+                    chance: 2.0 / 3.0,
+                    mark_set_by: None,
+                    masquerade_by: None,
                 },
                 Branch {
                     target: Some("10.0.0.2:80".into()),
                     verdict: Verdict::Dnat,
                     masquerade: true,
+                    chance: 1.0 / 3.0,
+                    mark_set_by: Some(rule(
+                        "KUBE-SEP-B",
+                        1,
+                        30,
+                        "-s 10.0.0.2/32 -j KUBE-MARK-MASQ",
+                    )),
+                    masquerade_by: Some(rule(
+                        "KUBE-POSTROUTING",
+                        3,
+                        12,
+                        "-j MASQUERADE --random-fully",
+                    )),
                 },
             ],
             unknown: vec!["nat/X rule 1 (line 3): -m limit --limit 1/s: not understood".into()],
@@ -122,8 +165,10 @@ nat PREROUTING: enter nat PREROUTING
       => jump to KUBE-SVC-X
 verdict: DNAT to 10.0.0.1:80, 10.0.0.2:80; masquerade: in some branches only (see below)
 branches:
-  10.0.0.1:80 -> DNAT
-  10.0.0.2:80 -> DNAT, masqueraded
+  10.0.0.1:80 (66.7%) -> DNAT
+  10.0.0.2:80 (33.3%) -> DNAT, masqueraded
+      marked by nat KUBE-SEP-B #1 (line 30): -s 10.0.0.2/32 -j KUBE-MARK-MASQ
+      source NAT by nat KUBE-POSTROUTING #3 (line 12): -j MASQUERADE --random-fully
 not understood (treated as not matching):
   nat/X rule 1 (line 3): -m limit --limit 1/s: not understood
 ";

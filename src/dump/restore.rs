@@ -651,7 +651,7 @@ pub fn to_save_text(dump: &Dump) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dump::parse::parse;
+    use crate::dump::read::parse;
     use proptest::prelude::*;
 
     const BASE: &str = "\

@@ -15,17 +15,24 @@
 //! per-branch answers are in `branches` (a hairpin connection is masqueraded only in the branch
 //! that picks the client's own endpoint). The verdict and the recorded filter/POSTROUTING path are
 //! those of the first branch that DNATs (rule order), or of the only branch.
+//!
+//! Each branch also says how likely it is and why it is masqueraded: `chance` is the share of
+//! new connections the kernel sends down it (the product of the `-m statistic` probabilities
+//! taken, and of one minus those passed over; a `-m recent` affinity list is empty for the new
+//! connection traced), `mark_set_by` the nat rule that set the packet mark POSTROUTING acted on
+//! (the caller of a one-rule mark chain such as `KUBE-MARK-MASQ`: the hairpin rule
+//! `-s <endpoint> -j KUBE-MARK-MASQ` of the endpoint's chain, or the service chain's
+//! `! -s <cluster CIDR>` rule), and `masquerade_by` the MASQUERADE or SNAT rule itself.
 
 use std::net::IpAddr;
 
 use serde::Serialize;
 
 use super::eval::{Env, Eval, Packet, eval_rule};
+use super::matches::Match;
 use super::model::{Dump, Rule};
 use super::target::Target;
 use crate::model::Protocol;
-
-pub use super::report::format_text;
 
 /// Nested jumps deeper than this are reported and not followed.
 pub const MAX_DEPTH: usize = 64;
@@ -100,8 +107,43 @@ pub struct Step {
     pub action: String,
 }
 
-/// The result of one branch (one way the connection can be load-balanced).
+/// A rule of the dump, named for operators.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleRef {
+    pub table: String,
+    pub chain: String,
+    /// 1-based position in its chain.
+    pub rule_index: usize,
+    /// Line in the parsed text.
+    pub rule_line: usize,
+    /// The rule text as parsed.
+    pub rule: String,
+}
+
+impl RuleRef {
+    fn new(table: &str, chain: &str, index: usize, rule: &Rule) -> Self {
+        RuleRef {
+            table: table.to_string(),
+            chain: chain.to_string(),
+            rule_index: index + 1,
+            rule_line: rule.line,
+            rule: rule.text.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for RuleRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} #{} (line {}): {}",
+            self.table, self.chain, self.rule_index, self.rule_line, self.rule
+        )
+    }
+}
+
+/// The result of one branch (one way the connection can be load-balanced).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Branch {
     /// The DNAT target, if the branch DNATed.
     pub target: Option<String>,
@@ -109,10 +151,16 @@ pub struct Branch {
     pub verdict: Verdict,
     /// Whether the branch is source-NATed in POSTROUTING.
     pub masquerade: bool,
+    /// The share of new connections that take this branch (0 to 1).
+    pub chance: f64,
+    /// Masqueraded branches: the rule that set the packet mark (see the module header).
+    pub mark_set_by: Option<RuleRef>,
+    /// Masqueraded branches: the MASQUERADE or SNAT rule.
+    pub masquerade_by: Option<RuleRef>,
 }
 
 /// What happens to the traced packet.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TraceResult {
     /// DROP/REJECT if filtered, else DNAT if translated, else ACCEPT.
     pub verdict: Verdict,
@@ -145,9 +193,26 @@ enum Flow {
     Stop(End),
 }
 
+/// What a branch carries besides the packet.
+#[derive(Debug, Clone)]
+struct Context {
+    chance: f64,
+    mark_set_by: Option<RuleRef>,
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Context {
+            chance: 1.0,
+            mark_set_by: None,
+        }
+    }
+}
+
 struct Outcome {
     pkt: Packet,
     end: End,
+    ctx: Context,
 }
 
 struct Tracer<'a> {
@@ -159,6 +224,12 @@ struct Tracer<'a> {
     outcomes: Vec<Outcome>,
     /// The chains being walked (jumps into one of them would loop; the kernel forbids it).
     stack: Vec<String>,
+    /// The rules that jumped into the chains being walked.
+    callers: Vec<RuleRef>,
+    /// The walking branch's chance and mark provenance.
+    ctx: Context,
+    /// The last MASQUERADE or SNAT rule that ran.
+    snat_by: Option<RuleRef>,
     evaluations: usize,
 }
 
@@ -182,6 +253,9 @@ pub fn trace(dump: &Dump, req: &TraceRequest) -> TraceResult {
         unknown: Vec::new(),
         outcomes: Vec::new(),
         stack: Vec::new(),
+        callers: Vec::new(),
+        ctx: Context::default(),
+        snat_by: None,
         evaluations: 0,
     };
     let mut pkt = Packet {
@@ -194,7 +268,8 @@ pub fn trace(dump: &Dump, req: &TraceRequest) -> TraceResult {
     };
     let hook = if req.local { "OUTPUT" } else { "PREROUTING" };
     let end = t.run_hook("nat", hook, &mut pkt);
-    t.outcomes.push(Outcome { pkt, end });
+    let ctx = std::mem::take(&mut t.ctx);
+    t.outcomes.push(Outcome { pkt, end, ctx });
     let outcomes = std::mem::take(&mut t.outcomes);
 
     let primary = outcomes
@@ -234,11 +309,17 @@ impl Tracer<'_> {
     /// Walks a packet that left nat through filter and POSTROUTING.
     fn finish(&mut self, outcome: &Outcome) -> Branch {
         let mut pkt = outcome.pkt.clone();
+        self.ctx = outcome.ctx.clone();
+        self.snat_by = None;
         let target = pkt.dnat.map(|d| d.to_string());
+        let chance = outcome.ctx.chance;
         let filtered = |verdict| Branch {
             target: target.clone(),
             verdict,
             masquerade: false,
+            chance,
+            mark_set_by: None,
+            masquerade_by: None,
         };
         match outcome.end {
             End::Drop => return filtered(Verdict::Drop),
@@ -277,6 +358,11 @@ impl Tracer<'_> {
         if then_input && let Some(verdict) = self.filter("INPUT", &mut pkt) {
             return filtered(verdict);
         }
+        let (mark_set_by, masquerade_by) = if masquerade {
+            (self.ctx.mark_set_by.take(), self.snat_by.take())
+        } else {
+            (None, None)
+        };
         Branch {
             verdict: if pkt.dnat.is_some() {
                 Verdict::Dnat
@@ -285,6 +371,9 @@ impl Tracer<'_> {
             },
             target,
             masquerade,
+            chance,
+            mark_set_by,
+            masquerade_by,
         }
     }
 
@@ -426,10 +515,20 @@ impl Tracer<'_> {
             }
             Eval::Matches { branch: None } => self.exec(at, i, rule, pkt, None),
             Eval::Matches { branch: Some(desc) } => {
+                let p = branch_probability(rule);
+                let saved = self.ctx.clone();
+                self.ctx.chance *= p;
                 let mut copy = pkt.clone();
                 if let Flow::Stop(end) = self.exec(at, i, rule, &mut copy, Some(&desc)) {
-                    self.outcomes.push(Outcome { pkt: copy, end });
+                    let ctx = self.ctx.clone();
+                    self.outcomes.push(Outcome {
+                        pkt: copy,
+                        end,
+                        ctx,
+                    });
                 }
+                self.ctx = saved;
+                self.ctx.chance *= 1.0 - p;
                 Flow::Next
             }
         }
@@ -475,7 +574,10 @@ impl Tracer<'_> {
                 }
                 let verb = if goto { "goto" } else { "jump to" };
                 self.record(at, here, label(format!("{verb} {chain}")));
-                match self.walk(at.table, chain, pkt, at.depth + 1) {
+                self.callers.push(RuleRef::new(at.table, at.chain, i, rule));
+                let end = self.walk(at.table, chain, pkt, at.depth + 1);
+                self.callers.pop();
+                match end {
                     Some(end) => Flow::Stop(end),
                     None if goto => Flow::Return,
                     None => Flow::Next,
@@ -497,14 +599,19 @@ impl Tracer<'_> {
                 self.stop(at, here, label(format!("DNAT to {to}")), End::Dnat)
             }
             Target::Snat { to, .. } => {
+                self.snat_by = Some(RuleRef::new(at.table, at.chain, i, rule));
                 self.stop(at, here, label(format!("SNAT to {to}")), End::SourceNat)
             }
             Target::Masquerade { .. } => {
+                self.snat_by = Some(RuleRef::new(at.table, at.chain, i, rule));
                 self.stop(at, here, label("MASQUERADE".into()), End::SourceNat)
             }
             Target::Mark { value, mask } => {
                 let before = pkt.mark;
                 pkt.mark = Target::apply_mark(*value, *mask, before);
+                if pkt.mark & !before != 0 {
+                    self.ctx.mark_set_by = Some(self.mark_cause(at, i, rule));
+                }
                 let action = format!("MARK {before:#x} -> {:#x}", pkt.mark);
                 self.record(at, here, label(action));
                 Flow::Next
@@ -515,6 +622,18 @@ impl Tracer<'_> {
                 self.record(at, here, label(format!("{why}: ignored")));
                 Flow::Next
             }
+        }
+    }
+
+    /// Who set a mark: the caller of a one-rule chain (`-j KUBE-MARK-MASQ`), else the rule.
+    fn mark_cause(&self, at: &At<'_>, i: usize, rule: &Rule) -> RuleRef {
+        let one_rule_chain = self
+            .dump
+            .chain(at.table, at.chain)
+            .is_some_and(|c| c.rules.len() == 1);
+        match self.callers.last() {
+            Some(caller) if one_rule_chain && at.depth > 0 => caller.clone(),
+            _ => RuleRef::new(at.table, at.chain, i, rule),
         }
     }
 
@@ -530,10 +649,24 @@ impl Tracer<'_> {
     }
 }
 
+/// The probability that a rule's `-m statistic` match holds (1 without one).
+fn branch_probability(rule: &Rule) -> f64 {
+    rule.matches
+        .iter()
+        .find_map(|m| match m {
+            Match::Statistic { negated, mode } => {
+                let p = mode.probability().clamp(0.0, 1.0);
+                Some(if *negated { 1.0 - p } else { p })
+            }
+            _ => None,
+        })
+        .unwrap_or(1.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dump::parse::parse;
+    use crate::dump::read::parse;
 
     fn request(src: &str, dst: &str, dport: u16) -> TraceRequest {
         TraceRequest {
@@ -592,6 +725,39 @@ mod tests {
         assert!(marked.path.iter().any(|s| s.action == "MARK 0x4000 -> 0x0"));
         let unmarked = run(text, &request("11.1.1.1", "8.8.8.8", 53));
         assert!(!unmarked.masquerade);
+        // The caller of the one-rule mark chain asked; clearing the mark later does not count.
+        let b = &marked.branches[0];
+        let mark = b.mark_set_by.as_ref().expect("marked");
+        assert_eq!(
+            (mark.chain.as_str(), mark.rule_index, mark.rule_line),
+            ("PREROUTING", 1, 6)
+        );
+        assert_eq!(mark.rule, "-s 10.0.0.0/8 -j KUBE-MARK-MASQ");
+        let snat = b.masquerade_by.as_ref().expect("source NAT");
+        assert_eq!(
+            snat.to_string(),
+            "nat KUBE-POSTROUTING #3 (line 11): -j MASQUERADE --random-fully"
+        );
+        assert_eq!(unmarked.branches[0].mark_set_by, None);
+        assert_eq!(unmarked.branches[0].masquerade_by, None);
+    }
+
+    #[test]
+    fn a_mark_set_inside_a_longer_chain_names_its_own_rule() {
+        let text = "*nat
+:PREROUTING ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:SEP - [0:0]
+-A PREROUTING -j SEP
+-A SEP -s 10.0.0.5/32 -j MARK --or-mark 0x4000
+-A SEP -p tcp -j DNAT --to-destination 10.0.0.5:80
+-A POSTROUTING -m mark --mark 0x4000/0x4000 -j MASQUERADE
+COMMIT
+";
+        let r = run(text, &request("10.0.0.5", "172.30.0.1", 80));
+        assert!(r.masquerade);
+        let mark = r.branches[0].mark_set_by.as_ref().expect("marked");
+        assert_eq!((mark.chain.as_str(), mark.rule_index), ("SEP", 1));
     }
 
     #[test]
@@ -617,6 +783,18 @@ mod tests {
         );
         assert_eq!(r.branches.len(), 3);
         assert_eq!(r.branches[0].target.as_deref(), Some("10.0.0.10:80"));
+        // A third each: 1/3 by the nth rule, half of the remaining 2/3, the rest.
+        let chances: Vec<f64> = r.branches.iter().map(|b| b.chance).collect();
+        for c in &chances {
+            assert!((c - 1.0 / 3.0).abs() < 1e-9, "{chances:?}");
+        }
+        assert_eq!(
+            (
+                r.branches[1].target.as_deref(),
+                r.branches[2].target.as_deref()
+            ),
+            (Some("10.0.0.1:80"), Some("10.0.0.2:80"))
+        );
         assert_eq!(r.verdict, Verdict::Dnat);
         // The primary branch (first DNAT in rule order) decides the routing step.
         assert!(

@@ -13,6 +13,7 @@ pub mod feature_gates;
 pub mod settings;
 pub mod types;
 pub mod unknown;
+pub mod watch;
 
 use std::path::Path;
 

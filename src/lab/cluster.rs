@@ -264,6 +264,19 @@ impl Lab {
             if node {
                 settings.push("net.ipv4.conf.all.route_localnet=1");
             }
+            if self.scenario.role(host) == Some(Role::Client) {
+                // Clients share the fabric bridge with the nodes, so a node that forwards a
+                // packet back to the fabric sends an ICMP redirect; a client that followed it
+                // would send the rest of a flow past the node (its rules never seeing it).
+                settings.extend([
+                    // IPv4 follows a redirect if "all" or the device says so: both 0 (the
+                    // links are created after this, from "default").
+                    "net.ipv4.conf.all.accept_redirects=0",
+                    "net.ipv4.conf.default.accept_redirects=0",
+                    "net.ipv6.conf.all.accept_redirects=0",
+                    "net.ipv6.conf.default.accept_redirects=0",
+                ]);
+            }
             let mut args = vec!["-q", "-w"];
             args.extend(settings);
             children.push(in_netns(&self.ns(host), "sysctl", args));

@@ -31,7 +31,7 @@ pub use scenario::{
     EndpointState, Family, Proto, Role, Scenario, ScenarioError, ServiceSpec, ServiceType,
 };
 pub use sys::{
-    Reaper, describe, find_program, in_netns, preflight, required_programs, run, test_prerequisites,
+    Reaper, describe, effective_uid, find_program, in_netns, preflight, required_programs, run,
 };
 
 /// Everything that can go wrong in the lab.

@@ -70,31 +70,10 @@ where
 }
 
 /// The effective user id, read from `/proc/self/status` (no libc needed).
-fn effective_uid() -> Option<u32> {
+pub fn effective_uid() -> Option<u32> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("Uid:"))?;
     line.split_whitespace().nth(2)?.parse().ok()
-}
-
-/// For real-kernel tests: true when running as root with every program in `programs`
-/// available. Otherwise the test cannot run: under `CI=true` that is a failure (panic, naming
-/// what is missing); elsewhere a loud SKIPPED line is printed and false returned.
-pub fn test_prerequisites(test: &str, programs: &[&str]) -> bool {
-    let is_root = effective_uid() == Some(0);
-    let missing: Vec<&str> = programs
-        .iter()
-        .copied()
-        .filter(|p| find_program(p).is_none())
-        .collect();
-    if is_root && missing.is_empty() {
-        return true;
-    }
-    let why = format!("root: {is_root}, missing programs: {missing:?}");
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: prerequisites missing under CI=true ({why})");
-    }
-    eprintln!("\n*** SKIPPED {test}: needs root and {programs:?} ({why}) ***\n");
-    false
 }
 
 /// Finds an executable on `PATH` (plus the sbin directories, which non-login shells may lack).

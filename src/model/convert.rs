@@ -253,6 +253,7 @@ pub fn service(svc: &K8sService) -> Result<Service, Skip> {
         internal_policy_local,
         session_affinity_timeout,
         health_check_node_port,
+        uid: svc.metadata.uid.clone().filter(|u| !u.is_empty()),
     })
 }
 

@@ -156,6 +156,9 @@ pub struct Service {
     pub session_affinity_timeout: Option<u32>,
     /// Only set when the Service needs a health check (LoadBalancer with eTP=Local).
     pub health_check_node_port: Option<u16>,
+    /// `metadata.uid`, when known: Events about the Service (`FailedToStartServiceHealthcheck`)
+    /// carry it so that `kubectl describe service` lists them.
+    pub uid: Option<String>,
 }
 
 impl Service {

@@ -12,6 +12,7 @@ use ipnet::IpNet;
 
 use super::chain::{ChainName, ServiceChains, endpoint_chain};
 use super::dispatch::{self, Entry};
+use super::local_traffic;
 use super::rule::*;
 use crate::config::{LocalDetector, ProxyConfig};
 use crate::model::categorize::{NodeTopology, categorize};
@@ -60,7 +61,8 @@ pub struct Compiled {
 const COMMENT_NODEPORTS_TAIL: &str =
     "kubernetes service nodeports; NOTE: this must be the last rule in this chain";
 
-fn c(text: impl Into<Arc<str>>) -> Match {
+/// A `-m comment --comment TEXT` match.
+fn comment_match(text: impl Into<Arc<str>>) -> Match {
     Match::Comment(text.into())
 }
 
@@ -82,7 +84,7 @@ fn destination_rule(
 ) -> Rule {
     Rule::new(
         vec![
-            c(comment),
+            comment_match(comment),
             Match::Proto(proto),
             dst_ip(ip),
             Match::DPort(port),
@@ -390,7 +392,7 @@ impl ServiceCompiler<'_> {
                 if self.cfg.nfacct && self.cfg.localhost_nodeports_effective() {
                     frag.nat_nodeports.push_rule(&Rule::new(
                         vec![
-                            c(spn_text.clone()),
+                            comment_match(spn_text.clone()),
                             Match::Proto(proto),
                             Match::Dst {
                                 negated: false,
@@ -402,14 +404,14 @@ impl ServiceCompiler<'_> {
                         jump(&chains.ext),
                     ));
                 }
-                let mut matches = vec![c(spn_text.clone())];
+                let mut matches = vec![comment_match(spn_text.clone())];
                 matches.extend(proto_port(node_port));
                 frag.nat_nodeports
                     .push_rule(&Rule::new(matches, jump(&chains.ext)));
             }
             if !has_external {
                 let mut matches = vec![
-                    c(external_comment.clone()),
+                    comment_match(external_comment.clone()),
                     Match::AddrTypeLocal {
                         dir: AddrTypeDir::Dst,
                         negated: false,
@@ -422,7 +424,7 @@ impl ServiceCompiler<'_> {
         }
         // Health-check node port.
         if let Some(hc) = svc.health_check_node_port {
-            let mut matches = vec![c(format!("{spn_text} health check node port"))];
+            let mut matches = vec![comment_match(format!("{spn_text} health check node port"))];
             matches.extend(proto_port_tcp(hc));
             frag.filter_nodeports
                 .push_rule(&Rule::new(matches, Target::Accept));
@@ -431,14 +433,16 @@ impl ServiceCompiler<'_> {
         // Internal traffic masquerade, first rule of the internal chain.
         if has_internal {
             let mut matches = vec![
-                c(format!("{spn_text} cluster IP")),
+                comment_match(format!("{spn_text} cluster IP")),
                 Match::Proto(proto),
                 dst_ip(ctx.cluster_ip),
                 Match::DPort(port.port),
             ];
             let masq = if self.cfg.masquerade_all {
                 true
-            } else if let Some(not_local) = self.cfg.local_detector.if_not_local() {
+            } else if let Some(not_local) =
+                local_traffic::not_from_local_pod(&self.cfg.local_detector)
+            {
                 matches.push(not_local);
                 true
             } else {
@@ -459,19 +463,21 @@ impl ServiceCompiler<'_> {
                 frag.nat.push(
                     ext,
                     Rule::new(
-                        vec![c(format!(
+                        vec![comment_match(format!(
                             "masquerade traffic for {spn_text} external destinations"
                         ))],
                         jump(&self.kube_mark_masq),
                     ),
                 );
             } else {
-                if let Some(local) = self.cfg.local_detector.if_local() {
+                if let Some(local) = local_traffic::from_local_pod(&self.cfg.local_detector) {
                     frag.nat.push(
                         ext,
                         Rule::new(
                             vec![
-                                c(format!("pod traffic for {spn_text} external destinations")),
+                                comment_match(format!(
+                                    "pod traffic for {spn_text} external destinations"
+                                )),
                                 local,
                             ],
                             jump(&chains.svc),
@@ -486,7 +492,7 @@ impl ServiceCompiler<'_> {
                     ext,
                     Rule::new(
                         vec![
-                            c(format!(
+                            comment_match(format!(
                                 "masquerade LOCAL traffic for {spn_text} external destinations"
                             )),
                             src_local.clone(),
@@ -498,7 +504,7 @@ impl ServiceCompiler<'_> {
                     ext,
                     Rule::new(
                         vec![
-                            c(format!(
+                            comment_match(format!(
                                 "route LOCAL traffic for {spn_text} external destinations"
                             )),
                             src_local,
@@ -515,7 +521,7 @@ impl ServiceCompiler<'_> {
         // loadBalancerSourceRanges.
         if uses_fw_chain {
             let fw = &chains.fw;
-            let comment = c(format!("{spn_text} loadbalancer IP"));
+            let comment = comment_match(format!("{spn_text} loadbalancer IP"));
             for range in ctx.ranges {
                 frag.nat.push(
                     fw,
@@ -554,7 +560,7 @@ impl ServiceCompiler<'_> {
             frag.nat.push(
                 fw,
                 Rule::new(
-                    vec![c(format!(
+                    vec![comment_match(format!(
                         "other traffic to {spn_text} will be dropped by KUBE-PROXY-FIREWALL"
                     ))],
                     Target::None,
@@ -940,7 +946,7 @@ impl Compiler<'_> {
         nat.push(
             &postrouting,
             Rule::new(
-                vec![c("kubernetes service traffic requiring SNAT")],
+                vec![comment_match("kubernetes service traffic requiring SNAT")],
                 Target::Masquerade {
                     random_fully: self.cfg.random_fully,
                 },
@@ -967,7 +973,7 @@ impl Compiler<'_> {
             &forward,
             Rule::new(
                 vec![
-                    c("kubernetes forwarding rules"),
+                    comment_match("kubernetes forwarding rules"),
                     Match::Mark {
                         negated: false,
                         mark: mark.clone(),
@@ -980,7 +986,7 @@ impl Compiler<'_> {
             &forward,
             Rule::new(
                 vec![
-                    c("kubernetes forwarding conntrack rule"),
+                    comment_match("kubernetes forwarding conntrack rule"),
                     Match::CtState {
                         negated: false,
                         states: "RELATED,ESTABLISHED",
@@ -989,13 +995,16 @@ impl Compiler<'_> {
                 Target::Accept,
             ),
         );
+        // Upstream v1.37 ensures KUBE-FIREWALL and its INPUT/OUTPUT jumps in every family
+        // (`iptablesKubeletJumpChains`); its rule exists only with IPv4 localhost NodePorts.
+        let fw = ChainName::fixed(ChainName::KUBE_FIREWALL);
+        filter.chain(&fw);
         if self.cfg.localhost_nodeports_effective() {
-            let fw = ChainName::fixed(ChainName::KUBE_FIREWALL);
             filter.push(
                 &fw,
                 Rule::new(
                     vec![
-                        c("block incoming localnet connections"),
+                        comment_match("block incoming localnet connections"),
                         Match::Dst {
                             negated: false,
                             addr: Addr::Net(loopback_net()),
@@ -1093,10 +1102,8 @@ impl Compiler<'_> {
                 ChainName::KUBE_POSTROUTING,
             ),
         ];
-        let kubelet_fw = self.cfg.localhost_nodeports_effective();
         self.rs.hooks = table
             .into_iter()
-            .filter(|(_, _, _, _, to)| kubelet_fw || *to != ChainName::KUBE_FIREWALL)
             .map(|(table, chain, new_only, comment, to)| {
                 let mut matches = Vec::new();
                 if new_only {
@@ -1105,7 +1112,7 @@ impl Compiler<'_> {
                         states: "NEW",
                     });
                 }
-                matches.extend(comment.map(c));
+                matches.extend(comment.map(comment_match));
                 Hook {
                     table,
                     chain: ChainName::fixed(chain),
@@ -1173,7 +1180,7 @@ impl Compiler<'_> {
             &mut self.rs.nat,
         );
         // The NodePort tail rule, last in nat KUBE-SERVICES.
-        let tail_comment = c(COMMENT_NODEPORTS_TAIL);
+        let tail_comment = comment_match(COMMENT_NODEPORTS_TAIL);
         if self.cfg.nodeports_match_all() {
             let mut matches = vec![
                 tail_comment,

@@ -7,6 +7,7 @@
 pub mod chain;
 pub mod compile;
 pub mod dispatch;
+pub mod local_traffic;
 pub mod plan;
 pub mod render;
 pub mod rule;

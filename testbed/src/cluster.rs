@@ -457,7 +457,7 @@ pub const PROGRAMS: [&str; 10] = [
 /// For tests on a node cluster: true when root and every program and the CNI bridge plugin
 /// are there; otherwise false (a skip), and under `CI=true` a panic naming what is missing.
 pub fn test_prerequisites(test: &str) -> bool {
-    if !knat::lab::test_prerequisites(test, &PROGRAMS) {
+    if !crate::prerequisites::test_prerequisites(test, &PROGRAMS) {
         return false;
     }
     let cni = std::path::Path::new("/usr/lib/cni/bridge").is_file();

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod control_plane;
 pub mod images;
 pub mod node;
+pub mod prerequisites;
 pub mod proxies;
 pub mod traffic;
 pub mod upstream_e2e;
