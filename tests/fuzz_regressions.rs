@@ -26,7 +26,7 @@ fn iptables_save(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = knat::dump::parse::parse(text);
+    let _ = knat::dump::read::parse(text);
     let _ = knat::dump::parse::parse_blocks(text);
     if let Some(first) = text.lines().next() {
         let _ = knat::dump::parse::parse_rule_spec(first);
@@ -42,7 +42,7 @@ fn trace_input(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(rest) else {
         return;
     };
-    let Ok(dump) = knat::dump::parse::parse(text) else {
+    let Ok(dump) = knat::dump::read::parse(text) else {
         return;
     };
     let protocol = match head[10] % 3 {
@@ -545,7 +545,7 @@ fn the_generators_reach_the_converters_and_the_validation() {
     );
     let dumps = sample(dump_text(), 300)
         .into_iter()
-        .filter(|t| knat::dump::parse::parse(t).is_ok_and(|d| !d.tables.is_empty()))
+        .filter(|t| knat::dump::read::parse(t).is_ok_and(|d| !d.tables.is_empty()))
         .count();
     assert!(
         dumps >= 10,

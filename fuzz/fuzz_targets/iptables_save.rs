@@ -8,7 +8,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = knat::dump::parse::parse(text);
+    let _ = knat::dump::read::parse(text);
     let _ = knat::dump::parse::parse_blocks(text);
     if let Some(first) = text.lines().next() {
         let _ = knat::dump::parse::parse_rule_spec(first);

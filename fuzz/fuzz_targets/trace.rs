@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(rest) else {
         return;
     };
-    let Ok(dump) = knat::dump::parse::parse(text) else {
+    let Ok(dump) = knat::dump::read::parse(text) else {
         return;
     };
     let protocol = match head[10] % 3 {
