@@ -514,7 +514,8 @@ COMMIT
         assert!(matches!(e.reason, ParseReason::Rule(RuleError::Value(_))));
         assert_eq!(e.table.as_deref(), Some("nat"));
         assert!(
-            e.to_string().starts_with("line 3 (table nat): invalid address"),
+            e.to_string()
+                .starts_with("line 3 (table nat): invalid address"),
             "{e}"
         );
         assert_eq!(error("-A FOO -j ACCEPT\n").table, None);
