@@ -1498,7 +1498,11 @@ fn churn_list(n: usize, g: usize) -> String {
     let extra = 1 + g % 10;
     let mut items = Vec::with_capacity(2 * (n + extra));
     for i in 0..n + extra {
-        let pod = if (i + g) % 2 == 0 { POD_A } else { POD_B };
+        let pod = if (i + g).is_multiple_of(2) {
+            POD_A
+        } else {
+            POD_B
+        };
         items.push(serde_json::json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": format!("bulk-{i}"), "namespace": "demo"},
