@@ -429,28 +429,14 @@ impl Cluster {
         }
     }
 
-    fn pod_object<'a>(&'a self, name: &'a str) -> PodObject<'a> {
-        let s = self.lab.scenario();
-        let spec = s.pod_spec(name).expect("pod in scenario");
-        PodObject {
-            namespace: NS,
-            name,
-            node: &spec.node,
-            labels: vec![("app", "web")],
-            ip: s.pod_ip(name, Family::V4).expect("pod ip"),
-            host_ip: s.node_ip(&spec.node, Family::V4).expect("node ip"),
-            port: POD_PORT,
-        }
-    }
-
     /// Creates the pod of `slot` on both sides, Ready.
     fn deploy(&self, slot: &str) {
-        for side in SIDES {
-            let name = format!("{}{slot}", side.pod_prefix);
-            self.cp
-                .create_pod(&self.pod_object(&name), true)
-                .expect("create pod");
-        }
+        deploy(&self.lab, &self.cp, slot);
+    }
+
+    /// Removes the pod of `slot` on both sides.
+    fn remove(&self, slot: &str) {
+        remove(&self.cp, slot);
     }
 
     /// Marks the pod of `slot` terminating (graceful delete) on both sides.
@@ -459,15 +445,6 @@ impl Cluster {
             self.cp
                 .terminate_pod(NS, &format!("{}{slot}", side.pod_prefix))
                 .expect("terminate pod");
-        }
-    }
-
-    /// Removes the pod of `slot` on both sides.
-    fn remove(&self, slot: &str) {
-        for side in SIDES {
-            self.cp
-                .remove_pod(NS, &format!("{}{slot}", side.pod_prefix))
-                .expect("remove pod");
         }
     }
 
@@ -669,6 +646,38 @@ impl Cluster {
     }
 }
 
+/// The Pod object of the lab's pod `name`.
+fn pod_object<'a>(lab: &'a Lab, name: &'a str) -> PodObject<'a> {
+    let s = lab.scenario();
+    let spec = s.pod_spec(name).expect("pod in scenario");
+    PodObject {
+        namespace: NS,
+        name,
+        node: &spec.node,
+        labels: vec![("app", "web")],
+        ip: s.pod_ip(name, Family::V4).expect("pod ip"),
+        host_ip: s.node_ip(&spec.node, Family::V4).expect("node ip"),
+        port: POD_PORT,
+    }
+}
+
+/// Creates the pod of `slot` on both sides, Ready.
+fn deploy(lab: &Lab, cp: &ControlPlane, slot: &str) {
+    for side in SIDES {
+        let name = format!("{}{slot}", side.pod_prefix);
+        cp.create_pod(&pod_object(lab, &name), true)
+            .expect("create pod");
+    }
+}
+
+/// Removes the pod of `slot` on both sides.
+fn remove(cp: &ControlPlane, slot: &str) {
+    for side in SIDES {
+        cp.remove_pod(NS, &format!("{}{slot}", side.pod_prefix))
+            .expect("remove pod");
+    }
+}
+
 fn port_of(value: &serde_json::Value) -> u16 {
     value
         .as_u64()
@@ -693,7 +702,7 @@ fn service_manifest(policy: &str) -> String {
 /// Sequential TCP probes from `from` to `target` until `stop` is set; returns every result
 /// that was not an answer, and the number of probes.
 fn continuous(
-    cluster: &Cluster,
+    lab: &Lab,
     from: &str,
     target: SocketAddr,
     stop: &AtomicBool,
@@ -701,7 +710,7 @@ fn continuous(
     let mut total = 0;
     let mut failures = Vec::new();
     while !stop.load(Ordering::SeqCst) {
-        match cluster.lab.probe_many(from, target, Proto::Tcp, 20) {
+        match lab.probe_many(from, target, Proto::Tcp, 20) {
             Ok(results) => {
                 total += results.len();
                 let at = control_plane::now_rfc3339();
@@ -720,14 +729,22 @@ fn continuous(
 
 /// Runs `during` while both sides' first VIP is probed continuously; asserts no probe failed.
 fn under_traffic(cluster: &Cluster, sides: &[Side], what: &str, during: impl FnOnce()) {
+    let results = measure(&cluster.lab, sides, during);
+    assert_no_failures(cluster, sides, what, &results);
+}
+
+/// Runs `during` while each side's first VIP is probed continuously from [`LOAD_CLIENT`]:
+/// per side, the number of connections and the failures. Takes the lab alone so that `during`
+/// may change the control plane.
+fn measure(lab: &Lab, sides: &[Side], during: impl FnOnce()) -> Vec<(usize, Vec<String>)> {
     let stop = AtomicBool::new(false);
-    let results = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let handles: Vec<_> = sides
             .iter()
             .map(|side| {
                 let target = SocketAddr::new(side.vips[0], SERVICE_PORT);
                 let stop = &stop;
-                scope.spawn(move || continuous(cluster, LOAD_CLIENT, target, stop))
+                scope.spawn(move || continuous(lab, LOAD_CLIENT, target, stop))
             })
             .collect();
         // Let the probes run before and after the change.
@@ -739,15 +756,24 @@ fn under_traffic(cluster: &Cluster, sides: &[Side], what: &str, during: impl FnO
             .into_iter()
             .map(|h| h.join().unwrap_or((0, vec!["prober panicked".into()])))
             .collect::<Vec<_>>()
-    });
-    for (side, (total, failures)) in sides.iter().zip(&results) {
+    })
+}
+
+/// Prints each side's counts and asserts that none failed.
+fn assert_no_failures(
+    cluster: &Cluster,
+    sides: &[Side],
+    what: &str,
+    results: &[(usize, Vec<String>)],
+) {
+    for (side, (total, failures)) in sides.iter().zip(results) {
         eprintln!(
             "e2e:   [{}] {what}: {total} connections, {} failed",
             side.label,
             failures.len()
         );
     }
-    for (side, (total, failures)) in sides.iter().zip(&results) {
+    for (side, (total, failures)) in sides.iter().zip(results) {
         assert!(
             failures.is_empty() && *total > 0,
             "e2e: [{}] {what}: {} of {total} connections failed: {:?}\n{}",
@@ -756,6 +782,178 @@ fn under_traffic(cluster: &Cluster, sides: &[Side], what: &str, during: impl FnO
             failures.iter().take(5).collect::<Vec<_>>(),
             cluster.context()
         );
+    }
+}
+
+/// The watches expire: with kube-apiserver's watch cache off (every watch reads etcd), the
+/// nodes are cut off from the API server (their packets to it dropped, in their own
+/// namespaces: connections time out), the API server restarts (the watches end), the pods change (`1a` back, `1b`
+/// gone) and etcd is compacted past the proxies' last revision; let through again, each
+/// proxy's watch from that revision gets 410 Gone, re-lists and must converge to exactly the
+/// API's state: traffic reaches `1a`, and no rule names `1b`'s address. Traffic never fails.
+fn expect_expired_watches_relist(c: &mut Cluster) {
+    step("watches expire (410 Gone, etcd compacted): the proxies re-list and converge");
+    let api = c.lab.scenario().fabric_gateway(Family::V4).to_string();
+    let port = control_plane::APISERVER_PORT.to_string();
+    let nodes: Vec<&str> = SIDES.iter().flat_map(|s| s.nodes).collect();
+    let drop_rule = |op: &str| -> Vec<String> {
+        [
+            op, "OUTPUT", "-d", &api, "-p", "tcp", "--dport", &port, "-j", "DROP",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let log_before = c.proxy_log("node-1").len();
+    let mut back = Instant::now();
+    let mut revision = 0;
+    let (lab, cp) = (&c.lab, &mut c.cp);
+    let results = measure(lab, &SIDES, || {
+        for node in &nodes {
+            let args = drop_rule("-I");
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            lab.exec(node, "iptables-nft", &args)
+                .expect("cut the node off");
+        }
+        cp.restart_apiserver_with(&["--watch-cache=false"])
+            .expect("restart kube-apiserver without its watch cache");
+        deploy(lab, cp, "1a");
+        remove(cp, "1b");
+        // The state the proxies must converge to: every side's `1a` in the EndpointSlices and
+        // its `1b` gone (the controller manager re-lists after the restart too; compacting
+        // before it wrote the slices would leave `1b` in the API's state).
+        let ip = |slot: &str, side: &Side| {
+            lab.scenario()
+                .pod_ip(&format!("{}{slot}", side.pod_prefix), Family::V4)
+                .expect("pod ip")
+                .to_string()
+        };
+        let api_start = Instant::now();
+        let (api_ready, slices_text) = loop {
+            let slices_text =
+                serde_json::Value::Array(cp.endpoint_slices(NS, SERVICE).unwrap_or_default())
+                    .to_string();
+            let done = SIDES.iter().all(|side| {
+                slices_text.contains(&format!("\"{}\"", ip("1a", side)))
+                    && !slices_text.contains(&format!("\"{}\"", ip("1b", side)))
+            });
+            if done || api_start.elapsed() > CONVERGE_AFTER_OUTAGE {
+                break (done, slices_text);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        assert!(
+            api_ready,
+            "the EndpointSlices did not follow the pods within {CONVERGE_AFTER_OUTAGE:?}: {slices_text}"
+        );
+        eprintln!(
+            "e2e:   the EndpointSlices followed the pods {:.1?} after the change",
+            api_start.elapsed()
+        );
+        revision = cp.compact_etcd().expect("compact etcd");
+        for node in &nodes {
+            let args = drop_rule("-D");
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            lab.exec(node, "iptables-nft", &args)
+                .expect("let the node through");
+        }
+        back = Instant::now();
+        // Both sides are checked in the same loop, so each one's time is its own: both nodes
+        // re-listed (no rule for the removed pod) and traffic reaches `1a`.
+        let converged_side = |side: &Side| {
+            let gone = ip("1b", side);
+            let stale = side.nodes.iter().any(|n| {
+                lab.exec(n, "iptables-nft-save", &[])
+                    .map_or(true, |d| d.contains(&format!("{gone}:")))
+            });
+            let target = SocketAddr::new(side.vips[0], SERVICE_PORT);
+            let got = lab.probe(CLIENT, target, Proto::Tcp);
+            !stale
+                && got.as_ref().ok().and_then(|r| r.pod())
+                    == Some(format!("{}1a", side.pod_prefix).as_str())
+        };
+        let deadline = back + CONVERGE_AFTER_OUTAGE;
+        let mut converged: Vec<Option<Duration>> = vec![None; SIDES.len()];
+        while converged.iter().any(Option::is_none) && Instant::now() < deadline {
+            for (i, side) in SIDES.iter().enumerate() {
+                if converged[i].is_none() && converged_side(side) {
+                    converged[i] = Some(back.elapsed());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The assertions after the traffic has stopped say what is wrong.
+        for (side, t) in SIDES.iter().zip(&converged) {
+            match t {
+                Some(t) => eprintln!(
+                    "e2e:   [{}] converged {t:.1?} after the nodes could reach the API server again",
+                    side.label
+                ),
+                None => eprintln!(
+                    "e2e:   [{}] NOT converged {:.1?} after the nodes could reach the API server again",
+                    side.label,
+                    back.elapsed()
+                ),
+            }
+        }
+    });
+    eprintln!("e2e:   etcd compacted at revision {revision}");
+    assert_no_failures(c, &SIDES, "watch expiry (410 Gone) and re-list", &results);
+    for side in SIDES {
+        let target = SocketAddr::new(side.vips[0], SERVICE_PORT);
+        let got = c.lab.probe(CLIENT, target, Proto::Tcp);
+        let pod = got.as_ref().ok().and_then(|r| r.pod().map(str::to_string));
+        assert_eq!(
+            pod.as_deref(),
+            Some(format!("{}1a", side.pod_prefix).as_str()),
+            "[{}] after the re-list: {got:?}\n{}",
+            side.label,
+            c.context()
+        );
+        let gone = c
+            .lab
+            .scenario()
+            .pod_ip(&format!("{}1b", side.pod_prefix), Family::V4)
+            .expect("pod ip")
+            .to_string();
+        for node in side.nodes {
+            let dump = c.lab.exec(node, "iptables-nft-save", &[]).expect("save");
+            assert!(
+                !dump.contains(&format!("{gone}:")),
+                "[{}] {node} still has rules for the removed pod {gone}; the EndpointSlices: {}\n{}",
+                side.label,
+                serde_json::Value::Array(c.cp.endpoint_slices(NS, SERVICE).unwrap_or_default()),
+                c.context()
+            );
+        }
+    }
+    let log = c.proxy_log("node-1");
+    let after = &log[log_before.min(log.len())..];
+    assert!(
+        after.contains("too old") && after.contains("Expired"),
+        "knat's watch did not expire (no `too old ...: Expired` in its log):\n{after}"
+    );
+    let expired = after
+        .lines()
+        .filter(|l| l.contains("too old") && l.contains("Expired"))
+        .count();
+    // A 410 re-lists at once instead of waiting the backoff grown during the cut-off (which
+    // delayed the re-list by 30-60 s before knat::agent::watch_retry).
+    let immediate = after
+        .lines()
+        .filter(|l| l.contains("re-listing at once"))
+        .count();
+    assert!(
+        immediate > 0,
+        "knat did not re-list at once after the 410 (no `re-listing at once` in its log):\n{after}"
+    );
+    eprintln!(
+        "e2e:   knat on node-1 logged {expired} expired watch(es), {immediate} immediate re-list(s):"
+    );
+    for line in after.lines().filter(|l| {
+        l.contains("Expired") || l.contains("re-listing at once") || l.contains("sync done")
+    }) {
+        eprintln!("e2e:     {}", line.chars().take(220).collect::<String>());
     }
 }
 
@@ -1012,6 +1210,20 @@ fn e2e_real_control_plane() {
         );
     }
     c.compare_traces("after-apiserver-restart");
+
+    step("kube-apiserver restarted 10 times in a row under traffic");
+    let mut restart_times = Vec::new();
+    let results = measure(&c.lab, &SIDES, || {
+        for _ in 0..10 {
+            let t = Instant::now();
+            c.cp.stop_apiserver();
+            c.cp.start_apiserver().expect("restart kube-apiserver");
+            restart_times.push(t.elapsed().as_secs_f64());
+        }
+    });
+    eprintln!("e2e:   restarts took {restart_times:.1?} s (stop, start, /readyz)");
+    assert_no_failures(c, &SIDES, "10 kube-apiserver restarts", &results);
+    expect_expired_watches_relist(c);
 
     eprintln!("e2e: all steps passed in {:.1?}", started.elapsed());
     drop(cluster);

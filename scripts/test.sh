@@ -71,13 +71,15 @@ step_done "compile the tests"
 declare -A slow=(
   [netns]="real kernel: the lab cluster in network namespaces, both iptables backends (about 15 s)"
   [agent_netns]="real kernel: knat run in network namespaces (about 30 s)"
-  [e2e]="real control plane: knat beside upstream kube-proxy (about 1 min)"
+  [faults]="real kernel: faults under counted traffic (flushes, failing/hanging restores, xtables lock, SIGKILL at 10,000 Services, a 60 s churn soak, bad manifests and config, listeners) (about 2 min)"
+  [e2e]="real control plane: knat beside upstream kube-proxy (about 3.5 min: 10 API server restarts and the watch expiry included)"
   [rule_diff]="real control plane: every rule of knat and kube-proxy compared, nft and legacy, IPv4 and IPv6 (about 20 s)"
   [events]="real control plane: knat's Kubernetes Events (port taken, failing restores; about 20 s)"
+  [rbac]="real control plane: kubectl auth can-i --list as knat's ServiceAccount equals docs/operations.md (about 10 s)"
   [nodes]="real kubelet nodes: the DaemonSet takes over from kube-proxy (about 2 min, plus 5-10 min of image builds the first time)"
   [upstream_conformance]="upstream's sig-network conformance tests, kube-proxy then knat (about 4 min)"
 )
-order=(netns agent_netns e2e rule_diff events nodes upstream_conformance)
+order=(netns agent_netns faults e2e rule_diff events rbac nodes upstream_conformance)
 mapfile -t all_tests < <(cargo metadata --no-deps --format-version 1 --quiet |
   python3 -c 'import json, sys
 for p in json.load(sys.stdin)["packages"]:

@@ -24,14 +24,76 @@ pub struct Source {
 /// Input that cannot be parsed at all. Not retryable: the file must be fixed.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    /// YAML/JSON syntax error.
-    #[error("{file}:{line}:{column}: cannot parse: {message}")]
+    /// YAML/JSON syntax error: where, in which document (and the object it seems to hold, as
+    /// far as the text could be read), and what the parser said.
+    #[error("{file}:{line}:{column}: cannot parse document {document} (from line {document_line}{}): {message}", object_part(object.as_deref()))]
     Syntax {
         file: String,
         line: usize,
         column: usize,
+        /// 1-based document number in the file (documents are separated by `---`).
+        document: usize,
+        /// The line the document starts on.
+        document_line: usize,
+        /// `Kind namespace/name` read from the document's text up to the error, if found.
+        object: Option<String>,
         message: String,
     },
+}
+
+fn object_part(object: Option<&str>) -> String {
+    object
+        .map(|o| format!(", {o} as far as it could be read"))
+        .unwrap_or_default()
+}
+
+/// The line the document holding `line` starts on: the line after the last `---` separator
+/// before it (1 when there is none).
+fn document_start(text: &str, line: usize) -> usize {
+    text.lines()
+        .take(line.saturating_sub(1))
+        .enumerate()
+        .filter(|(_, l)| *l == "---" || l.starts_with("--- "))
+        .map(|(i, _)| i + 2)
+        .last()
+        .unwrap_or(1)
+}
+
+/// The value of the first `key: value` or `"key": "value"` in `text` (YAML block or flow
+/// style, or JSON), unquoted.
+fn first_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let mut rest = text;
+    loop {
+        let at = rest.find(key)?;
+        let before = rest[..at].chars().last();
+        let after = &rest[at + key.len()..];
+        let after = after.strip_prefix('"').unwrap_or(after);
+        let starts_word = before.is_none_or(|c| !c.is_alphanumeric());
+        if starts_word && let Some(value) = after.strip_prefix(':') {
+            let value = value.trim_start_matches([' ', '\t', '"', '\'']);
+            let end = value
+                .find(|c: char| c.is_whitespace() || matches!(c, ',' | '}' | '"' | '\'' | ']'))
+                .unwrap_or(value.len());
+            if end > 0 {
+                return Some(&value[..end]);
+            }
+        }
+        rest = &rest[at + key.len()..];
+    }
+}
+
+/// `Kind namespace/name` (or what of it is there) from a document's text up to an error.
+fn object_hint(text: &str) -> Option<String> {
+    let kind = first_value(text, "kind");
+    let metadata = text.find("metadata").map(|at| &text[at..]);
+    let name = metadata.and_then(|m| first_value(m, "name"));
+    let namespace = metadata.and_then(|m| first_value(m, "namespace"));
+    match (kind, namespace, name) {
+        (None, _, None) => None,
+        (kind, Some(ns), Some(name)) => Some(format!("{} {ns}/{name}", kind.unwrap_or("object"))),
+        (kind, None, Some(name)) => Some(format!("{} {name}", kind.unwrap_or("object"))),
+        (Some(kind), _, None) => Some(format!("a {kind}")),
+    }
 }
 
 /// How serious a note is.
@@ -102,10 +164,21 @@ fn for_each_document(
                     .location()
                     .map(|l| (l.line(), l.column()))
                     .unwrap_or((0, 0));
+                let document_line = document_start(&source.text, line);
+                let upto: String = source
+                    .text
+                    .lines()
+                    .skip(document_line - 1)
+                    .take(line.saturating_sub(document_line) + 1)
+                    .collect::<Vec<_>>()
+                    .join("\n");
                 InputError::Syntax {
                     file: source.name.clone(),
                     line,
                     column,
+                    document: index + 1,
+                    document_line,
+                    object: object_hint(&upto),
                     message: e.to_string(),
                 }
             })?;
@@ -335,5 +408,55 @@ items:
         .unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("broken.yaml:"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_document_and_the_object_read_so_far() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: d}\n---\n\
+                    apiVersion: v1\nkind: Service\nmetadata:\n  name: b\n  namespace: shop\n\
+                    spec: {ports: [\n";
+        let err = load_objects(&[Source {
+            name: "two.yaml".into(),
+            text: text.into(),
+        }])
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(
+                "cannot parse document 2 (from line 5, Service shop/b as far as it could be read)"
+            ),
+            "{msg}"
+        );
+        let json =
+            "{\"kind\": \"EndpointSlice\", \"metadata\": {\"name\": \"web-1\"}, \"endpoints\": [";
+        let msg = load_objects(&[Source {
+            name: "s.json".into(),
+            text: json.into(),
+        }])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.starts_with("s.json:")
+                && msg.contains(
+                    "document 1 (from line 1, EndpointSlice web-1 as far as it could be read)"
+                ),
+            "{msg}"
+        );
+        let msg = load_objects(&[Source {
+            name: "g.yaml".into(),
+            text: "[1, 2\n".into(),
+        }])
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("document 1 (from line 1): "), "{msg}");
+    }
+
+    #[test]
+    fn first_value_reads_yaml_and_json_keys_only_as_whole_words() {
+        assert_eq!(first_value("kind: Service\n", "kind"), Some("Service"));
+        assert_eq!(first_value("{\"kind\": \"Node\"}", "kind"), Some("Node"));
+        assert_eq!(first_value("subkind: X\nkind: Y", "kind"), Some("Y"));
+        assert_eq!(first_value("metadata: {name: b", "name"), Some("b"));
+        assert_eq!(first_value("kind:\n", "kind"), None);
     }
 }

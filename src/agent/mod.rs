@@ -10,6 +10,7 @@
 //! - [`index`]: the pure state the sources update (initial-list gating, re-list replacement);
 //! - [`api_server`]: which API server we dial, from where, and the messages when it fails;
 //! - [`watch`]: kube-rs watchers (the only code that reads from the API server);
+//! - [`watch_retry`]: how long a watcher waits after an error (a 410 Gone re-lists at once);
 //! - [`files`]: the static `--from-files` source;
 //! - [`capabilities`]: nfacct and `--random-fully`, detected at start;
 //! - [`localnet`]: `route_localnet`, checked (and set when possible) for localhost NodePorts;
@@ -33,5 +34,6 @@ pub mod schedule;
 pub mod sync;
 pub mod sync_event;
 pub mod watch;
+pub mod watch_retry;
 
 pub use index::SourceState;

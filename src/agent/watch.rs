@@ -2,10 +2,11 @@
 //! Node (by field selector). This is the only code that reads from the API server (the one
 //! write, an Event on knat's own Pod, is [`super::node_event`]'s).
 //!
-//! Each watcher uses `kube::runtime::watcher` with the default backoff; its events are applied
-//! to the shared [`SourceState`] with `send_if_modified`, so only real changes wake the sync
-//! loop. The watcher re-lists after errors (410 Gone included) and the index turns a re-list
-//! into a replacement of the kind's state. Errors are logged with the API server's address and
+//! Each watcher uses `kube::runtime::watcher`, retried after errors as
+//! [`super::watch_retry`] says (exponential backoff; a 410 Gone re-lists at once); its events
+//! are applied to the shared [`SourceState`] with `send_if_modified`, so only real changes wake
+//! the sync loop. The watcher re-lists after errors (410 Gone included) and the index turns a
+//! re-list into a replacement of the kind's state. Errors are logged with the API server's address and
 //! where it came from ([`super::api_server`]) and counted in `knat_api_watch_errors_total`.
 
 use std::path::PathBuf;
@@ -14,7 +15,6 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node as K8sNode, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice as K8sEndpointSlice;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
@@ -24,6 +24,7 @@ use super::api_server::{
     failure_message,
 };
 use super::index::{EventOutcome, SourceState};
+use super::watch_retry::{Retry, RetryPolicy, is_expired};
 use crate::metrics::Metrics;
 use crate::model::convert::Skip;
 
@@ -155,7 +156,8 @@ fn report(kind: &'static str, applied: &EventOutcome, metrics: &Metrics) {
     }
 }
 
-/// Applies the events of one watcher stream until it ends.
+/// Applies the events of one watcher stream until it ends, waiting after each error as
+/// [`RetryPolicy`] says.
 pub async fn drive<K, S>(
     stream: S,
     kind: &'static str,
@@ -168,9 +170,11 @@ pub async fn drive<K, S>(
     S: Stream<Item = Result<Event<K>, watcher::Error>>,
 {
     let mut stream = std::pin::pin!(stream);
+    let mut retry = RetryPolicy::default();
     while let Some(item) = stream.next().await {
         match item {
             Ok(event) => {
+                retry.on_success();
                 let boundary = match &event {
                     Event::Init => Some("re-list started"),
                     Event::InitDone => Some("list complete"),
@@ -189,7 +193,15 @@ pub async fn drive<K, S>(
                 }
                 report(kind, &applied, metrics);
             }
-            Err(err) => report_error(kind, &err, target, metrics),
+            Err(err) => {
+                report_error(kind, &err, target, metrics);
+                match retry.on_error(is_expired(&err), std::time::Instant::now()) {
+                    Retry::RelistNow => {
+                        tracing::info!(kind, "the watch expired (410 Gone): re-listing at once");
+                    }
+                    Retry::After(delay) => tokio::time::sleep(delay).await,
+                }
+            }
         }
     }
 }
@@ -203,11 +215,10 @@ pub async fn run(
     metrics: Arc<Metrics>,
 ) {
     let labelled = watcher::Config::default().labels(LABEL_SELECTOR);
-    let services =
-        watcher(Api::<K8sService>::all(client.clone()), labelled.clone()).default_backoff();
-    let slices = watcher(Api::<K8sEndpointSlice>::all(client.clone()), labelled).default_backoff();
+    let services = watcher(Api::<K8sService>::all(client.clone()), labelled.clone());
+    let slices = watcher(Api::<K8sEndpointSlice>::all(client.clone()), labelled);
     let node_cfg = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
-    let nodes = watcher(Api::<K8sNode>::all(client), node_cfg).default_backoff();
+    let nodes = watcher(Api::<K8sNode>::all(client), node_cfg);
     let m = &metrics;
     let t = &target;
     tokio::join!(

@@ -15,9 +15,9 @@ use super::words::{TokenError, Word, split};
 /// The longest chain name iptables accepts (`XT_EXTENSION_MAXNAMELEN - 1`).
 pub const MAX_CHAIN_NAME: usize = 28;
 
-/// A line that cannot be parsed, with its 1-based number and text.
+/// A line that cannot be parsed, with its 1-based number, text and the table it is in.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("line {line}: {reason}: `{text}`")]
+#[error("line {line}{}: {reason}: `{text}`", in_table(.table.as_deref()))]
 pub struct ParseError {
     /// 1-based line number.
     pub line: usize,
@@ -25,6 +25,12 @@ pub struct ParseError {
     pub text: String,
     /// What is wrong with it.
     pub reason: ParseReason,
+    /// The `*table` block the line is in, if any.
+    pub table: Option<String>,
+}
+
+fn in_table(table: Option<&str>) -> String {
+    table.map(|t| format!(" (table {t})")).unwrap_or_default()
 }
 
 /// Why a line cannot be parsed. None of these is retryable: the text itself is malformed.
@@ -161,6 +167,7 @@ pub fn parse_rule_spec(spec: &str) -> Result<Rule, ParseError> {
         line: 1,
         text: spec.to_string(),
         reason,
+        table: None,
     };
     let words = split(spec).map_err(|e| error(e.into()))?;
     parse_rule(&words, 1, spec.trim().to_string()).map_err(|e| error(e.into()))
@@ -179,12 +186,15 @@ pub fn parse_payload(text: &str) -> Result<Vec<TableBlock>, ParseError> {
 pub fn parse_blocks(text: &str) -> (Vec<TableBlock>, Option<ParseError>) {
     let mut blocks = Vec::new();
     let mut open: Option<TableBlock> = None;
+    // The open block's name, for errors (kept apart from `open`, which the loop borrows).
+    let mut open_name: Option<String> = None;
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
         let error = |reason: ParseReason| ParseError {
             line,
             text: raw.to_string(),
             reason,
+            table: open_name.clone(),
         };
         let trimmed = raw.trim();
         if trimmed.is_empty() || trimmed.starts_with('#') {
@@ -201,6 +211,7 @@ pub fn parse_blocks(text: &str) -> (Vec<TableBlock>, Option<ParseError>) {
             if name.is_empty() {
                 return (blocks, Some(error(ParseReason::Missing("table name"))));
             }
+            open_name = Some(name.to_string());
             open = Some(TableBlock {
                 name: name.to_string(),
                 line,
@@ -214,6 +225,7 @@ pub fn parse_blocks(text: &str) -> (Vec<TableBlock>, Option<ParseError>) {
                 Some(mut block) => {
                     block.commit_line = line;
                     blocks.push(block);
+                    open_name = None;
                 }
                 None => return (blocks, Some(error(ParseReason::CommitOutsideTable))),
             }
@@ -236,6 +248,7 @@ pub fn parse_blocks(text: &str) -> (Vec<TableBlock>, Option<ParseError>) {
             line: block.line,
             text: format!("*{}", block.name),
             reason: ParseReason::Uncommitted(block.name.clone()),
+            table: Some(block.name.clone()),
         };
         return (blocks, Some(error));
     }
@@ -499,7 +512,13 @@ COMMIT
         assert_eq!(e.line, 3);
         assert_eq!(e.text, "-A FOO -s 10.0.0.300 -j X");
         assert!(matches!(e.reason, ParseReason::Rule(RuleError::Value(_))));
-        assert!(e.to_string().starts_with("line 3: invalid address"));
+        assert_eq!(e.table.as_deref(), Some("nat"));
+        assert!(
+            e.to_string()
+                .starts_with("line 3 (table nat): invalid address"),
+            "{e}"
+        );
+        assert_eq!(error("-A FOO -j ACCEPT\n").table, None);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub fn parse(text: &str) -> Result<Dump, ParseError> {
             line: e.line(),
             text: e.text().to_string(),
             reason: ParseReason::Rejected(e.to_string()),
+            table: Some(block.name.clone()),
         })?;
         dump.tables.insert(block.name.clone(), table);
     }

@@ -36,6 +36,9 @@ pub enum FileError {
         value: String,
         reason: String,
     },
+    /// An [`Invalid`](FileError::Invalid) field of the file at `path` (as [`load`] reports it).
+    #[error("{path}: {error}")]
+    InFile { path: String, error: Box<FileError> },
 }
 
 /// A field that is set but not used (or not fully used) by knat.
@@ -60,7 +63,13 @@ pub fn load(path: &Path) -> Result<Loaded, FileError> {
         path: name.clone(),
         reason: e.to_string(),
     })?;
-    parse(&text, &name)
+    parse(&text, &name).map_err(|e| match e {
+        FileError::Invalid { .. } => FileError::InFile {
+            path: name,
+            error: Box::new(e),
+        },
+        other => other,
+    })
 }
 
 /// Parses the text of a configuration file (`name` is used in messages).

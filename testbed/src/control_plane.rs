@@ -327,6 +327,8 @@ pub struct ControlPlane {
     admin: PathBuf,
     /// `--service-cluster-ip-range` of the API server and the controller manager.
     service_cidr: String,
+    /// Arguments appended to kube-apiserver's (see [`ControlPlane::restart_apiserver_with`]).
+    apiserver_extra: Vec<String>,
 }
 
 /// The controllers kube-controller-manager runs: EndpointSlices (and their mirroring), plus
@@ -362,6 +364,7 @@ impl ControlPlane {
             scheduler: None,
             admin,
             service_cidr: service_cidr.to_string(),
+            apiserver_extra: Vec::new(),
         };
         cp.generate_pki()?;
         cp.write_kubeconfig("admin", "kubernetes-admin", &["system:masters"])?;
@@ -617,6 +620,7 @@ impl ControlPlane {
                 "--disable-admission-plugins=ServiceAccount".to_string(),
             ]);
         }
+        args.extend(self.apiserver_extra.iter().cloned());
         args
     }
 
@@ -632,6 +636,53 @@ impl ControlPlane {
         if let Some(mut apiserver) = self.apiserver.take() {
             apiserver.stop();
         }
+    }
+
+    /// Stops kube-apiserver and starts it again with `extra` appended to its arguments (from
+    /// then on, restarts keep them): `--watch-cache=false` makes every watch read etcd, so a
+    /// watch from a compacted revision ends with 410 Gone.
+    pub fn restart_apiserver_with(&mut self, extra: &[&str]) -> Result<(), ControlPlaneError> {
+        self.stop_apiserver();
+        self.apiserver_extra = extra.iter().map(|s| s.to_string()).collect();
+        self.start_apiserver()
+    }
+
+    /// Compacts etcd at its current revision (through etcd's JSON gateway), as the API
+    /// server's periodic compaction does; returns the revision. Watches from an older revision
+    /// then end with 410 Gone (`too old resource version`).
+    pub fn compact_etcd(&self) -> Result<u64, ControlPlaneError> {
+        let post = |path: &str, body: &str| -> Result<serde_json::Value, ControlPlaneError> {
+            let url = format!("http://127.0.0.1:2379{path}");
+            let args = [
+                "-sS",
+                "--max-time",
+                "10",
+                "-X",
+                "POST",
+                "-d",
+                body,
+                url.as_str(),
+            ];
+            let out = run(&mut in_netns(&self.options.namespace, "curl", args), None)?;
+            serde_json::from_str(&out).map_err(|e| ControlPlaneError::Api {
+                what: format!("etcd {path}"),
+                detail: format!("{e}: {out}"),
+            })
+        };
+        // The range of the empty key answers with the store's header.
+        let header = post("/v3/kv/range", r#"{"key": "AA=="}"#)?;
+        let revision = header["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse::<u64>().ok())
+            .ok_or_else(|| ControlPlaneError::Api {
+                what: "etcd revision".into(),
+                detail: header.to_string(),
+            })?;
+        post(
+            "/v3/kv/compaction",
+            &format!(r#"{{"revision": "{revision}", "physical": true}}"#),
+        )?;
+        Ok(revision)
     }
 
     fn start_controller_manager(&mut self) -> Result<(), ControlPlaneError> {
