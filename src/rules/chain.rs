@@ -64,11 +64,14 @@ pub const SERVICE_CHAIN_PREFIXES: [&str; 7] = [
     "KUBE-FW-",
     "KUBE-SEP-",
     DISPATCH_PREFIX,
-    super::port_dispatch::NODEPORT_DISPATCH_PREFIX,
+    NODEPORT_DISPATCH_PREFIX,
 ];
 
 /// Prefix of knat's destination-dispatch chains (see `rules::dispatch`).
 pub const DISPATCH_PREFIX: &str = "KNAT-DST-";
+
+/// Prefix of knat's NodePort port-range chains (see `rules::port_dispatch`).
+pub const NODEPORT_DISPATCH_PREFIX: &str = "KNAT-NP-";
 
 /// Lookups by `&str` in maps keyed by chain name (the derived `Hash` hashes the text).
 impl std::borrow::Borrow<str> for ChainName {

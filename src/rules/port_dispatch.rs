@@ -12,14 +12,11 @@
 
 use std::sync::Arc;
 
-use super::chain::{ChainName, hash16};
+use super::chain::{ChainName, NODEPORT_DISPATCH_PREFIX, hash16};
 use super::dispatch::EntryRule;
 use super::rule::{Match, Rule, RuleText, Table, Target};
 use crate::config::Dispatch;
 use crate::model::Protocol;
-
-/// Prefix of knat's NodePort dispatch chains.
-pub const NODEPORT_DISPATCH_PREFIX: &str = "KNAT-NP-";
 
 /// A KUBE-NODEPORTS rule together with the protocol and port it matches.
 #[derive(Debug, Clone)]
