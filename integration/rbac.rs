@@ -13,49 +13,10 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use knat::lab::{Backend, Family, Lab, LabOptions, Scenario, preflight};
-use knat_testbed::control_plane::{ControlPlane, ControlPlaneOptions, K8sBinaries};
+use knat::lab::{Backend, Lab, LabOptions, Scenario};
 
 const KNAT: &str = env!("CARGO_BIN_EXE_knat");
 const IDENTITY: &str = "system:serviceaccount:kube-system:knat";
-
-fn ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
-
-fn skip(why: &str) -> Option<K8sBinaries> {
-    if ci() {
-        panic!("rbac: cannot run under CI=true: {why}");
-    }
-    eprintln!("\n*** SKIPPED rbac (real control plane): {why} ***\n");
-    None
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false)
-}
-
-fn prerequisites() -> Option<K8sBinaries> {
-    if let Err(e) = preflight(&[Backend::Nft], false) {
-        return skip(&e.to_string());
-    }
-    let missing: Vec<&str> = ["openssl", "curl"]
-        .into_iter()
-        .filter(|p| !on_path(p))
-        .collect();
-    if !missing.is_empty() {
-        return skip(&format!("missing tools: {missing:?}"));
-    }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    match K8sBinaries::locate(repo, ci()) {
-        Ok(b) => Some(b),
-        Err(e) => skip(&format!(
-            "{e}; build them with scripts/build-k8s.sh (many minutes the first time)"
-        )),
-    }
-}
 
 /// The rows of a `kubectl auth can-i --list` table (its header dropped), sorted, each row's
 /// columns split on runs of two or more spaces and rejoined with ` | `, so that a column
@@ -97,27 +58,28 @@ fn documented() -> String {
 
 #[test]
 fn the_service_account_may_do_exactly_what_operations_md_says() {
-    let Some(binaries) = prerequisites() else {
+    let Some(binaries) = knat_testbed::prerequisites::control_plane(
+        "rbac",
+        &[Backend::Nft],
+        false,
+        &["openssl", "curl"],
+    ) else {
         return;
     };
     let scenario = Scenario::new("rbac").node("node-1").client("ext");
     let lab = Lab::build(scenario, LabOptions::new(Path::new(KNAT), Backend::Nft))
         .expect("build the lab namespaces");
-    let address = lab.scenario().fabric_gateway(Family::V4);
-    let cp = ControlPlane::start(ControlPlaneOptions {
+    let plane = knat_testbed::lab_plane::start(
+        "rbac",
+        &lab,
         binaries,
-        namespace: lab.fabric_namespace(),
-        address,
-        extra_sans: Vec::new(),
-        real_nodes: None,
-    })
+        &knat_testbed::lab_plane::LabPlaneOptions {
+            knat_rbac: true,
+            ..Default::default()
+        },
+    )
     .unwrap_or_else(|e| panic!("start the control plane: {e}"));
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for file in ["serviceaccount.yaml", "rbac.yaml"] {
-        let yaml = std::fs::read_to_string(repo.join("daemonset").join(file))
-            .expect("read daemonset manifest");
-        cp.apply(&yaml).expect("apply daemonset RBAC");
-    }
+    let cp = &plane.cp;
     let as_knat = format!("--as={IDENTITY}");
     // Cluster-wide (knat's ClusterRole), in kube-system (its own namespace) and in another
     // namespace: the same rules everywhere, nothing namespaced on top.

@@ -194,23 +194,34 @@ fn zombie_children_of(pid: u32) -> usize {
 }
 
 fn children_in_state(pid: u32, state_matches: impl Fn(&str) -> bool) -> usize {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    dir.flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter(|stat| {
-            // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
-            let mut fields = stat
-                .rsplit_once(')')
-                .map(|(_, rest)| rest.split_whitespace())
-                .into_iter()
-                .flatten();
-            let state = fields.next().unwrap_or("");
-            let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
-            ppid == Some(pid) && state_matches(state)
-        })
+    proc_children(pid)
+        .filter(|child| state_matches(&child.state))
         .count()
+}
+
+/// A process whose parent is the one asked for, from `/proc/PID/stat`.
+struct ProcChild {
+    pid: u32,
+    state: String,
+    path: std::path::PathBuf,
+}
+
+/// The children of `parent` now (one pass over `/proc`).
+fn proc_children(parent: u32) -> impl Iterator<Item = ProcChild> {
+    let entries = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+    entries.filter_map(move |e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+        let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+        let state = fields.next()?.to_string();
+        let ppid: u32 = fields.next()?.parse().ok()?;
+        (ppid == parent).then(|| ProcChild {
+            pid,
+            state,
+            path: e.path(),
+        })
+    })
 }
 
 impl ChildCounter {
@@ -1355,44 +1366,43 @@ fn bulk_ip(i: usize) -> String {
     format!("10.96.{}.{}", 1 + i / 250, 1 + i % 250)
 }
 
-/// A `v1` List (JSON) of `n` Services with one EndpointSlice each.
-fn bulk_list(n: usize) -> String {
-    let mut items = Vec::with_capacity(2 * n);
-    for i in 0..n {
-        items.push(serde_json::json!({
+/// The `i`-th of the many Services and its one EndpointSlice, the endpoint at `pod`.
+fn bulk_service(i: usize, pod: &str) -> [serde_json::Value; 2] {
+    [
+        serde_json::json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": format!("bulk-{i}"), "namespace": "demo"},
             "spec": {"clusterIP": bulk_ip(i),
                      "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}
-        }));
-        items.push(serde_json::json!({
+        }),
+        serde_json::json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": format!("bulk-{i}-1"), "namespace": "demo",
                          "labels": {"kubernetes.io/service-name": format!("bulk-{i}")}},
             "addressType": "IPv4",
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-            "endpoints": [{"addresses": [POD_A], "nodeName": "node-1"}]
-        }));
+            "endpoints": [{"addresses": [pod], "nodeName": "node-1"}]
+        }),
+    ]
+}
+
+/// A `v1` List (JSON) of `n` Services with one EndpointSlice each.
+fn bulk_list(n: usize) -> String {
+    let mut items = Vec::with_capacity(2 * n);
+    for i in 0..n {
+        items.extend(bulk_service(i, POD_A));
     }
     serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
 }
 
 /// The `iptables-nft-restore` child of `parent`, if one runs.
 fn restore_child_of(parent: u32) -> Option<u32> {
-    let dir = std::fs::read_dir("/proc").ok()?;
-    dir.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-        let ppid: u32 = stat
-            .rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
-        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+    proc_children(parent).find_map(|child| {
+        let cmdline = std::fs::read(child.path.join("cmdline")).ok()?;
         let argv0 = cmdline.split(|b| *b == 0).next()?;
-        (ppid == parent && argv0.ends_with(b"iptables-nft-restore")).then_some(pid)
+        argv0
+            .ends_with(b"iptables-nft-restore")
+            .then_some(child.pid)
     })
 }
 
@@ -1530,20 +1540,7 @@ fn churn_list(n: usize, g: usize) -> String {
         } else {
             POD_B
         };
-        items.push(serde_json::json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": format!("bulk-{i}"), "namespace": "demo"},
-            "spec": {"clusterIP": bulk_ip(i),
-                     "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}
-        }));
-        items.push(serde_json::json!({
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": format!("bulk-{i}-1"), "namespace": "demo",
-                         "labels": {"kubernetes.io/service-name": format!("bulk-{i}")}},
-            "addressType": "IPv4",
-            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-            "endpoints": [{"addresses": [pod], "nodeName": "node-1"}]
-        }));
+        items.extend(bulk_service(i, pod));
     }
     serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
 }
