@@ -127,6 +127,15 @@ impl Batch {
         self.0.push(line.into());
     }
 
+    /// `addr add IP/32` (or `/128`, without duplicate address detection) on `dev`.
+    fn add_address(&mut self, ip: IpAddr, dev: &str) {
+        self.add(format!(
+            "addr add {ip}/{} dev {dev}{}",
+            prefix_len(ip),
+            nodad(ip)
+        ));
+    }
+
     fn text(&self) -> String {
         let mut text = self.0.join("\n");
         text.push('\n');
@@ -446,11 +455,7 @@ impl Lab {
             let ip = s
                 .pod_ip(&pod.name, *f)
                 .ok_or_else(|| missing("pod address", &pod.name))?;
-            b.add(format!(
-                "addr add {gw}/{} dev {dev}{}",
-                prefix_len(gw),
-                nodad(gw)
-            ));
+            b.add_address(gw, &dev);
             b.add(format!("route add {ip}/{} dev {dev}", prefix_len(ip)));
         }
         Ok(())
@@ -466,11 +471,7 @@ impl Lab {
             let ip = s
                 .client_ip(client, *f)
                 .ok_or_else(|| missing("client address", client))?;
-            b.add(format!(
-                "addr add {ip}/{} dev eth0{}",
-                prefix_len(ip),
-                nodad(ip)
-            ));
+            b.add_address(ip, "eth0");
             b.add(format!("route add {} dev eth0", s.segment(*f)));
         }
         for route in &s.routes {
@@ -500,11 +501,7 @@ impl Lab {
             let gw = s
                 .node_gateway(&pod.node, *f)
                 .ok_or_else(|| missing("gateway", &pod.node))?;
-            b.add(format!(
-                "addr add {ip}/{} dev eth0{}",
-                prefix_len(ip),
-                nodad(ip)
-            ));
+            b.add_address(ip, "eth0");
             b.add(format!("route add {gw}/{} dev eth0", prefix_len(gw)));
             b.add(format!("route add default via {gw} dev eth0"));
         }
