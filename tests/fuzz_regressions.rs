@@ -8,87 +8,26 @@
 //! Each entry point must return (an error is fine) and never panic. Each input runs under a
 //! time bound (a hang fails instead of blocking the suite).
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use knat::dump::trace::{TraceRequest, trace};
 use knat::input::{Source, load};
-use knat::model::Protocol;
 use proptest::prelude::*;
 
 /// Longest time one input may take (a debug build on a loaded 2-core machine).
 const PER_INPUT: Duration = Duration::from_secs(20);
 
-/// The `iptables_save` fuzz target's body.
-fn iptables_save(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let _ = knat::dump::read::parse(text);
-    let _ = knat::dump::parse::parse_blocks(text);
-    if let Some(first) = text.lines().next() {
-        let _ = knat::dump::parse::parse_rule_spec(first);
-    }
-}
-
-/// The `trace` fuzz target's body: 12 bytes of packet, then the dump.
-fn trace_input(data: &[u8]) {
-    if data.len() < 12 {
-        return;
-    }
-    let (head, rest) = data.split_at(12);
-    let Ok(text) = std::str::from_utf8(rest) else {
-        return;
-    };
-    let Ok(dump) = knat::dump::read::parse(text) else {
-        return;
-    };
-    let protocol = match head[10] % 3 {
-        0 => Protocol::Tcp,
-        1 => Protocol::Udp,
-        _ => Protocol::Sctp,
-    };
-    let req = TraceRequest {
-        src: IpAddr::V4(Ipv4Addr::new(head[0], head[1], head[2], head[3])),
-        dst: IpAddr::V4(Ipv4Addr::new(head[4], head[5], head[6], head[7])),
-        dport: u16::from_be_bytes([head[8], head[9]]),
-        protocol,
-        local: head[11] & 1 == 1,
-        node_ips: vec![IpAddr::V4(Ipv4Addr::new(192, 168, 0, 2))],
-        in_iface: (head[11] & 2 == 2).then(|| "eth0".to_string()),
-    };
-    let _ = trace(&dump, &req);
-}
-
-/// The `kube_proxy_config` fuzz target's body.
-fn kube_proxy_config(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let _ = knat::kube_proxy_config::parse(text, "fuzz.yaml");
-}
-
-/// The `manifests` fuzz target's body.
-fn manifests(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let source = Source {
-        name: "fuzz.yaml".to_string(),
-        text: text.to_string(),
-    };
-    let _ = load(&[source], "node-1");
-}
+#[path = "../fuzz/bodies.rs"]
+mod bodies;
 
 type Target = fn(&[u8]);
 
 const TARGETS: [(&str, Target); 4] = [
-    ("iptables_save", iptables_save),
-    ("trace", trace_input),
-    ("kube_proxy_config", kube_proxy_config),
-    ("manifests", manifests),
+    ("iptables_save", bodies::iptables_save),
+    ("trace", bodies::trace),
+    ("kube_proxy_config", bodies::kube_proxy_config),
+    ("manifests", bodies::manifests),
 ];
 
 /// Runs `f` on `data` on its own thread: a panic or a run past [`PER_INPUT`] is an error.
@@ -489,20 +428,20 @@ proptest! {
         text in dump_text(),
         head in prop::array::uniform12(any::<u8>()),
     ) {
-        prop_assert_eq!(bounded(iptables_save, text.clone().into_bytes()), Ok(()));
+        prop_assert_eq!(bounded(bodies::iptables_save, text.clone().into_bytes()), Ok(()));
         let mut data = head.to_vec();
         data.extend_from_slice(text.as_bytes());
-        prop_assert_eq!(bounded(trace_input, data), Ok(()));
+        prop_assert_eq!(bounded(bodies::trace, data), Ok(()));
     }
 
     #[test]
     fn kube_proxy_config_returns_on_generated_files(text in config_text()) {
-        prop_assert_eq!(bounded(kube_proxy_config, text.into_bytes()), Ok(()));
+        prop_assert_eq!(bounded(bodies::kube_proxy_config, text.into_bytes()), Ok(()));
     }
 
     #[test]
     fn manifests_return_on_generated_objects(text in manifest_text()) {
-        prop_assert_eq!(bounded(manifests, text.into_bytes()), Ok(()));
+        prop_assert_eq!(bounded(bodies::manifests, text.into_bytes()), Ok(()));
     }
 }
 

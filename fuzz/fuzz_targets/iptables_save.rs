@@ -4,13 +4,9 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let _ = knat::dump::read::parse(text);
-    let _ = knat::dump::parse::parse_blocks(text);
-    if let Some(first) = text.lines().next() {
-        let _ = knat::dump::parse::parse_rule_spec(first);
-    }
-});
+// Every target includes all bodies and uses one.
+#[allow(dead_code)]
+#[path = "../bodies.rs"]
+mod bodies;
+
+fuzz_target!(|data: &[u8]| bodies::iptables_save(data));

@@ -4,9 +4,9 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let _ = knat::kube_proxy_config::parse(text, "fuzz.yaml");
-});
+// Every target includes all bodies and uses one.
+#[allow(dead_code)]
+#[path = "../bodies.rs"]
+mod bodies;
+
+fuzz_target!(|data: &[u8]| bodies::kube_proxy_config(data));

@@ -3,16 +3,11 @@
 //! field values, is loaded into a snapshot or rejected with the file and line; never a panic.
 #![no_main]
 
-use knat::input::{Source, load};
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let source = Source {
-        name: "fuzz.yaml".to_string(),
-        text: text.to_string(),
-    };
-    let _ = load(&[source], "node-1");
-});
+// Every target includes all bodies and uses one.
+#[allow(dead_code)]
+#[path = "../bodies.rs"]
+mod bodies;
+
+fuzz_target!(|data: &[u8]| bodies::manifests(data));
