@@ -1627,9 +1627,9 @@ fn window_minima(points: &[(f64, f64)], window: f64) -> Vec<(f64, f64)> {
 /// sampled every 200 ms (written as CSV to `KNAT_SOAK_SAMPLES` when set). After a 10 s warm-up
 /// the samples are cut into ten windows (5 s to 60 s long) and the least-squares slope of the
 /// windows' minima, less its one-sided 95% uncertainty (t times its standard error), must stay
-/// under 10% of their mean over the steady part of the run (1% a minute over a 10-minute soak,
-/// more a minute in shorter runs: see the bound's comment) with 95% confidence (and the rules
-/// follow the last generation).
+/// under 1% of their mean a minute, or 5% over the run's steady part when that is more (6% a
+/// minute in CI's 60 s run: see the bound's comment), with 95% confidence (and the rules follow
+/// the last generation).
 ///
 /// Why the minima: a single sample lands anywhere in a sync (1,000 Services rendered, a restore
 /// payload built and freed on the runtime's worker threads, whose mimalloc heaps return freed
@@ -1728,14 +1728,14 @@ fn churn_soak_at_1000_services_shows_no_rss_growth() {
         100.0 * floor_per_min / floor_mean,
         100.0 * floor_low / floor_mean
     );
-    // The bound: the floor may drift by at most 10 % of itself over the run, which over the
-    // issue's 10-minute soak is 1 % a minute. A shorter run (CI's 60 s) gets the same total,
-    // so a higher rate: the floor's own swings from one window to the next (36.2-38.0 MB in one
-    // CI rehearsal, the allocator returning arenas at different moments) are a few per cent,
-    // and 1 %/min over 50 s steady seconds is 0.8 % in all, below what such a run resolves (it
-    // failed a 60 s CI rehearsal at +1.4 %/min with no leak). A leak of 4-5 MB a minute still
-    // fails 60 s; the 600 s runs in docs/reliability.md hold the 1 %/min.
-    let bound_per_min = 0.01 * (10.0 / steady_minutes).max(1.0);
+    // The bound: 1% a minute (the issue's), but at least 5% of the floor over the run's steady
+    // part. CI's 60 s run (50 steady seconds) thus allows 6% a minute: the floor's own swings
+    // between 5 s windows are a few per cent (36.2-38.0 MB in one CI rehearsal, the allocator
+    // returning arenas at different moments), and that rehearsal failed a flat 1%/min bound at
+    // +1.4%/min (95% lower bound) with no leak. A deliberate leak of 40 KB per sync (about
+    // 5 MB a minute here) measured +10.2%/min (lower bound) in 60 s and fails; from 500 steady
+    // seconds on the bound is the 1%/min of the 600 s runs in docs/reliability.md.
+    let bound_per_min = (0.05 / steady_minutes).max(0.01);
     assert!(
         floor_low < bound_per_min * floor_mean,
         "knat's RSS floor grows {floor_per_min:.1} ± {floor_error:.1} KiB/min, at least {floor_low:.1} KiB/min with 95% confidence (more than {:.1}% a minute of the minima's mean {floor_mean:.0} KiB over {steady_minutes:.1} steady minutes; minima {minima:?})",
