@@ -13,6 +13,12 @@
 //! - changes coalesce: any number of changes between two syncs cause one sync;
 //! - `--iptables-min-sync-period` limits the rate (start to start, burst 2, as upstream's
 //!   BoundedFrequencyRunner);
+//! - the rate also adapts to what a sync costs: after a partial sync that took `d`, the next
+//!   sync starts no sooner than `d * 100 / --sync-busy-percent` after that one's start (at most
+//!   one sync period), so that sustained churn keeps knat writing at most that share of the time.
+//!   An isolated change after a quiet spell is synced at once; on iptables-legacy, where every
+//!   restore swaps the whole table (about a CPU second at 10,000 Services), this is what keeps
+//!   churn from costing more CPU than kube-proxy;
 //! - full syncs at start, after a failure (with exponential backoff from the min period up to
 //!   `--iptables-sync-period`), when the canary chains vanish, and every hour; partial syncs
 //!   otherwise;
@@ -41,6 +47,9 @@ pub struct Timing {
     pub full_period: Duration,
     /// Syncs allowed back to back before `min_interval` applies.
     pub burst: u32,
+    /// `--sync-busy-percent` (1-100): under sustained churn, the share of the time spent in
+    /// partial syncs; 100 turns the cost-based spacing off.
+    pub busy_percent: u32,
 }
 
 impl Timing {
@@ -50,9 +59,29 @@ impl Timing {
             sync_period,
             full_period: FULL_SYNC_PERIOD,
             burst: 2,
+            busy_percent: DEFAULT_BUSY_PERCENT,
         }
     }
+
+    /// The same timing with another `--sync-busy-percent` (clamped to 1-100).
+    pub fn with_busy_percent(self, percent: u32) -> Self {
+        Timing {
+            busy_percent: percent.clamp(1, 100),
+            ..self
+        }
+    }
+
+    /// How long after its start the next sync may follow a partial sync that took `cost`:
+    /// `cost * 100 / busy_percent`, at most one sync period.
+    pub fn spacing_after(&self, cost: Duration) -> Duration {
+        let percent = self.busy_percent.clamp(1, 100);
+        (cost * 100 / percent).min(self.sync_period)
+    }
 }
+
+/// `--sync-busy-percent`'s default: under churn a partial sync is followed by at least twice its
+/// own duration of rest.
+pub const DEFAULT_BUSY_PERCENT: u32 = 33;
 
 /// When the next sync is due (the sync deadline alone, see [`Scheduler::decide`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +120,10 @@ pub struct Scheduler {
     need_full: bool,
     /// GCRA "theoretical arrival time" of the rate limiter.
     tat: Option<Instant>,
+    /// When the sync in progress (or the last one) started.
+    last_start: Option<Instant>,
+    /// No sync before this: the last partial sync's start plus its cost-based spacing.
+    cost_gate: Option<Instant>,
     last_full: Option<Instant>,
     retry_at: Option<Instant>,
     failures: u32,
@@ -112,6 +145,8 @@ impl Scheduler {
             dirty: true,
             need_full: true,
             tat: None,
+            last_start: None,
+            cost_gate: None,
             last_full: None,
             retry_at: None,
             failures: 0,
@@ -224,7 +259,7 @@ impl Scheduler {
         if !(self.dirty || self.need_full || periodic_due) {
             return periodic_at.map_or(Decision::Idle, Decision::WaitUntil);
         }
-        let earliest = [self.rate_allowed_at(), self.retry_at]
+        let earliest = [self.rate_allowed_at(), self.retry_at, self.cost_gate]
             .into_iter()
             .flatten()
             .max();
@@ -245,11 +280,26 @@ impl Scheduler {
     pub fn started(&mut self, now: Instant) {
         let base = self.tat.map_or(now, |t| t.max(now));
         self.tat = Some(base + self.timing.min_interval);
+        self.last_start = Some(now);
         self.dirty = false;
+    }
+
+    /// The earliest start the last partial sync's cost allows (None: no such limit).
+    pub fn cost_gate(&self) -> Option<Instant> {
+        self.cost_gate
     }
 
     /// The sync that started last finished at `now`.
     pub fn finished(&mut self, now: Instant, kind: SyncKind, ok: bool) {
+        // Only partial syncs measure what churn costs: a full sync rewrites everything and
+        // must not hold back the changes that follow it.
+        self.cost_gate = match (kind, ok, self.last_start) {
+            (SyncKind::Partial, true, Some(start)) => {
+                let cost = now.saturating_duration_since(start);
+                Some(start + self.timing.spacing_after(cost))
+            }
+            _ => None,
+        };
         if ok {
             self.failures = 0;
             self.retry_at = None;
@@ -335,6 +385,98 @@ mod tests {
         // Two in quick succession (burst of 2), then one per second however many changes come.
         let secs: Vec<u128> = syncs.iter().map(|d| d.as_millis()).collect();
         assert_eq!(secs, vec![0, 100, 1000, 2000, 3000, 4000]);
+    }
+
+    /// Runs a change every 100 ms for `secs` seconds, each sync taking `cost`; returns the
+    /// start times of the syncs, in ms from the first.
+    async fn churn_starts(timing: Timing, cost: Duration, secs: u64) -> Vec<u128> {
+        let mut s = Scheduler::new(timing);
+        let t0 = Instant::now();
+        s.started(t0);
+        s.finished(t0, SyncKind::Full, true);
+        let mut starts = Vec::new();
+        let mut now = t0;
+        while now < t0 + Duration::from_secs(secs) {
+            s.mark_dirty();
+            if let Decision::Sync(kind) = s.decide(now, true) {
+                s.started(now);
+                starts.push((now - t0).as_millis());
+                tokio::time::advance(cost).await;
+                s.finished(Instant::now(), kind, true);
+            }
+            tokio::time::advance(Duration::from_millis(100)).await;
+            now = Instant::now();
+        }
+        starts
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn costly_syncs_under_churn_are_spaced_by_their_cost() {
+        // iptables-legacy at 10,000 Services: every partial restore takes about 1.1 s.
+        let cost = Duration::from_millis(1100);
+        let starts = churn_starts(timing(), cost, 20).await;
+        // The first change is synced at once (burst), then one sync per 3.3 s (1.1 s x 100/33,
+        // rounded up to the 100 ms steps of the churn) instead of one per 1.2 s.
+        assert_eq!(starts[0], 0);
+        let gaps: Vec<u128> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(
+            gaps.iter().all(|g| (3300..=3400).contains(g)),
+            "sync starts {starts:?}"
+        );
+        let busy = cost.as_millis() * starts.len() as u128;
+        assert!(
+            busy * 100 <= 20_000 * 36,
+            "busy {busy} ms of 20,000 ms: at most about a third"
+        );
+        // With the spacing off, the same churn syncs back to back.
+        let unspaced = churn_starts(timing().with_busy_percent(100), cost, 20).await;
+        assert!(
+            unspaced.len() >= 2 * starts.len(),
+            "spaced {} syncs, unspaced {}",
+            starts.len(),
+            unspaced.len()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cheap_syncs_follow_the_min_sync_period_alone() {
+        // 10 ms syncs: 3.3 x 10 ms is far below the 1 s rate limit, which alone applies.
+        let starts = churn_starts(timing(), Duration::from_millis(10), 5).await;
+        let secs: Vec<u128> = starts.iter().map(|ms| ms / 100 * 100).collect();
+        assert_eq!(secs, vec![0, 1000, 2000, 3000, 4000]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_isolated_change_after_a_costly_sync_waits_only_for_the_spacing() {
+        let mut s = Scheduler::new(timing());
+        let t0 = Instant::now();
+        s.started(t0);
+        s.finished(t0 + Duration::from_secs(5), SyncKind::Full, true);
+        let t1 = t0 + Duration::from_secs(5);
+        s.mark_dirty();
+        assert_eq!(
+            s.decide(t1, true),
+            Decision::Sync(SyncKind::Partial),
+            "a full sync's cost does not hold back the next change"
+        );
+        s.started(t1);
+        let t2 = t1 + Duration::from_secs(1);
+        s.finished(t2, SyncKind::Partial, true);
+        let gate = t1 + Duration::from_secs(100) / 33;
+        assert_eq!(s.cost_gate(), Some(gate));
+        s.mark_dirty();
+        assert_eq!(s.decide(t2, true), Decision::WaitUntil(gate));
+        assert_eq!(s.decide(gate, true), Decision::Sync(SyncKind::Partial));
+        // A sync longer than a third of the sync period is spaced by the sync period at most.
+        s.started(gate);
+        let end = gate + Duration::from_secs(20);
+        s.finished(end, SyncKind::Partial, true);
+        assert_eq!(s.cost_gate(), Some(gate + Duration::from_secs(30)));
+        // A failure drops the gate: the retry follows its own backoff.
+        s.mark_dirty();
+        s.started(end);
+        s.finished(end, SyncKind::Partial, false);
+        assert_eq!(s.cost_gate(), None);
     }
 
     #[tokio::test(start_paused = true)]

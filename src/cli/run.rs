@@ -13,7 +13,7 @@ use knat::agent::index::SourceState;
 use knat::agent::loop_events::LoopEvents;
 use knat::agent::node_event::{self, PodRefError};
 use knat::agent::node_identity::{self, MISSING_NODE_FIX, NameSource};
-use knat::agent::schedule::{Scheduler, Timing};
+use knat::agent::schedule::{DEFAULT_BUSY_PERCENT, Scheduler, Timing};
 use knat::agent::sync::SyncLoop;
 use knat::agent::{capabilities, localnet};
 use knat::agent::{files, watch as kwatch};
@@ -97,6 +97,12 @@ pub struct RunArgs {
     /// Canary poll interval, maximum retry backoff; health times out after twice this.
     #[arg(long, default_value = "30s", value_parser = duration)]
     pub iptables_sync_period: Duration,
+    /// Under sustained churn, the share of the time (percent) spent in partial syncs: after a
+    /// partial sync that took D the next starts no sooner than D * 100 / PERCENT after it
+    /// started (at most one sync period later); 100 turns this off (knat only).
+    #[arg(long, value_name = "PERCENT", default_value_t = DEFAULT_BUSY_PERCENT,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub sync_busy_percent: u32,
     /// Address of the /healthz and /livez server (IP:PORT, or IP for port 10256).
     #[arg(long, default_value = "0.0.0.0:10256", value_parser = healthz_address)]
     pub healthz_bind_address: SocketAddr,
@@ -385,10 +391,10 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     } = start_source(&args, &node_name, source, tx, &rx, &metrics).await?;
     let sync_loop = SyncLoop {
         families: family_syncs,
-        scheduler: Scheduler::new(Timing::new(
-            args.iptables_min_sync_period,
-            args.iptables_sync_period,
-        )),
+        scheduler: Scheduler::new(
+            Timing::new(args.iptables_min_sync_period, args.iptables_sync_period)
+                .with_busy_percent(args.sync_busy_percent),
+        ),
         source: rx,
         health: health.clone(),
         servers: ServiceHealthServers::new(health, health_check_addresses(&args, &families)),
