@@ -13,10 +13,11 @@
 //! - changes coalesce: any number of changes between two syncs cause one sync;
 //! - `--iptables-min-sync-period` limits the rate (start to start, burst 2, as upstream's
 //!   BoundedFrequencyRunner);
-//! - the rate also adapts to what a sync costs: after a partial sync that took `d`, the next
-//!   sync starts no sooner than `d * 100 / --sync-busy-percent` after that one's start (at most
-//!   one sync period), so that sustained churn keeps knat writing at most that share of the time.
-//!   An isolated change after a quiet spell is synced at once; on iptables-legacy, where every
+//! - the rate also adapts to what a sync costs: after a partial sync that took `d` and ended
+//!   with changes already waiting, the next sync starts no sooner than
+//!   `d * 100 / --sync-busy-percent` after that one's start (at most one sync period), so that
+//!   sustained churn keeps knat writing at most that share of the time. A change after a quiet
+//!   spell is synced at once; on iptables-legacy, where every
 //!   restore swaps the whole table (about a CPU second at 10,000 Services), this is what keeps
 //!   churn from costing more CPU than kube-proxy;
 //! - full syncs at start, after a failure (with exponential backoff from the min period up to
@@ -289,12 +290,14 @@ impl Scheduler {
         self.cost_gate
     }
 
-    /// The sync that started last finished at `now`.
+    /// The sync that started last finished at `now`; changes that arrived while it ran must
+    /// have been reported with [`Scheduler::mark_dirty`] before.
     pub fn finished(&mut self, now: Instant, kind: SyncKind, ok: bool) {
-        // Only partial syncs measure what churn costs: a full sync rewrites everything and
-        // must not hold back the changes that follow it.
+        // Only a backlog is spaced: a partial sync that ended with changes already waiting
+        // (churn). A change after a quiet spell, and anything after a full sync (which
+        // rewrites everything), is synced as soon as the rate limit allows.
         self.cost_gate = match (kind, ok, self.last_start) {
-            (SyncKind::Partial, true, Some(start)) => {
+            (SyncKind::Partial, true, Some(start)) if self.dirty => {
                 let cost = now.saturating_duration_since(start);
                 Some(start + self.timing.spacing_after(cost))
             }
@@ -402,6 +405,8 @@ mod tests {
                 s.started(now);
                 starts.push((now - t0).as_millis());
                 tokio::time::advance(cost).await;
+                // Changes kept coming while it ran.
+                s.mark_dirty();
                 s.finished(Instant::now(), kind, true);
             }
             tokio::time::advance(Duration::from_millis(100)).await;
@@ -447,7 +452,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_isolated_change_after_a_costly_sync_waits_only_for_the_spacing() {
+    async fn only_a_backlog_waits_for_the_spacing() {
         let mut s = Scheduler::new(timing());
         let t0 = Instant::now();
         s.started(t0);
@@ -462,14 +467,26 @@ mod tests {
         s.started(t1);
         let t2 = t1 + Duration::from_secs(1);
         s.finished(t2, SyncKind::Partial, true);
-        let gate = t1 + Duration::from_secs(100) / 33;
-        assert_eq!(s.cost_gate(), Some(gate));
+        assert_eq!(
+            s.cost_gate(),
+            None,
+            "no change arrived while it ran: the next one is synced at once"
+        );
         s.mark_dirty();
-        assert_eq!(s.decide(t2, true), Decision::WaitUntil(gate));
+        let t3 = t2 + Duration::from_millis(500);
+        assert_eq!(s.decide(t3, true), Decision::Sync(SyncKind::Partial));
+        s.started(t3);
+        let t4 = t3 + Duration::from_secs(1);
+        s.mark_dirty();
+        s.finished(t4, SyncKind::Partial, true);
+        let gate = t3 + Duration::from_secs(100) / 33;
+        assert_eq!(s.cost_gate(), Some(gate), "a backlog: spaced by 3 x 1 s");
+        assert_eq!(s.decide(t4, true), Decision::WaitUntil(gate));
         assert_eq!(s.decide(gate, true), Decision::Sync(SyncKind::Partial));
         // A sync longer than a third of the sync period is spaced by the sync period at most.
         s.started(gate);
         let end = gate + Duration::from_secs(20);
+        s.mark_dirty();
         s.finished(end, SyncKind::Partial, true);
         assert_eq!(s.cost_gate(), Some(gate + Duration::from_secs(30)));
         // A failure drops the gate: the retry follows its own backoff.

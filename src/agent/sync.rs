@@ -293,6 +293,11 @@ impl SyncLoop {
                 self.queue_all(&families, started);
             }
         }
+        // Changes that arrived while it ran make a backlog, which the scheduler spaces by the
+        // sync's cost.
+        if self.source.has_changed().unwrap_or(false) {
+            self.scheduler.mark_dirty();
+        }
         self.scheduler.finished(Instant::now(), kind, ok);
     }
 

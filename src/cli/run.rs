@@ -98,7 +98,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "30s", value_parser = duration)]
     pub iptables_sync_period: Duration,
     /// Under sustained churn, the share of the time (percent) spent in partial syncs: after a
-    /// partial sync that took D the next starts no sooner than D * 100 / PERCENT after it
+    /// partial sync that took D and ended with changes waiting, the next starts no sooner than D * 100 / PERCENT after it
     /// started (at most one sync period later); 100 turns this off (knat only).
     #[arg(long, value_name = "PERCENT", default_value_t = DEFAULT_BUSY_PERCENT,
           value_parser = clap::value_parser!(u32).range(1..=100))]
