@@ -20,6 +20,7 @@
 
 pub mod api_server;
 pub mod capabilities;
+pub mod cpu_time;
 pub mod events;
 pub mod family_sync;
 pub mod files;

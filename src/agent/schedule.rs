@@ -13,11 +13,11 @@
 //! - changes coalesce: any number of changes between two syncs cause one sync;
 //! - `--iptables-min-sync-period` limits the rate (start to start, burst 2, as upstream's
 //!   BoundedFrequencyRunner);
-//! - the rate also adapts to what a sync costs: after a partial sync that took `d` and ended
-//!   with changes already waiting, the next sync starts no sooner than
-//!   `d * 100 / --sync-busy-percent` after that one's start (at most one sync period), so that
-//!   sustained churn keeps knat writing at most that share of the time. A change after a quiet
-//!   spell is synced at once; on iptables-legacy, where every
+//! - the rate also adapts to what a sync costs: after a partial sync that cost `c` of CPU
+//!   (knat's and its `iptables-restore`'s; wall time when not measured) and ended with changes
+//!   already waiting, the next sync starts no sooner than `c * 100 / --sync-cpu-percent` after
+//!   that one's start (at most one sync period), so that sustained churn keeps syncing within
+//!   that share of one CPU. A change after a quiet spell is synced at once; on iptables-legacy, where every
 //!   restore swaps the whole table (about a CPU second at 10,000 Services), this is what keeps
 //!   churn from costing more CPU than kube-proxy;
 //! - full syncs at start, after a failure (with exponential backoff from the min period up to
@@ -48,9 +48,9 @@ pub struct Timing {
     pub full_period: Duration,
     /// Syncs allowed back to back before `min_interval` applies.
     pub burst: u32,
-    /// `--sync-busy-percent` (1-100): under sustained churn, the share of the time spent in
-    /// partial syncs; 100 turns the cost-based spacing off.
-    pub busy_percent: u32,
+    /// `--sync-cpu-percent` (1-100): under sustained churn, the share of one CPU that partial
+    /// syncs may use; 100 turns the cost-based spacing off.
+    pub cpu_percent: u32,
 }
 
 impl Timing {
@@ -60,29 +60,28 @@ impl Timing {
             sync_period,
             full_period: FULL_SYNC_PERIOD,
             burst: 2,
-            busy_percent: DEFAULT_BUSY_PERCENT,
+            cpu_percent: DEFAULT_CPU_PERCENT,
         }
     }
 
-    /// The same timing with another `--sync-busy-percent` (clamped to 1-100).
-    pub fn with_busy_percent(self, percent: u32) -> Self {
+    /// The same timing with another `--sync-cpu-percent` (clamped to 1-100).
+    pub fn with_cpu_percent(self, percent: u32) -> Self {
         Timing {
-            busy_percent: percent.clamp(1, 100),
+            cpu_percent: percent.clamp(1, 100),
             ..self
         }
     }
 
-    /// How long after its start the next sync may follow a partial sync that took `cost`:
-    /// `cost * 100 / busy_percent`, at most one sync period.
+    /// How long after its start the next sync may follow a partial sync that cost `cost`:
+    /// `cost * 100 / cpu_percent`, at most one sync period.
     pub fn spacing_after(&self, cost: Duration) -> Duration {
-        let percent = self.busy_percent.clamp(1, 100);
+        let percent = self.cpu_percent.clamp(1, 100);
         (cost * 100 / percent).min(self.sync_period)
     }
 }
 
-/// `--sync-busy-percent`'s default: under churn a partial sync is followed by at least twice its
-/// own duration of rest.
-pub const DEFAULT_BUSY_PERCENT: u32 = 33;
+/// `--sync-cpu-percent`'s default: under churn, partial syncs use at most a third of one CPU.
+pub const DEFAULT_CPU_PERCENT: u32 = 33;
 
 /// When the next sync is due (the sync deadline alone, see [`Scheduler::decide`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +124,8 @@ pub struct Scheduler {
     last_start: Option<Instant>,
     /// No sync before this: the last partial sync's start plus its cost-based spacing.
     cost_gate: Option<Instant>,
+    /// The CPU the sync in progress used, when the loop measured it.
+    measured_cost: Option<Duration>,
     last_full: Option<Instant>,
     retry_at: Option<Instant>,
     failures: u32,
@@ -148,6 +149,7 @@ impl Scheduler {
             tat: None,
             last_start: None,
             cost_gate: None,
+            measured_cost: None,
             last_full: None,
             retry_at: None,
             failures: 0,
@@ -282,7 +284,14 @@ impl Scheduler {
         let base = self.tat.map_or(now, |t| t.max(now));
         self.tat = Some(base + self.timing.min_interval);
         self.last_start = Some(now);
+        self.measured_cost = None;
         self.dirty = false;
+    }
+
+    /// The sync in progress used `cpu` (knat's and its children's); without this its wall time
+    /// counts as its cost.
+    pub fn cost_measured(&mut self, cpu: Duration) {
+        self.measured_cost = Some(cpu);
     }
 
     /// The earliest start the last partial sync's cost allows (None: no such limit).
@@ -298,7 +307,9 @@ impl Scheduler {
         // rewrites everything), is synced as soon as the rate limit allows.
         self.cost_gate = match (kind, ok, self.last_start) {
             (SyncKind::Partial, true, Some(start)) if self.dirty => {
-                let cost = now.saturating_duration_since(start);
+                let cost = self
+                    .measured_cost
+                    .unwrap_or_else(|| now.saturating_duration_since(start));
                 Some(start + self.timing.spacing_after(cost))
             }
             _ => None,
@@ -434,7 +445,7 @@ mod tests {
             "busy {busy} ms of 20,000 ms: at most about a third"
         );
         // With the spacing off, the same churn syncs back to back.
-        let unspaced = churn_starts(timing().with_busy_percent(100), cost, 20).await;
+        let unspaced = churn_starts(timing().with_cpu_percent(100), cost, 20).await;
         assert!(
             unspaced.len() >= 2 * starts.len(),
             "spaced {} syncs, unspaced {}",
@@ -494,6 +505,33 @@ mod tests {
         s.started(end);
         s.finished(end, SyncKind::Partial, false);
         assert_eq!(s.cost_gate(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_measured_cpu_is_the_cost_not_the_wall_time() {
+        // A restore that waited 2 s for a busy machine (or a lock) but used 0.5 s of CPU.
+        let mut s = Scheduler::new(timing());
+        let t0 = Instant::now();
+        s.started(t0);
+        s.finished(t0, SyncKind::Full, true);
+        s.mark_dirty();
+        s.started(t0);
+        s.cost_measured(Duration::from_millis(500));
+        s.mark_dirty();
+        s.finished(t0 + Duration::from_secs(2), SyncKind::Partial, true);
+        assert_eq!(
+            s.cost_gate(),
+            Some(t0 + Duration::from_millis(50_000) / 33),
+            "3 x 0.5 s of CPU, not 3 x 2 s"
+        );
+        // The next sync measures afresh: without a measurement its wall time counts.
+        s.started(t0 + Duration::from_secs(3));
+        s.mark_dirty();
+        s.finished(t0 + Duration::from_secs(4), SyncKind::Partial, true);
+        assert_eq!(
+            s.cost_gate(),
+            Some(t0 + Duration::from_secs(3) + Duration::from_secs(100) / 33)
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::cpu_time;
 use super::family_sync::{FamilyError, FamilyOutcome, FamilySync, merge_health};
 use super::index::{Readiness, SourceState};
 use super::loop_events::LoopEvents;
@@ -274,7 +275,11 @@ impl SyncLoop {
             let state = self.source.borrow_and_update();
             (state.snapshot.clone(), state.triggers.clone())
         };
+        let cpu_before = cpu_time::process_and_children();
         let result = self.sync_all(&snapshot, kind).await;
+        if let (Some(before), Some(after)) = (cpu_before, cpu_time::process_and_children()) {
+            self.scheduler.cost_measured(after.saturating_sub(before));
+        }
         let ok = result.is_ok();
         match result {
             Ok(outcomes) => {

@@ -13,7 +13,7 @@ use knat::agent::index::SourceState;
 use knat::agent::loop_events::LoopEvents;
 use knat::agent::node_event::{self, PodRefError};
 use knat::agent::node_identity::{self, MISSING_NODE_FIX, NameSource};
-use knat::agent::schedule::{DEFAULT_BUSY_PERCENT, Scheduler, Timing};
+use knat::agent::schedule::{DEFAULT_CPU_PERCENT, Scheduler, Timing};
 use knat::agent::sync::SyncLoop;
 use knat::agent::{capabilities, localnet};
 use knat::agent::{files, watch as kwatch};
@@ -97,12 +97,13 @@ pub struct RunArgs {
     /// Canary poll interval, maximum retry backoff; health times out after twice this.
     #[arg(long, default_value = "30s", value_parser = duration)]
     pub iptables_sync_period: Duration,
-    /// Under sustained churn, the share of the time (percent) spent in partial syncs: after a
-    /// partial sync that took D and ended with changes waiting, the next starts no sooner than D * 100 / PERCENT after it
-    /// started (at most one sync period later); 100 turns this off (knat only).
-    #[arg(long, value_name = "PERCENT", default_value_t = DEFAULT_BUSY_PERCENT,
+    /// Under sustained churn, the share of one CPU (percent) partial syncs may use: after a
+    /// partial sync that cost C of CPU (knat's and iptables-restore's) and ended with changes
+    /// waiting, the next starts no sooner than C * 100 / PERCENT after it started (at most one
+    /// sync period later); 100 turns this off (knat only).
+    #[arg(long, value_name = "PERCENT", default_value_t = DEFAULT_CPU_PERCENT,
           value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub sync_busy_percent: u32,
+    pub sync_cpu_percent: u32,
     /// Address of the /healthz and /livez server (IP:PORT, or IP for port 10256).
     #[arg(long, default_value = "0.0.0.0:10256", value_parser = healthz_address)]
     pub healthz_bind_address: SocketAddr,
@@ -393,7 +394,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
         families: family_syncs,
         scheduler: Scheduler::new(
             Timing::new(args.iptables_min_sync_period, args.iptables_sync_period)
-                .with_busy_percent(args.sync_busy_percent),
+                .with_cpu_percent(args.sync_cpu_percent),
         ),
         source: rx,
         health: health.clone(),
