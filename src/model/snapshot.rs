@@ -447,4 +447,106 @@ mod tests {
         assert_eq!(slices.len(), 2);
         assert!(slices.get("x").is_none());
     }
+
+    fn service(name: &str) -> Service {
+        Service {
+            name: ServiceName::new("ns", name),
+            service_type: ServiceType::ClusterIp,
+            cluster_ips: vec![std::net::IpAddr::from([10, 96, 0, 1])],
+            ports: Vec::new(),
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            source_ranges: Vec::new(),
+            external_policy_local: false,
+            internal_policy_local: false,
+            session_affinity_timeout: None,
+            health_check_node_port: None,
+            uid: None,
+        }
+    }
+
+    #[test]
+    fn the_journal_names_what_changed_since_a_mark_of_its_own_history_only() {
+        let mut snap = Snapshot::default();
+        let start = snap.journal().mark();
+        assert_eq!(snap.journal().changed_since(start), Some(Vec::new()));
+        snap.upsert_service(service("svc"));
+        snap.upsert_slice("ns", slice("a", 1));
+        snap.upsert_service(service("other"));
+        let names = |v: Option<Vec<ServiceName>>| {
+            v.map(|v| v.into_iter().map(|n| n.name).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            names(snap.journal().changed_since(start)),
+            Some(vec!["other".to_string(), "svc".to_string()])
+        );
+        let mid = snap.journal().mark();
+        assert_eq!(snap.endpoint_count(), 1);
+        // Two clones diverge: each one's marks mean nothing to the other.
+        let mut left = snap.clone();
+        let mut right = snap.clone();
+        left.remove_slice("ns", "a");
+        right.remove_service(&ServiceName::new("ns", "other"));
+        assert_eq!(left.endpoint_count(), 0);
+        assert_eq!(
+            names(left.journal().changed_since(mid)),
+            Some(vec!["svc".to_string()])
+        );
+        assert_eq!(
+            names(right.journal().changed_since(mid)),
+            Some(vec!["other".to_string()])
+        );
+        assert_eq!(right.journal().changed_since(left.journal().mark()), None);
+        assert_eq!(left.journal().changed_since(right.journal().mark()), None);
+        assert_eq!(Snapshot::default().journal().changed_since(mid), None);
+        // Removing what is not there journals nothing.
+        let before = left.journal().mark();
+        assert!(left.remove_slice("ns", "a").is_none());
+        assert!(
+            left.remove_service(&ServiceName::new("ns", "none"))
+                .is_none()
+        );
+        assert_eq!(left.journal().mark(), before);
+        // Past its capacity the journal forgets old marks, never recent ones.
+        for i in 0..JOURNAL_CAPACITY {
+            left.upsert_slice("ns", slice("b", (i % 200) as u8));
+        }
+        let recent = left.journal().mark();
+        left.upsert_service(service("late"));
+        assert_eq!(left.journal().changed_since(mid), None);
+        assert_eq!(
+            names(left.journal().changed_since(recent)),
+            Some(vec!["late".to_string()])
+        );
+        assert!(left.journal().len <= JOURNAL_CAPACITY);
+        // The clone taken before keeps its own history.
+        assert_eq!(names(snap.journal().changed_since(mid)), Some(Vec::new()));
+    }
+
+    #[test]
+    fn a_relist_journals_only_what_differs_and_keeps_shared_sets() {
+        let mut snap = Snapshot::default();
+        snap.upsert_service(service("svc"));
+        snap.upsert_slice("ns", slice("a", 1));
+        let shared = snap.service_slices(&ServiceName::new("ns", "svc")).cloned();
+        let mark = snap.journal().mark();
+        let services = snap.services().clone();
+        assert!(!snap.replace_services(services));
+        assert!(!snap.replace_slices([("ns".to_string(), slice("a", 1))]));
+        assert_eq!(snap.journal().changed_since(mark), Some(Vec::new()));
+        assert!(std::sync::Arc::ptr_eq(
+            shared.as_ref().expect("slices"),
+            snap.service_slices(&ServiceName::new("ns", "svc"))
+                .expect("slices")
+        ));
+        assert!(snap.replace_slices([
+            ("ns".to_string(), slice("a", 2)),
+            ("ns".to_string(), slice("b", 3))
+        ]));
+        assert_eq!(snap.endpoint_count(), 2);
+        assert_eq!(snap.journal().changed_since(mark).map(|v| v.len()), Some(1));
+        assert!(snap.replace_slices(std::iter::empty()));
+        assert_eq!(snap.endpoint_count(), 0);
+        assert!(snap.slices().is_empty() && snap.slice_owners().is_empty());
+    }
 }
