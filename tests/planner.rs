@@ -562,6 +562,9 @@ fn sync_snapshot(live: &mut Snapshot, target: &Snapshot) {
     assert_eq!(live, target, "the journaled updates reach the target");
 }
 
+/// One Service group as compared: its Service and per chain name, rule count and digest.
+type GroupSummary = (ServiceName, Vec<(String, usize, u128)>);
+
 /// How one sync of a history ends.
 #[derive(Debug, Clone, Copy)]
 enum Outcome {
@@ -662,7 +665,7 @@ proptest! {
             prop_assert_eq!(&compiled.rules.hooks, &fresh.rules.hooks);
             // Groups: the same Services, chains, counts and digests (reused ones have only
             // their digests left).
-            let groups = |rs: &RuleSet| -> Vec<(ServiceName, Vec<(String, usize, u128)>)> {
+            let groups = |rs: &RuleSet| -> Vec<GroupSummary> {
                 rs.nat
                     .groups
                     .iter()
