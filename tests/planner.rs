@@ -603,14 +603,14 @@ proptest! {
     /// The agent's path with the snapshot's journal: one live snapshot changed only through
     /// its journaling methods, one incremental compiler that looks only at the Services the
     /// journal names, changes arriving between a compile and its restore (which then succeeds
-    /// or fails), failed restores and full resyncs. After every successful sync the kernel
+    /// or fails), slices deleted while their Service stays, failed restores and full resyncs. After every successful sync the kernel
     /// holds exactly what a fresh full sync of a fresh compilation of the compiled cluster
     /// produces, and the compiler looked at no more Services than the journal named.
     #[test]
     fn journaled_syncs_reach_the_state_of_full_syncs(
         start in cluster(),
         steps in prop::collection::vec(
-            (edit(), outcome(), prop::option::weighted(0.3, edit())),
+            (edit(), outcome(), prop::option::weighted(0.3, edit()), prop::option::weighted(0.2, 0usize..6)),
             1..10,
         ),
         tree in any::<bool>(),
@@ -632,9 +632,26 @@ proptest! {
         applied.release_text(&mut compiler);
         // Edits since the last compile (each touches one Service's name).
         let mut pending = 0;
-        for (edit, outcome, late) in &steps {
+        // Slots whose slice was deleted while the Service stays (until the slot is edited).
+        let mut sliceless: Vec<usize> = Vec::new();
+        let target = |cluster: &[Option<SvcSpec>], orphans: &[usize], sliceless: &[usize]| {
+            let mut snap = build_with_orphans(cluster, orphans);
+            for slot in sliceless {
+                snap.remove_slice("ns", &format!("svc{slot}-x"));
+            }
+            snap
+        };
+        for (edit, outcome, late, drop_slice) in &steps {
             apply_edit(&mut cluster, &mut orphans, edit);
-            sync_snapshot(&mut live, &build_with_orphans(&cluster, &orphans));
+            let slot = match edit {
+                Edit::Replace(i, _) | Edit::Endpoints(i, _) | Edit::RemoveServiceOnly(i) => *i,
+            };
+            sliceless.retain(|&s| s != slot);
+            if let Some(slot) = drop_slice {
+                sliceless.push(*slot);
+                pending += 1;
+            }
+            sync_snapshot(&mut live, &target(&cluster, &orphans, &sliceless));
             pending += 1;
             let full = matches!(outcome, Outcome::FullResync);
             if full {
@@ -655,7 +672,11 @@ proptest! {
             if let Some(late) = late {
                 // A change arrives while the restore runs: the next sync must pick it up.
                 apply_edit(&mut cluster, &mut orphans, late);
-                sync_snapshot(&mut live, &build_with_orphans(&cluster, &orphans));
+                let slot = match late {
+                    Edit::Replace(i, _) | Edit::Endpoints(i, _) | Edit::RemoveServiceOnly(i) => *i,
+                };
+                sliceless.retain(|&s| s != slot);
+                sync_snapshot(&mut live, &target(&cluster, &orphans, &sliceless));
                 pending += 1;
             }
             let fresh = compile(&as_compiled, &cfg);
