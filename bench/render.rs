@@ -263,15 +263,15 @@ fn change_one_endpoint(snap: &mut Snapshot, services: usize) {
     );
 }
 
-/// The first endpoint of Service `i` gets the address `ip`.
+/// The first endpoint of Service `i` gets the address `ip` (a slice update, as the agent's
+/// watch applies it).
 fn change_endpoint_of(snap: &mut Snapshot, i: usize, ip: IpAddr) {
     let target = ServiceName::new(format!("ns{}", i % 50), format!("svc{i}"));
-    if let Some(slice) = snap
-        .slices
-        .get_mut(&target)
-        .and_then(|m| std::sync::Arc::make_mut(m).values_mut().next())
-    {
+    let slice = snap.slices_of(&target).next().cloned();
+    if let Some(mut slice) = slice {
         slice.endpoints[0].ip = ip;
+        let namespace = target.namespace.clone();
+        snap.upsert_slice(&namespace, slice);
     }
 }
 

@@ -374,8 +374,8 @@ items:
             "node-1",
         )
         .unwrap();
-        assert_eq!(loaded.snapshot.services.len(), 1);
-        assert_eq!(loaded.snapshot.slices.len(), 1);
+        assert_eq!(loaded.snapshot.services().len(), 1);
+        assert_eq!(loaded.snapshot.slices().len(), 1);
         let warnings: Vec<_> = loaded
             .notes
             .iter()

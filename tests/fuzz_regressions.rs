@@ -467,7 +467,7 @@ fn the_generators_reach_the_converters_and_the_validation() {
                 name: "g.json".to_string(),
                 text: text.clone(),
             };
-            load(&[source], "node-1").is_ok_and(|l| !l.snapshot.services.is_empty())
+            load(&[source], "node-1").is_ok_and(|l| !l.snapshot.services().is_empty())
         })
         .count();
     assert!(

@@ -150,17 +150,15 @@ fn large_cluster_mode_drops_per_endpoint_comments_only() {
 #[test]
 fn parallel_compilation_renders_the_same_payload_as_one_thread() {
     let (fixture, cfg) = common::load_fixture("mixed.yaml", "node-1", IpFamily::V4, |_| {});
-    let mut snapshot = knat::model::Snapshot {
-        node: fixture.node.clone(),
-        ..Default::default()
-    };
+    let mut snapshot = knat::model::Snapshot::default();
+    snapshot.node = fixture.node.clone();
     for copy in 0..220 {
-        for service in fixture.services.values() {
+        for service in fixture.services().values() {
             let mut service = (**service).clone();
             service.name.namespace = format!("{}-{copy}", service.name.namespace);
             snapshot.upsert_service(service);
         }
-        for slices in fixture.slices.values() {
+        for slices in fixture.slices().values() {
             for slice in slices.values() {
                 let mut slice = slice.clone();
                 slice.service.namespace = format!("{}-{copy}", slice.service.namespace);
@@ -169,7 +167,11 @@ fn parallel_compilation_renders_the_same_payload_as_one_thread() {
             }
         }
     }
-    assert!(snapshot.services.len() > 600, "{}", snapshot.services.len());
+    assert!(
+        snapshot.services().len() > 600,
+        "{}",
+        snapshot.services().len()
+    );
     let render = |threads: usize| {
         let compiled = knat::rules::compile::IncrementalCompiler::with_threads(threads)
             .compile(&snapshot, &cfg);

@@ -524,3 +524,207 @@ fn orphan_slices_count_for_large_cluster_mode() {
     assert!(!compiler.compile(&gone, &cfg).large_cluster);
     assert!(!compile(&gone, &cfg).large_cluster);
 }
+
+/// Brings `live` to the contents of `target` through the snapshot's journaling methods, as
+/// the agent's watch does: only the Services and slices that differ are touched.
+fn sync_snapshot(live: &mut Snapshot, target: &Snapshot) {
+    let gone: Vec<ServiceName> = live
+        .services()
+        .keys()
+        .filter(|name| !target.services().contains_key(*name))
+        .cloned()
+        .collect();
+    for name in gone {
+        live.remove_service(&name);
+    }
+    for (name, service) in target.services() {
+        if live.service(name) != Some(service) {
+            live.upsert_service((**service).clone());
+        }
+    }
+    let stale: Vec<(String, String)> = live
+        .slice_owners()
+        .keys()
+        .filter(|key| !target.slice_owners().contains_key(*key))
+        .cloned()
+        .collect();
+    for (namespace, name) in stale {
+        live.remove_slice(&namespace, &name);
+    }
+    for (namespace, name) in target.slice_owners().keys() {
+        let wanted = target.find_slice(namespace, name);
+        if live.find_slice(namespace, name) != wanted
+            && let Some(slice) = wanted
+        {
+            live.upsert_slice(namespace, slice.clone());
+        }
+    }
+    assert_eq!(live, target, "the journaled updates reach the target");
+}
+
+/// One Service group as compared: its Service and per chain name, rule count and digest.
+type GroupSummary = (ServiceName, Vec<(String, usize, u128)>);
+
+/// How one sync of a history ends.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Restored,
+    /// The restore fails: the kernel and the record stay as they were.
+    Fails,
+    /// A full resync (as the agent makes after a failure): the cache is forgotten, every chain
+    /// written, stale chains found in the kernel deleted.
+    FullResync,
+}
+
+fn outcome() -> impl Strategy<Value = Outcome> {
+    prop_oneof![
+        6 => Just(Outcome::Restored),
+        2 => Just(Outcome::Fails),
+        1 => Just(Outcome::FullResync),
+    ]
+}
+
+/// The nat chains in the kernel model that knat owns (what the agent's listing reports).
+fn owned_chains(kernel: &Dump) -> Vec<(knat::rules::TableName, knat::rules::ChainName)> {
+    kernel
+        .tables
+        .get("nat")
+        .into_iter()
+        .flat_map(|t| t.chains.keys())
+        .map(|name| knat::rules::ChainName::new(name.as_str()))
+        .filter(|name| name.is_service_chain())
+        .map(|name| (knat::rules::TableName::Nat, name))
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// The agent's path with the snapshot's journal: one live snapshot changed only through
+    /// its journaling methods, one incremental compiler that looks only at the Services the
+    /// journal names, changes arriving between a compile and its restore (which then succeeds
+    /// or fails), slices deleted while their Service stays, failed restores and full resyncs. After every successful sync the kernel
+    /// holds exactly what a fresh full sync of a fresh compilation of the compiled cluster
+    /// produces, and the compiler looked at no more Services than the journal named.
+    #[test]
+    fn journaled_syncs_reach_the_state_of_full_syncs(
+        start in cluster(),
+        steps in prop::collection::vec(
+            (edit(), outcome(), prop::option::weighted(0.3, edit()), prop::option::weighted(0.2, 0usize..6)),
+            1..10,
+        ),
+        tree in any::<bool>(),
+        large in any::<bool>(),
+    ) {
+        let mut cfg = config(tree);
+        if large {
+            cfg.large_cluster_threshold = 6;
+        }
+        let mut cluster = start;
+        let mut orphans = Vec::new();
+        let mut live = Snapshot::default();
+        sync_snapshot(&mut live, &build(&cluster));
+        let mut compiler = IncrementalCompiler::default();
+        let mut was_large = live.endpoint_count() > cfg.large_cluster_threshold;
+        let first = common::first_sync(&mut compiler, &live, &cfg);
+        let mut kernel = restored(Dump::default(), &first.payload);
+        let mut applied = first.next;
+        applied.release_text(&mut compiler);
+        // Edits since the last compile (each touches one Service's name).
+        let mut pending = 0;
+        // Slots whose slice was deleted while the Service stays (until the slot is edited).
+        let mut sliceless: Vec<usize> = Vec::new();
+        let target = |cluster: &[Option<SvcSpec>], orphans: &[usize], sliceless: &[usize]| {
+            let mut snap = build_with_orphans(cluster, orphans);
+            for slot in sliceless {
+                snap.remove_slice("ns", &format!("svc{slot}-x"));
+            }
+            snap
+        };
+        for (edit, outcome, late, drop_slice) in &steps {
+            apply_edit(&mut cluster, &mut orphans, edit);
+            let slot = match edit {
+                Edit::Replace(i, _) | Edit::Endpoints(i, _) | Edit::RemoveServiceOnly(i) => *i,
+            };
+            sliceless.retain(|&s| s != slot);
+            if let Some(slot) = drop_slice {
+                sliceless.push(*slot);
+                pending += 1;
+            }
+            sync_snapshot(&mut live, &target(&cluster, &orphans, &sliceless));
+            pending += 1;
+            let full = matches!(outcome, Outcome::FullResync);
+            if full {
+                compiler.forget();
+            }
+            let compiled = compiler.compile(&live, &cfg);
+            // Large-cluster mode flipping recompiles everything; otherwise the journal says
+            // where to look.
+            if !full && compiled.large_cluster == was_large {
+                prop_assert!(
+                    compiler.last_examined <= pending,
+                    "looked at {} Services for {} edits", compiler.last_examined, pending
+                );
+            }
+            was_large = compiled.large_cluster;
+            pending = 0;
+            let as_compiled = live.clone();
+            if let Some(late) = late {
+                // A change arrives while the restore runs: the next sync must pick it up.
+                apply_edit(&mut cluster, &mut orphans, late);
+                let slot = match late {
+                    Edit::Replace(i, _) | Edit::Endpoints(i, _) | Edit::RemoveServiceOnly(i) => *i,
+                };
+                sliceless.retain(|&s| s != slot);
+                sync_snapshot(&mut live, &target(&cluster, &orphans, &sliceless));
+                pending += 1;
+            }
+            let fresh = compile(&as_compiled, &cfg);
+            prop_assert_eq!(compiled.large_cluster, fresh.large_cluster);
+            prop_assert_eq!(&compiled.rules.nat.chains, &fresh.rules.nat.chains);
+            prop_assert_eq!(&compiled.rules.filter.chains, &fresh.rules.filter.chains);
+            prop_assert_eq!(&compiled.rules.hooks, &fresh.rules.hooks);
+            // Groups: the same Services, chains, counts and digests (reused ones have only
+            // their digests left).
+            let groups = |rs: &RuleSet| -> Vec<GroupSummary> {
+                rs.nat
+                    .groups
+                    .iter()
+                    .chain(rs.filter.groups.iter())
+                    .map(|g| {
+                        let chains = g
+                            .summaries()
+                            .into_iter()
+                            .map(|c| (c.name.to_string(), c.count, c.digest))
+                            .collect();
+                        (g.key.clone(), chains)
+                    })
+                    .collect()
+            };
+            prop_assert_eq!(groups(&compiled.rules), groups(&fresh.rules));
+            prop_assert_eq!(compiled.rules.nat.rule_count(), fresh.rules.nat.rule_count());
+            prop_assert_eq!(compiled.rules.nat.chain_count(), fresh.rules.nat.chain_count());
+            prop_assert_eq!(&compiled.health, &fresh.health);
+            prop_assert_eq!(&compiled.udp, &fresh.udp);
+            prop_assert_eq!(compiled.no_local_endpoints_internal, fresh.no_local_endpoints_internal);
+            prop_assert_eq!(compiled.no_local_endpoints_external, fresh.no_local_endpoints_external);
+            let planned = if full {
+                plan(&applied, &compiled.rules, SyncKind::Full, &owned_chains(&kernel))
+            } else {
+                plan(&applied, &compiled.rules, SyncKind::Partial, &[])
+            };
+            drop(compiled);
+            if matches!(outcome, Outcome::Fails) {
+                continue;
+            }
+            kernel = restored(kernel, &planned.payload);
+            let expected = restored(
+                Dump::default(),
+                &plan(&AppliedState::default(), &fresh.rules, SyncKind::Full, &[]).payload,
+            );
+            prop_assert_eq!(&kernel, &expected, "after {:?}, payload:\n{}", edit, planned.payload);
+            applied = planned.next;
+            applied.release_text(&mut compiler);
+        }
+    }
+}

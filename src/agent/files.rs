@@ -109,8 +109,8 @@ pub async fn run(
             Ok(fp) if last.as_ref() != Some(&fp) => {
                 match load_dir(&dir, &node_name, Some(&metrics)) {
                     Ok(state) => {
-                        let services = state.snapshot.services.len();
-                        let slices: usize = state.snapshot.slices.values().map(|m| m.len()).sum();
+                        let services = state.snapshot.services().len();
+                        let slices: usize = state.snapshot.slices().values().map(|m| m.len()).sum();
                         let changed = tx.send_if_modified(|current| {
                             if *current == state {
                                 false
@@ -175,7 +175,7 @@ mod tests {
             let s = rx.borrow_and_update();
             assert_eq!(s.readiness(), Readiness::Ready);
             assert_eq!(s.node, NodeCheck::Missing);
-            assert_eq!(s.snapshot.services.len(), 1);
+            assert_eq!(s.snapshot.services().len(), 1);
         }
         std::fs::write(dir.join("node.yaml"), NODE).unwrap();
         rx.changed().await.unwrap();
@@ -186,10 +186,10 @@ mod tests {
             !rx.has_changed().unwrap(),
             "a broken file keeps the previous state"
         );
-        assert_eq!(rx.borrow().snapshot.services.len(), 1);
+        assert_eq!(rx.borrow().snapshot.services().len(), 1);
         std::fs::remove_file(dir.join("svc.yaml")).unwrap();
         rx.changed().await.unwrap();
-        assert!(rx.borrow().snapshot.services.is_empty());
+        assert!(rx.borrow().snapshot.services().is_empty());
         task.abort();
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -58,10 +58,7 @@ pub fn outgoing(
     err: &str,
     snapshot: &Snapshot,
 ) -> Outgoing {
-    let uid = snapshot
-        .services
-        .get(service)
-        .and_then(|s| s.uid.as_deref());
+    let uid = snapshot.service(service).and_then(|s| s.uid.as_deref());
     Outgoing {
         regarding: service_reference(service, uid),
         reason: REASON,
@@ -170,9 +167,7 @@ mod tests {
             uid: None,
         };
         service.uid = Some("7d0c-uid".into());
-        snapshot
-            .services
-            .insert(svc("web"), std::sync::Arc::new(service));
+        snapshot.upsert_service(service);
         let out = outgoing("node-1", &svc("web"), 32000, "boom", &snapshot);
         assert_eq!(out.regarding.uid.as_deref(), Some("7d0c-uid"));
         assert_eq!(out.regarding.namespace.as_deref(), Some("shop"));

@@ -222,8 +222,7 @@ impl SourceState {
 
     /// The slice (namespace, name) as the snapshot holds it, found through its owner.
     fn find_slice(&self, key: &(String, String)) -> Option<&EndpointSlice> {
-        let owner = self.snapshot.slice_owners.get(key)?;
-        self.snapshot.slices.get(owner)?.get(&key.1)
+        self.snapshot.find_slice(&key.0, &key.1)
     }
 
     fn set_node(&mut self, node: Option<NodeInfo>) -> bool {
@@ -327,7 +326,7 @@ impl Kind for Services {
     }
 
     fn upsert(state: &mut SourceState, key: ServiceName, value: Service, _: &K8sService) -> bool {
-        if state.snapshot.services.get(&key).map(|old| &**old) == Some(&value) {
+        if state.snapshot.service(&key).map(|old| &**old) == Some(&value) {
             return false;
         }
         state.snapshot.upsert_service(value);
@@ -343,16 +342,14 @@ impl Kind for Services {
         let fresh: BTreeMap<ServiceName, Arc<Service>> = fresh
             .into_iter()
             .map(|(name, svc)| {
-                let shared = match state.snapshot.services.get(&name) {
+                let shared = match state.snapshot.service(&name) {
                     Some(old) if **old == svc => old.clone(),
                     _ => Arc::new(svc),
                 };
                 (name, shared)
             })
             .collect();
-        let changed = fresh != state.snapshot.services;
-        state.snapshot.services = fresh;
-        changed
+        state.snapshot.replace_services(fresh)
     }
 }
 
@@ -404,13 +401,10 @@ impl Kind for Slices {
     }
 
     fn replace(state: &mut SourceState, fresh: BTreeMap<(String, String), EndpointSlice>) -> bool {
-        let before = std::mem::take(&mut state.snapshot.slices);
         // Owners are rebuilt with the slices (slices deleted meanwhile leave none).
-        state.snapshot.slice_owners.clear();
-        for ((ns, _), slice) in fresh {
-            state.snapshot.upsert_slice(&ns, slice);
-        }
-        before != state.snapshot.slices
+        state
+            .snapshot
+            .replace_slices(fresh.into_iter().map(|((ns, _), slice)| (ns, slice)))
     }
 }
 
@@ -513,9 +507,9 @@ mod tests {
         assert_eq!(s.readiness(), Readiness::WaitingForLists);
         s.service_event(Event::Init);
         s.service_event(Event::InitApply(svc("a", "10.96.0.1")));
-        assert!(s.snapshot.services.is_empty(), "buffered until InitDone");
+        assert!(s.snapshot.services().is_empty(), "buffered until InitDone");
         assert!(s.service_event(Event::InitDone).changed);
-        assert_eq!(s.snapshot.services.len(), 1);
+        assert_eq!(s.snapshot.services().len(), 1);
         s.slice_event(Event::Init);
         assert!(
             s.slice_event(Event::InitDone).changed,
@@ -554,14 +548,14 @@ mod tests {
         s.service_event(Event::Init);
         s.service_event(Event::InitApply(svc("a", "10.96.0.1")));
         assert_eq!(
-            s.snapshot.services.len(),
+            s.snapshot.services().len(),
             2,
             "old state is served until the re-list is complete"
         );
         assert!(s.service_event(Event::InitDone).changed);
         assert_eq!(
             s.snapshot
-                .services
+                .services()
                 .keys()
                 .map(|k| k.name.as_str())
                 .collect::<Vec<_>>(),
@@ -570,9 +564,9 @@ mod tests {
         s.slice_event(Event::Init);
         s.slice_event(Event::InitApply(slice("a-1", "a", "10.244.0.1", "node-1")));
         assert!(s.slice_event(Event::InitDone).changed);
-        assert_eq!(s.snapshot.slices.len(), 1);
+        assert_eq!(s.snapshot.slices().len(), 1);
         assert_eq!(
-            s.snapshot.slice_owners.keys().collect::<Vec<_>>(),
+            s.snapshot.slice_owners().keys().collect::<Vec<_>>(),
             [&("ns".to_string(), "a-1".to_string())],
             "the slice that was not re-listed has no owner entry left"
         );
@@ -590,7 +584,7 @@ mod tests {
         let bad = s.service_event(Event::Apply(svc("a", "10.96.0.300")));
         assert!(bad.changed, "a Service that became malformed is removed");
         assert!(matches!(bad.skipped[0].1, Skip::Malformed(_)));
-        assert!(s.snapshot.services.is_empty());
+        assert!(s.snapshot.services().is_empty());
         assert!(
             s.slice_event(Event::Apply(slice("x", "a", "10.244.0.1", "n")))
                 .changed
@@ -607,6 +601,6 @@ mod tests {
             s.slice_event(Event::Delete(slice("x", "a", "10.244.0.9", "n")))
                 .changed
         );
-        assert!(s.snapshot.slices.is_empty());
+        assert!(s.snapshot.slices().is_empty());
     }
 }

@@ -458,7 +458,7 @@ mod tests {
         })
         .await;
         assert_eq!(rx.borrow().readiness(), Readiness::WaitingForLists);
-        assert_eq!(rx.borrow().snapshot.services.len(), 2);
+        assert_eq!(rx.borrow().snapshot.services().len(), 2);
 
         // The Node list completes without a Node named node-1: unverified, nothing written.
         release_tx.send_replace(true);
@@ -477,13 +477,13 @@ mod tests {
         expire_tx.send_replace(true);
         wait_for(&mut rx, "re-listed state", |s| {
             s.readiness() == Readiness::Ready
-                && s.snapshot.services.len() == 1
-                && s.snapshot.slices.len() == 1
+                && s.snapshot.services().len() == 1
+                && s.snapshot.slices().len() == 1
         })
         .await;
         let state = rx.borrow().clone();
         assert_eq!(state.node, NodeCheck::Found);
-        assert!(state.snapshot.services.keys().all(|k| k.name == "a"));
+        assert!(state.snapshot.services().keys().all(|k| k.name == "a"));
         assert_eq!(
             state.snapshot.node.as_ref().map(|n| n.name.as_str()),
             Some("node-1")

@@ -591,7 +591,7 @@ pub fn fmt_selector(selector: &BTreeMap<String, String>) -> String {
 fn port_collisions(view: &View, findings: &mut Vec<Finding>) {
     // port -> users: (description, protocol of a node port; None for a health check)
     let mut users: BTreeMap<u16, Vec<(String, Option<Protocol>)>> = BTreeMap::new();
-    for svc in view.snapshot.services.values() {
+    for svc in view.snapshot.services().values() {
         if let Some(port) = svc.health_check_node_port {
             users
                 .entry(port)

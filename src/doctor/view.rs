@@ -144,7 +144,7 @@ impl View {
     /// Converted Services with `externalTrafficPolicy: Local`.
     pub fn local_services(&self) -> impl Iterator<Item = &Service> {
         self.snapshot
-            .services
+            .services()
             .values()
             .map(|s| &**s)
             .filter(|s| s.external_policy_local)

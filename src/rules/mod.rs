@@ -13,6 +13,7 @@ pub mod plan;
 pub mod port_dispatch;
 pub mod render;
 pub mod rule;
+pub mod service_list;
 
 pub use chain::ChainName;
 pub use compile::{Compiled, ServiceHealth, compile};

@@ -20,7 +20,7 @@ use super::chain::ChainName;
 use super::compile::IncrementalCompiler;
 use super::layered::Layered;
 use super::rule::{ChainGroup, Hook, Lineage, RuleSet, RuleText, Table, TableName};
-use crate::model::ServiceName;
+use super::service_list::{Keyed, ServiceList};
 
 /// One named chain as last applied: its rule count and the digest of its text (named chains
 /// are rebuilt on every sync and compared by digest).
@@ -39,13 +39,15 @@ impl AppliedChain {
     }
 }
 
-/// What knat believes is in the kernel: named chains per table and chain, and the Services'
-/// chain groups per table and Service. Both maps are [`Layered`]: a partial sync copies the
-/// record and changes the few entries that changed.
+/// What knat believes is in the kernel: named chains per table and chain (a [`Layered`] map),
+/// and the Services' chain groups per table in Service order (a [`ServiceList`], shared with
+/// the rule set it was planned from). A partial sync copies the record in O(1) and changes the
+/// few entries that changed.
 #[derive(Debug, Clone, Default)]
 pub struct AppliedState {
     chains: Layered<(TableName, ChainName), AppliedChain>,
-    groups: Layered<(TableName, ServiceName), Arc<ChainGroup>>,
+    /// Per table ([`index`]): the groups in the kernel.
+    groups: [ServiceList<Arc<ChainGroup>>; 2],
     /// The rule set this record was planned from ([`RuleSet::id`]).
     source: Option<u64>,
 }
@@ -197,7 +199,12 @@ pub fn plan_with_hooks(
                 next.chains = named_chains(applied, desired, false, &mut work);
             }
             next.groups = applied.groups.clone();
-            changed_groups(applied, lineage, &mut work, &mut next.groups)?;
+            changed_groups(
+                applied,
+                lineage,
+                &mut work,
+                &mut next.groups[index(TableName::Nat)],
+            )?;
         }
         None => {
             next.chains = named_chains(applied, desired, full, &mut work);
@@ -248,7 +255,7 @@ fn named_chains<'a>(
     for table_name in TABLES {
         let table = desired.table(table_name);
         let work = &mut work[index(table_name)];
-        for (name, chain_rules) in &table.chains {
+        for (name, chain_rules) in table.chains.iter() {
             let key = (table_name, name.clone());
             let now = AppliedChain::of(chain_rules);
             if full || applied.chains.get(&key) != Some(&now) {
@@ -267,30 +274,33 @@ fn named_chains<'a>(
 
 /// Every Service group of both tables: an unchanged Service is one pointer comparison, a
 /// changed one is compared chain by chain; recorded Services no longer present are deleted.
+/// Record and rule set are both in Service order, so one merged walk pairs them.
 fn all_groups<'a>(
     applied: &AppliedState,
     desired: &'a RuleSet,
     full: bool,
     work: &mut [TableWork<'a>; 2],
-) -> Result<Layered<(TableName, ServiceName), Arc<ChainGroup>>, PlanError> {
-    let mut next = HashMap::new();
+) -> Result<[ServiceList<Arc<ChainGroup>>; 2], PlanError> {
     for table_name in TABLES {
         let table = desired.table(table_name);
         let work = &mut work[index(table_name)];
-        for group in &table.groups {
-            let key = (table_name, group.key.clone());
-            group_diff(applied.groups.get(&key), group, full, work)?;
-            next.insert(key, group.clone());
-        }
-    }
-    for ((table_name, _), before) in applied.groups.iter() {
-        if !next.contains_key(&(*table_name, before.key.clone())) {
-            let work = &mut work[index(*table_name)];
+        let mut before = applied.groups[index(table_name)].iter().peekable();
+        let gone = |work: &mut TableWork<'a>, group: &Arc<ChainGroup>| {
             work.deletes
-                .extend(before.chain_names().into_iter().map(ChainName::new));
+                .extend(group.chain_names().into_iter().map(ChainName::new));
+        };
+        for group in table.groups.iter() {
+            while let Some(old) = before.next_if(|old| old.key() < group.key()) {
+                gone(work, old);
+            }
+            let old = before.next_if(|old| old.key() == group.key());
+            group_diff(old, group, full, work)?;
+        }
+        for old in before {
+            gone(work, old);
         }
     }
-    Ok(Layered::from_map(next))
+    Ok([desired.filter.groups.clone(), desired.nat.groups.clone()])
 }
 
 /// Only the Services the lineage names (nat groups; filter has none).
@@ -298,23 +308,23 @@ fn changed_groups<'a>(
     applied: &AppliedState,
     lineage: &'a Lineage,
     work: &mut [TableWork<'a>; 2],
-    next: &mut Layered<(TableName, ServiceName), Arc<ChainGroup>>,
+    next: &mut ServiceList<Arc<ChainGroup>>,
 ) -> Result<(), PlanError> {
+    let applied = &applied.groups[index(TableName::Nat)];
     let work = &mut work[index(TableName::Nat)];
     for (service, group) in &lineage.changed_groups {
-        let key = (TableName::Nat, service.clone());
-        let before = applied.groups.get(&key);
+        let before = applied.get(service);
         match group.as_ref().filter(|g| g.chain_count() > 0) {
             Some(group) => {
                 group_diff(before, group, false, work)?;
-                next.insert(key, group.clone());
+                next.insert(group.clone());
             }
             None => {
                 if let Some(before) = before {
                     work.deletes
                         .extend(before.chain_names().into_iter().map(ChainName::new));
                 }
-                next.remove(&key);
+                next.remove(service);
             }
         }
     }
@@ -448,14 +458,12 @@ impl AppliedState {
     /// Points the record of each Service at `new` where it held `old`.
     fn adopt(&mut self, swaps: &[(Arc<ChainGroup>, Arc<ChainGroup>)]) {
         for (old, new) in swaps {
-            for table in TABLES {
-                let key = (table, old.key.clone());
-                if self
-                    .groups
-                    .get(&key)
+            for groups in &mut self.groups {
+                if groups
+                    .get(&old.key)
                     .is_some_and(|group| Arc::ptr_eq(group, old))
                 {
-                    self.groups.insert(key, new.clone());
+                    groups.insert(new.clone());
                 }
             }
         }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use super::chain::ChainName;
+use super::service_list::{Keyed, ServiceList};
 use crate::model::{IpFamily, Protocol, ServiceName};
 use crate::text::{push_ip, push_num};
 
@@ -571,21 +572,31 @@ impl ChainGroup {
 
 /// The user chains of one table; rule order inside a chain is significant. Chains built per
 /// sync (fixed chains, the dispatch tree, the shared KUBE-* lists) are kept by name; the
-/// Services' own chains come in groups, in Service order.
+/// Services' own chains come in groups, in Service order. Both are shared: a rule set that
+/// reuses its parent's named chains and groups copies two pointers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Table {
-    pub chains: HashMap<ChainName, ChainRules>,
-    pub groups: Vec<Arc<ChainGroup>>,
+    pub chains: Arc<HashMap<ChainName, ChainRules>>,
+    pub groups: ServiceList<Arc<ChainGroup>>,
+}
+
+impl Keyed for Arc<ChainGroup> {
+    fn key(&self) -> &ServiceName {
+        &self.key
+    }
+    fn counts(&self) -> (usize, usize) {
+        (self.chain_count(), self.rule_count())
+    }
 }
 
 impl Table {
     /// Declares a chain (empty if new) and returns its rules for appending.
     pub fn chain(&mut self, name: &ChainName) -> &mut RuleText {
-        if !self.chains.contains_key(name) {
-            self.chains
-                .insert(name.clone(), Arc::new(RuleText::new(name.clone())));
-        }
-        Arc::make_mut(self.chains.get_mut(name).expect("inserted above"))
+        let chains = Arc::make_mut(&mut self.chains);
+        let rules = chains
+            .entry(name.clone())
+            .or_insert_with(|| Arc::new(RuleText::new(name.clone())));
+        Arc::make_mut(rules)
     }
 
     /// Appends a rule to a chain, declaring the chain if needed.
@@ -611,13 +622,12 @@ impl Table {
 
     /// Number of chains.
     pub fn chain_count(&self) -> usize {
-        self.chains.len() + self.groups.iter().map(|g| g.chain_count()).sum::<usize>()
+        self.chains.len() + self.groups.chain_count()
     }
 
     /// Number of rules over all chains.
     pub fn rule_count(&self) -> usize {
-        self.chains.values().map(|rules| rules.len()).sum::<usize>()
-            + self.groups.iter().map(|g| g.rule_count()).sum::<usize>()
+        self.chains.values().map(|rules| rules.len()).sum::<usize>() + self.groups.rule_count()
     }
 
     /// Bytes of rule text over all chains (what rendering copies).

@@ -1,7 +1,7 @@
-//! Assembling a rule set from fragments: the shared chains, the dispatch of nat
-//! KUBE-SERVICES and the NodePort tail rule.
+//! Assembling the shared chains of a rule set from fragments: the filter KUBE-* lists, the
+//! dispatch of nat KUBE-SERVICES and KUBE-NODEPORTS, and the NodePort tail rule (the
+//! Services' own groups are kept by the incremental compiler's lists).
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -9,9 +9,8 @@ use ipnet::IpNet;
 
 use super::builders::{COMMENT_NODEPORTS_TAIL, comment_match, dst_ip, jump, loopback_net};
 use super::fragment::Fragment;
-use super::{Compiled, ServiceHealth, UdpServicePort};
 use crate::config::ProxyConfig;
-use crate::model::{IpFamily, ServiceName};
+use crate::model::IpFamily;
 use crate::rules::chain::ChainName;
 use crate::rules::dispatch::{self, Entry};
 use crate::rules::port_dispatch::{self, PortEntry};
@@ -24,12 +23,6 @@ pub(super) struct Compiler<'a> {
     pub(super) rs: RuleSet,
     pub(super) services_entries: Vec<Entry>,
     pub(super) nodeport_entries: Vec<PortEntry>,
-    pub(super) large: bool,
-    pub(super) out_health: BTreeMap<ServiceName, ServiceHealth>,
-    pub(super) no_local_internal: usize,
-    pub(super) no_local_external: usize,
-    pub(super) fragments: Vec<Arc<Fragment>>,
-    pub(super) udp: Vec<UdpServicePort>,
     pub(super) kube_mark_masq: ChainName,
     pub(super) kube_services: ChainName,
     pub(super) kube_ext_services: ChainName,
@@ -38,22 +31,6 @@ pub(super) struct Compiler<'a> {
 }
 
 impl Compiler<'_> {
-    /// Adds one Service's own part to the rule set being assembled: its group, health,
-    /// counts and UDP ports.
-    pub(super) fn merge_own(&mut self, frag: Arc<Fragment>) {
-        if frag.group.chain_count() > 0 {
-            self.rs.nat.groups.push(frag.group.clone());
-        }
-        if let Some(health) = &frag.health {
-            self.out_health
-                .insert(health.service.clone(), health.clone());
-        }
-        self.no_local_internal += frag.no_local_internal;
-        self.no_local_external += frag.no_local_external;
-        self.udp.extend(frag.udp.iter().cloned());
-        self.fragments.push(frag);
-    }
-
     /// Adds one Service's entries in the shared chains (KUBE-SERVICES, KUBE-NODEPORTS,
     /// KUBE-EXTERNAL-SERVICES, KUBE-PROXY-FIREWALL), in Service order.
     pub(super) fn merge_shared(&mut self, frag: &Fragment) {
@@ -162,18 +139,6 @@ impl Compiler<'_> {
                     ),
                 );
             }
-        }
-    }
-
-    pub(super) fn finish(self) -> Compiled {
-        Compiled {
-            rules: self.rs,
-            health: self.out_health,
-            no_local_endpoints_internal: self.no_local_internal,
-            no_local_endpoints_external: self.no_local_external,
-            fragments: self.fragments,
-            udp: self.udp,
-            large_cluster: self.large,
         }
     }
 }

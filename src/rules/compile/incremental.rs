@@ -1,29 +1,33 @@
 //! The incremental compiler: caches each Service's fragment and recompiles only Services whose
-//! object or slices changed.
+//! object or slices changed. It asks the snapshot's journal which Services changed since its
+//! last call (a walk over every Service only when the journal cannot tell), and keeps the
+//! assembled lists (groups, fragments, health, UDP ports, counts) between calls, so a sync
+//! costs what changed: a no-op hands the same shared lists on.
 
 use std::collections::{BTreeMap, HashMap};
 use std::iter::Peekable;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::Compiled;
 use super::assemble::Compiler;
 use super::fragment::Fragment;
 use super::service::{Probabilities, ServiceCompiler};
 use super::threads::compile_services;
+use super::{Compiled, ServiceHealth, UdpServicePort};
 use crate::config::{LocalDetector, ProxyConfig};
 use crate::model::categorize::NodeTopology;
-use crate::model::snapshot::ServiceSlices;
+use crate::model::snapshot::{JournalMark, ServiceSlices};
 use crate::model::{Service, ServiceName, Snapshot};
 use crate::rules::chain::ChainName;
 use crate::rules::dispatch::{Entry, EntryRule};
 use crate::rules::rule::{ChainGroup, ChainRules, Hook, Lineage, RuleSet};
+use crate::rules::service_list::{Keyed, ServiceList};
 
 /// What the last output built from every Service at once.
 #[derive(Debug)]
 struct Named {
-    filter: HashMap<crate::rules::ChainName, ChainRules>,
-    nat: HashMap<crate::rules::ChainName, ChainRules>,
+    filter: Arc<HashMap<crate::rules::ChainName, ChainRules>>,
+    nat: Arc<HashMap<crate::rules::ChainName, ChainRules>>,
     hooks: Vec<Hook>,
 }
 
@@ -93,38 +97,12 @@ fn seek<'i, K: Ord + 'i, V: 'i, I: Iterator<Item = (&'i K, V)>>(
     iter.next_if(|(k, _)| *k == key).map(|(_, v)| v)
 }
 
-/// What [`IncrementalCompiler::walk`] found.
-struct Walked<'s> {
-    /// Per Service in order: its cached fragment, `None` until compiled.
-    fragments: Vec<Option<Arc<Fragment>>>,
-    /// (position, Service, its endpoint count) of each Service to compile.
-    todo: Vec<(usize, &'s Arc<Service>, usize)>,
+/// What [`IncrementalCompiler::walk`] or [`IncrementalCompiler::check`] found.
+struct Found<'s> {
+    /// Services to compile, in Service order.
+    todo: Vec<&'s Arc<Service>>,
+    /// Services that are gone (already removed from the cache).
     changes: Vec<Change>,
-    /// Upstream's large-cluster count over every slice ([`Snapshot::endpoint_count`]).
-    endpoints: usize,
-}
-
-/// Endpoints of one Service's slices as upstream counts them (once per port).
-fn endpoint_count(slices: &ServiceSlices) -> usize {
-    slices
-        .values()
-        .map(|s| s.endpoints.len() * s.ports.len().max(1))
-        .sum()
-}
-
-/// Endpoints of slices filed under a name that has no Service (they count for upstream's
-/// large-cluster mode too), given how many slice sets the walk matched to a Service: usually
-/// all of them, and then there is nothing to look for.
-fn orphan_endpoints(snapshot: &Snapshot, matched: usize) -> usize {
-    if matched == snapshot.slices.len() {
-        return 0;
-    }
-    snapshot
-        .slices
-        .iter()
-        .filter(|(name, _)| !snapshot.services.contains_key(*name))
-        .map(|(_, s)| endpoint_count(s))
-        .sum()
 }
 
 /// What a cached fragment was compiled from (shared with the snapshot, so an unchanged Service
@@ -133,8 +111,6 @@ fn orphan_endpoints(snapshot: &Snapshot, matched: usize) -> usize {
 pub(super) struct CachedFragment {
     pub(super) service: Arc<Service>,
     pub(super) slices: Option<Arc<ServiceSlices>>,
-    /// The endpoint count of `slices`.
-    pub(super) endpoints: usize,
     pub(super) fragment: Arc<Fragment>,
 }
 
@@ -152,14 +128,108 @@ pub(super) struct CacheKey {
     pub(super) large: bool,
 }
 
+/// What the compiler assembled from its cache, kept between calls and changed per Service:
+/// a rule set takes the shared lists as they are.
+#[derive(Debug, Default)]
+struct Assembled {
+    /// The non-empty nat groups, in Service order (the rule set's `nat.groups`).
+    groups: ServiceList<Arc<ChainGroup>>,
+    /// The fragments of those groups ([`Compiled::chain_owners`]).
+    fragments: ServiceList<Arc<Fragment>>,
+    health: BTreeMap<ServiceName, ServiceHealth>,
+    /// UDP service ports per Service, and all of them in Service order.
+    udp_by_service: BTreeMap<ServiceName, Vec<UdpServicePort>>,
+    udp: Arc<Vec<UdpServicePort>>,
+    no_local_internal: usize,
+    no_local_external: usize,
+}
+
+impl Keyed for Arc<Fragment> {
+    fn key(&self) -> &ServiceName {
+        &self.group.key
+    }
+}
+
+impl Assembled {
+    /// Everything assembled afresh from the cache (when much changed).
+    fn rebuild(cache: &BTreeMap<ServiceName, CachedFragment>) -> Self {
+        let fragments = || {
+            cache
+                .values()
+                .map(|c| &c.fragment)
+                .filter(|f| f.group.chain_count() > 0)
+        };
+        let mut assembled = Assembled {
+            groups: ServiceList::from_sorted(fragments().map(|f| f.group.clone())),
+            fragments: ServiceList::from_sorted(fragments().cloned()),
+            ..Assembled::default()
+        };
+        for (name, cached) in cache {
+            assembled.add(name, &cached.fragment);
+        }
+        assembled.udp = Arc::new(
+            assembled
+                .udp_by_service
+                .values()
+                .flatten()
+                .cloned()
+                .collect(),
+        );
+        assembled
+    }
+
+    /// The health, counts and UDP ports of one fragment (not its group).
+    fn add(&mut self, name: &ServiceName, frag: &Fragment) {
+        if let Some(health) = &frag.health {
+            self.health.insert(health.service.clone(), health.clone());
+        }
+        self.no_local_internal += frag.no_local_internal;
+        self.no_local_external += frag.no_local_external;
+        if !frag.udp.is_empty() {
+            self.udp_by_service.insert(name.clone(), frag.udp.clone());
+        }
+    }
+
+    /// One Service's fragment replaced (`before`/`after` `None`: absent).
+    fn apply(&mut self, change: &Change) {
+        let mut udp_changed = false;
+        if let Some(before) = &change.before {
+            if let Some(health) = &before.health {
+                self.health.remove(&health.service);
+            }
+            self.no_local_internal -= before.no_local_internal;
+            self.no_local_external -= before.no_local_external;
+            udp_changed |= self.udp_by_service.remove(&change.name).is_some();
+            self.groups.remove(&change.name);
+            self.fragments.remove(&change.name);
+        }
+        if let Some(after) = &change.after {
+            self.add(&change.name, after);
+            udp_changed |= !after.udp.is_empty();
+            if after.group.chain_count() > 0 {
+                self.groups.insert(after.group.clone());
+                self.fragments.insert(after.clone());
+            }
+        }
+        if udp_changed {
+            self.udp = Arc::new(self.udp_by_service.values().flatten().cloned().collect());
+        }
+    }
+}
+
 /// A compiler that remembers each Service's fragment and recompiles only Services whose
-/// object or EndpointSlices changed (compared by value, so callers need not track changes).
-/// The result is identical to [`compile`]; only the work differs.
+/// object or EndpointSlices changed (compared by value, so callers need not track changes;
+/// the snapshot's journal only says where to look). The result is identical to [`compile`];
+/// only the work differs.
 #[derive(Debug, Default)]
 pub struct IncrementalCompiler {
     pub(super) key: Option<CacheKey>,
     /// In Service order, like the snapshot's maps, so one merged walk finds what changed.
     pub(super) cache: BTreeMap<ServiceName, CachedFragment>,
+    /// The point of the snapshot's history the cache reflects (`None`: unknown, walk all).
+    seen: Option<JournalMark>,
+    /// The lists assembled from the cache.
+    assembled: Assembled,
     /// The named chains and hooks of the last output, reused while no changed Service alters
     /// its entries in the shared chains.
     named: Option<Named>,
@@ -169,6 +239,8 @@ pub struct IncrementalCompiler {
     uncompacted: Vec<ServiceName>,
     /// Services recompiled by the last call (the rest were reused).
     pub last_recompiled: usize,
+    /// Services the last call looked at: those the journal named, or every one.
+    pub last_examined: usize,
     /// Threads for compiling many Services at once (`None`: one per CPU, at most 8).
     pub(super) threads: Option<usize>,
 }
@@ -210,26 +282,35 @@ impl IncrementalCompiler {
                     .and_then(|n| n.addresses.iter().copied().find(|ip| family.contains(ip)))
             });
         let zone = snapshot.node.as_ref().and_then(|n| n.zone.clone());
-        let same_inputs =
-            |key: &CacheKey| key.cfg == *cfg && key.zone == zone && key.node_ip == node_ip;
-        if !self.key.as_ref().is_some_and(same_inputs) {
+        // Large-cluster mode is part of the key; when it flips, everything is compiled again.
+        let large = snapshot.endpoint_count() > cfg.large_cluster_threshold;
+        let same_key = self.key.as_ref().is_some_and(|key| {
+            key.large == large && key.node_ip == node_ip && key.zone == zone && key.cfg == *cfg
+        });
+        if !same_key {
             self.forget();
+            self.key = Some(CacheKey {
+                cfg: cfg.clone(),
+                zone: zone.clone(),
+                node_ip,
+                large,
+            });
         }
-        // Reuse what is cached: one walk, which also counts the endpoints (large-cluster mode
-        // is part of the key; when it flips, everything is compiled again).
-        let mut walked = self.walk(snapshot);
-        let large = walked.endpoints > cfg.large_cluster_threshold;
-        let key = CacheKey {
-            cfg: cfg.clone(),
-            zone: zone.clone(),
-            node_ip,
-            large,
+        // What to look at: the Services the journal names, or every one.
+        let journaled = self
+            .seen
+            .and_then(|mark| snapshot.journal().changed_since(mark));
+        let Found { todo, mut changes } = match journaled {
+            Some(names) => {
+                self.last_examined = names.len();
+                self.check(snapshot, names)
+            }
+            None => {
+                self.last_examined = snapshot.services().len();
+                self.walk(snapshot)
+            }
         };
-        if self.key.as_ref() != Some(&key) {
-            self.forget();
-            self.key = Some(key);
-            walked = self.walk(snapshot);
-        }
+        self.seen = Some(snapshot.journal().mark());
         let mut compiler = Compiler {
             cfg,
             family,
@@ -237,12 +318,6 @@ impl IncrementalCompiler {
             rs: RuleSet::new(family),
             services_entries: Vec::new(),
             nodeport_entries: Vec::new(),
-            large,
-            out_health: BTreeMap::new(),
-            no_local_internal: 0,
-            no_local_external: 0,
-            fragments: Vec::with_capacity(snapshot.services.len()),
-            udp: Vec::new(),
             kube_mark_masq: ChainName::fixed(ChainName::KUBE_MARK_MASQ),
             kube_services: ChainName::fixed(ChainName::KUBE_SERVICES),
             kube_ext_services: ChainName::fixed(ChainName::KUBE_EXTERNAL_SERVICES),
@@ -270,20 +345,13 @@ impl IncrementalCompiler {
             kube_proxy_firewall: compiler.kube_proxy_firewall.clone(),
         };
         // Compile what is not cached (in parallel when there is a lot of it).
-        let Walked {
-            mut fragments,
-            todo,
-            mut changes,
-            ..
-        } = walked;
-        let services: Vec<&Arc<Service>> = todo.iter().map(|(_, service, _)| *service).collect();
         let indices: Vec<usize> = (0..todo.len()).collect();
         self.last_recompiled = todo.len();
         let threads = self
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)));
-        let fresh = compile_services(&workers, snapshot, topology, &services, &indices, threads);
-        for ((i, service, endpoints), frag) in todo.into_iter().zip(fresh) {
+        let fresh = compile_services(&workers, snapshot, topology, &todo, &indices, threads);
+        for (service, frag) in todo.into_iter().zip(fresh) {
             let frag = Arc::new(frag);
             let before = self
                 .cache
@@ -291,8 +359,7 @@ impl IncrementalCompiler {
                     service.name.clone(),
                     CachedFragment {
                         service: service.clone(),
-                        slices: snapshot.slices.get(&service.name).cloned(),
-                        endpoints,
+                        slices: snapshot.service_slices(&service.name).cloned(),
                         fragment: frag.clone(),
                     },
                 )
@@ -301,9 +368,16 @@ impl IncrementalCompiler {
             changes.push(Change {
                 name: service.name.clone(),
                 before,
-                after: Some(frag.clone()),
+                after: Some(frag),
             });
-            fragments[i] = Some(frag);
+        }
+        // The lists: changed per Service, or assembled afresh when much changed.
+        if changes.len() > self.cache.len() / 16 + 16 {
+            self.assembled = Assembled::rebuild(&self.cache);
+        } else {
+            for change in &changes {
+                self.assembled.apply(change);
+            }
         }
         // The named chains are rebuilt only when a changed Service changes what it adds to
         // them (an endpoint change does not).
@@ -319,8 +393,8 @@ impl IncrementalCompiler {
             }
             None => {
                 compiler.fixed_chains();
-                for fragment in fragments.iter().flatten() {
-                    compiler.merge_shared(fragment);
+                for cached in self.cache.values() {
+                    compiler.merge_shared(&cached.fragment);
                 }
                 compiler.finish_shared();
                 self.named = Some(Named {
@@ -330,11 +404,9 @@ impl IncrementalCompiler {
                 });
             }
         }
-        compiler.rs.nat.groups.reserve(fragments.len());
-        for fragment in fragments.into_iter().flatten() {
-            compiler.merge_own(fragment);
-        }
-        compiler.rs.lineage = self.last_id.map(|parent| Lineage {
+        let mut rs = compiler.rs;
+        rs.nat.groups = self.assembled.groups.clone();
+        rs.lineage = self.last_id.map(|parent| Lineage {
             parent,
             changed_groups: changes
                 .into_iter()
@@ -342,26 +414,59 @@ impl IncrementalCompiler {
                 .collect(),
             named_unchanged: reuse_named,
         });
-        self.last_id = Some(compiler.rs.id);
-        compiler.finish()
+        self.last_id = Some(rs.id);
+        Compiled {
+            rules: rs,
+            health: self.assembled.health.clone(),
+            no_local_endpoints_internal: self.assembled.no_local_internal,
+            no_local_endpoints_external: self.assembled.no_local_external,
+            fragments: self.assembled.fragments.clone(),
+            udp: self.assembled.udp.clone(),
+            large_cluster: large,
+        }
+    }
+
+    /// The Services the journal names: compiled when their object or slices differ from the
+    /// cache's, removed from the cache when gone.
+    fn check<'s>(&mut self, snapshot: &'s Snapshot, names: Vec<ServiceName>) -> Found<'s> {
+        let mut found = Found {
+            todo: Vec::new(),
+            changes: Vec::new(),
+        };
+        for name in names {
+            let slices = snapshot.service_slices(&name);
+            match (snapshot.service(&name), self.cache.get_mut(&name)) {
+                (Some(service), Some(cached)) => {
+                    if reuse(cached, service, slices).is_none() {
+                        found.todo.push(service);
+                    }
+                }
+                (Some(service), None) => found.todo.push(service),
+                (None, Some(_)) => {
+                    let before = self.cache.remove(&name).map(|c| c.fragment);
+                    found.changes.push(Change {
+                        name,
+                        before,
+                        after: None,
+                    });
+                }
+                // Slices of a name without a Service compile to nothing.
+                (None, None) => {}
+            }
+        }
+        found
     }
 
     /// One walk over the snapshot's Services and slices and the cache, all in Service order:
-    /// the cached fragments where neither the Service nor its slices changed, what is left to
-    /// compile, the Services that are gone (removed from the cache) and the endpoint count.
-    /// Unchanged Services are recognised by pointer, without comparing names.
-    fn walk<'s>(&mut self, snapshot: &'s Snapshot) -> Walked<'s> {
-        let mut walked = Walked {
-            fragments: Vec::with_capacity(snapshot.services.len()),
-            todo: Vec::new(),
-            changes: Vec::new(),
-            endpoints: 0,
-        };
+    /// what is left to compile (cached fragments are reused where neither the Service nor its
+    /// slices changed) and the Services that are gone (removed from the cache). Unchanged
+    /// Services are recognised by pointer, without comparing names.
+    fn walk<'s>(&mut self, snapshot: &'s Snapshot) -> Found<'s> {
+        let mut todo = Vec::new();
         let mut gone: Vec<ServiceName> = Vec::new();
-        let mut matched = 0;
-        let mut slices = snapshot.slices.iter().peekable();
+        let mut slices = snapshot.slices().iter().peekable();
         let mut cached = self.cache.iter_mut().peekable();
-        for (name, service) in &snapshot.services {
+        for (name, service) in snapshot.services() {
             let entry = match cached.peek() {
                 Some((_, c)) if Arc::ptr_eq(&c.service, service) => cached.next().map(|(_, c)| c),
                 _ => seek(&mut cached, name, |k| gone.push(k.clone())),
@@ -375,27 +480,15 @@ impl IncrementalCompiler {
             } else {
                 seek(&mut slices, name, |_| {})
             };
-            // Slices of names without a Service (skipped by `seek`) are not counted here.
-            let endpoints = match (&entry, own_slices) {
-                (Some(c), Some(s)) if c.slices.as_ref().is_some_and(|c| Arc::ptr_eq(c, s)) => {
-                    c.endpoints
-                }
-                (_, Some(s)) => endpoint_count(s),
-                (_, None) => 0,
-            };
-            walked.endpoints += endpoints;
-            matched += usize::from(own_slices.is_some());
-            let fragment = entry.and_then(|entry| reuse(entry, service, own_slices));
-            if fragment.is_none() {
-                walked
-                    .todo
-                    .push((walked.fragments.len(), service, endpoints));
+            if entry
+                .and_then(|entry| reuse(entry, service, own_slices))
+                .is_none()
+            {
+                todo.push(service);
             }
-            walked.fragments.push(fragment);
         }
         gone.extend(cached.map(|(k, _)| k.clone()));
-        walked.endpoints += orphan_endpoints(snapshot, matched);
-        walked.changes = gone
+        let changes = gone
             .into_iter()
             .map(|name| {
                 let before = self.cache.remove(&name).map(|c| c.fragment);
@@ -406,7 +499,7 @@ impl IncrementalCompiler {
                 }
             })
             .collect();
-        walked
+        Found { todo, changes }
     }
 
     /// Releases the text of every cached Service group that still has it (once the kernel has
@@ -425,11 +518,15 @@ impl IncrementalCompiler {
             if cached.fragment.compact {
                 continue;
             }
-            let compact = cached.fragment.compacted();
+            let compact = Arc::new(cached.fragment.compacted());
             if !Arc::ptr_eq(&compact.group, &cached.fragment.group) {
                 swaps.push((cached.fragment.group.clone(), compact.group.clone()));
             }
-            cached.fragment = Arc::new(compact);
+            if compact.group.chain_count() > 0 {
+                self.assembled.groups.insert(compact.group.clone());
+                self.assembled.fragments.insert(compact.clone());
+            }
+            cached.fragment = compact;
         }
         swaps
     }
@@ -438,6 +535,8 @@ impl IncrementalCompiler {
     /// afresh, with text (full syncs write every chain, and released text cannot be written).
     pub fn forget(&mut self) {
         self.cache.clear();
+        self.seen = None;
+        self.assembled = Assembled::default();
         self.named = None;
         self.last_id = None;
         self.uncompacted.clear();

@@ -25,6 +25,7 @@ use std::net::IpAddr;
 
 use super::chain::ChainName;
 use super::rule::RuleSet;
+use super::service_list::ServiceList;
 use crate::config::ProxyConfig;
 use crate::model::{ServiceName, ServicePortName, Snapshot};
 use fragment::Fragment;
@@ -59,10 +60,11 @@ pub struct Compiled {
     pub no_local_endpoints_internal: usize,
     /// Service ports with eTP=Local whose endpoints exist but none is local (DROP).
     pub no_local_endpoints_external: usize,
-    /// The per-Service fragments this rule set was assembled from (see `chain_owners`).
-    fragments: Vec<Arc<Fragment>>,
-    /// UDP service ports with serving endpoints.
-    pub udp: Vec<UdpServicePort>,
+    /// The per-Service fragments with chains of their own (see `chain_owners`), shared with
+    /// the compiler.
+    fragments: ServiceList<Arc<Fragment>>,
+    /// UDP service ports with serving endpoints, in Service order (shared with the compiler).
+    pub udp: Arc<Vec<UdpServicePort>>,
     /// Per-endpoint comments were left out (more than the large-cluster threshold).
     pub large_cluster: bool,
 }
