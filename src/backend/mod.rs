@@ -13,14 +13,16 @@
 //!   `KUBE-PROXY-CANARY` flush detection: a chain with one rule in mangle, nat and filter.
 //! - Every command has a time limit ([`command_timeout`]) and runs in its own process group,
 //!   which is killed when the limit passes.
-//! - [`Iptables::list_chains`] lists the chains present in the kernel: full syncs delete the
-//!   per-service ones that are not wanted any more.
+//! - [`Iptables::list_chains`] lists the chains present in the kernel (on iptables-nft over
+//!   netlink, [`nft_chains`]): full syncs delete the per-service ones that are not wanted any
+//!   more.
 //!
 //! Text handling (splitting rule arguments, parsing `iptables-save` output, the cleanup
 //! payload) is pure and unit-tested here.
 
 pub mod conntrack;
 pub mod nfacct;
+pub mod nft_chains;
 pub mod random_fully;
 
 use std::collections::HashSet;
@@ -383,12 +385,38 @@ impl Iptables {
         Ok(true)
     }
 
-    /// Every (table, chain) of this family in the kernel. On iptables-nft with the `nft`
-    /// command installed the names come from `nft list chains` (0.75 s at 10,000 services,
-    /// against 2.7 s for `iptables-nft-save`, which translates every rule back to text);
-    /// otherwise from `iptables-save` (0.7 s on iptables-legacy).
+    /// Every (table, chain) of this family in the kernel. On iptables-nft the names come from
+    /// a netlink dump of the nf_tables chains ([`nft_chains`]: 0.75 s -> see
+    /// docs/performance.md at 10,000 services); if that fails, from `nft list chains` when the
+    /// `nft` command is installed, else from `iptables-save` (2.7 s on iptables-nft, which
+    /// translates every rule back to text). On iptables-legacy from `iptables-save` (0.7 s),
+    /// which also shows the builtin chains' rules.
     pub async fn list_chains(&self) -> Result<ChainListing, BackendError> {
-        let chains = match &self.bins.nft {
+        if self.mode == Mode::Nft {
+            let family = self.family;
+            let dumped = tokio::task::spawn_blocking(move || nft_chains::dump_chains(family))
+                .await
+                .unwrap_or_else(|join| {
+                    Err(nft_chains::NftChainsError::Malformed(format!(
+                        "the listing thread failed: {join}"
+                    )))
+                });
+            match dumped {
+                Ok(chains) => return Ok(ChainListing::names_only(chains)),
+                Err(err) => tracing::warn!(
+                    family = ?self.family,
+                    %err,
+                    "cannot list the nf_tables chains over netlink; listing them with the nft or iptables-save command"
+                ),
+            }
+        }
+        self.list_chains_with_commands().await
+    }
+
+    /// [`Self::list_chains`] through `nft list chains` (iptables-nft with `nft` installed) or
+    /// `iptables-save`.
+    async fn list_chains_with_commands(&self) -> Result<ChainListing, BackendError> {
+        match &self.bins.nft {
             Some(nft) => {
                 let family = match self.family {
                     IpFamily::V4 => "ip",
@@ -399,14 +427,10 @@ impl Iptables {
                 if out.code != Some(0) {
                     return Err(command_error(nft, &args, &out));
                 }
-                listed_chains(&out.stdout)
+                Ok(ChainListing::names_only(listed_chains(&out.stdout)))
             }
-            None => return Ok(saved_listing(&self.save(None).await?)),
-        };
-        Ok(ChainListing {
-            chains: chains.into_iter().collect(),
-            builtin_rules: None,
-        })
+            None => Ok(saved_listing(&self.save(None).await?)),
+        }
     }
 }
 
@@ -415,12 +439,20 @@ impl Iptables {
 pub struct ChainListing {
     pub chains: HashSet<(String, String)>,
     /// The rules of the builtin chains as `iptables-save` prints them, (table, "CHAIN spec"),
-    /// when the listing came from `iptables-save`; `None` from `nft list chains`, which
-    /// prints no rules.
+    /// when the listing came from `iptables-save`; `None` from the netlink dump or `nft list
+    /// chains`, which carry no rules.
     pub builtin_rules: Option<HashSet<(String, String)>>,
 }
 
 impl ChainListing {
+    /// A listing of chain names without rules (netlink, `nft list chains`).
+    pub fn names_only(chains: Vec<(String, String)>) -> Self {
+        ChainListing {
+            chains: chains.into_iter().collect(),
+            builtin_rules: None,
+        }
+    }
+
     /// The per-service chains (knat's or upstream's) in the nat table; full syncs delete those
     /// knat did not write.
     pub fn service_chains(&self) -> Vec<(TableName, ChainName)> {
