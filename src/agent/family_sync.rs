@@ -1,6 +1,6 @@
 //! One sync of one IP family, as a sequence of small steps: compile, probe the kernel (full
-//! syncs: the existing chains), plan, one atomic `iptables-restore`, then the hook jumps, the
-//! UDP conntrack cleanup and releasing the applied text. `applied = next` only after the
+//! syncs: the existing chains), plan, release the compiled text (the payload carries it), one
+//! atomic `iptables-restore`, then the hook jumps and the UDP conntrack cleanup. `applied = next` only after the
 //! restore succeeded. Each step decides its own fallback (a failed listing keeps stale chains,
 //! a failed plan forgets the cache, a failed conntrack cleanup is retried on the next change);
 //! [`FamilySync::sync`] only calls them in order. When to sync is [`super::schedule`]'s job.
@@ -54,9 +54,11 @@ pub struct SyncPhases {
     pub probe: Duration,
     /// Comparing with the applied state and writing the payload.
     pub plan: Duration,
+    /// Dropping the compiled text (the kernel gets it from the payload): digests are kept.
+    pub release: Duration,
     /// The `iptables-restore` transaction.
     pub restore: Duration,
-    /// Hook checks, conntrack cleanup and releasing the applied text.
+    /// Hook checks and conntrack cleanup.
     pub after: Duration,
 }
 
@@ -70,10 +72,11 @@ impl std::fmt::Display for SyncPhases {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "compile {:.1} ms, probe {:.1} ms, plan {:.1} ms, restore {:.1} ms, after {:.1} ms",
+            "compile {:.1} ms, probe {:.1} ms, plan {:.1} ms, release {:.1} ms, restore {:.1} ms, after {:.1} ms",
             Self::millis(self.compile),
             Self::millis(self.probe),
             Self::millis(self.plan),
+            Self::millis(self.release),
             Self::millis(self.restore),
             Self::millis(self.after)
         )
@@ -149,38 +152,51 @@ impl FamilySync {
         let mut compiled = self.compile(snapshot, full);
         clock.lap(|p| &mut p.compile);
         let probe = self.probe(full).await;
-        let (in_restore, to_check) = probe.split_hooks(&compiled.rules.hooks, full);
+        let hooks = compiled.rules.hooks.clone();
+        let (in_restore, to_check) = probe.split_hooks(&hooks, full);
         clock.lap(|p| &mut p.probe);
         let plan = self.plan(&compiled, kind, &probe.stale, &in_restore)?;
         clock.lap(|p| &mut p.plan);
+        // The listing (a set of 114,000 names at 10,000 services) is not needed any more.
+        drop(probe);
         let Plan {
             payload,
-            next,
+            mut next,
             stats,
         } = plan;
-        self.write(payload, full).await?;
+        // Everything the restore needs is in the payload: keep only digests of the Services'
+        // chains before it runs, so the rule text (about 50 MB at 10,000 services) and the
+        // 33 MB payload are not resident together (the compiled result must be gone first,
+        // or the cache's fragments are still shared). A failed restore leaves the cache
+        // released and the applied record unchanged, so the cache is forgotten and the retry,
+        // which is a full sync, compiles every Service afresh.
+        let health = std::mem::take(&mut compiled.health);
+        let udp = std::mem::take(&mut compiled.udp);
+        let (no_local_internal, no_local_external) = (
+            compiled.no_local_endpoints_internal,
+            compiled.no_local_endpoints_external,
+        );
+        drop(compiled);
+        next.release_text(&mut self.compiler);
+        clock.lap(|p| &mut p.release);
+        if let Err(err) = self.write(payload, full).await {
+            self.compiler.forget();
+            return Err(err.into());
+        }
         clock.lap(|p| &mut p.restore);
         self.applied = next;
         let hooks_inserted = in_restore.len() + self.ipt.ensure_hooks(&to_check).await?;
-        let conntrack_deleted = self.clean_conntrack(&compiled.udp).await;
-        let outcome = FamilyOutcome {
-            family: self.cfg.family,
-            stats,
-            health: std::mem::take(&mut compiled.health),
-            no_local_internal: compiled.no_local_endpoints_internal,
-            no_local_external: compiled.no_local_endpoints_external,
-            hooks_inserted,
-            conntrack_deleted,
-            phases: SyncPhases::default(),
-        };
-        // The kernel has every chain now: keep only digests of the Services' chains (the
-        // compiled result must be gone, or the cache's fragments are still shared).
-        drop(compiled);
-        self.applied.release_text(&mut self.compiler);
+        let conntrack_deleted = self.clean_conntrack(&udp).await;
         clock.lap(|p| &mut p.after);
         Ok(FamilyOutcome {
+            family: self.cfg.family,
+            stats,
+            health,
+            no_local_internal,
+            no_local_external,
+            hooks_inserted,
+            conntrack_deleted,
             phases: clock.phases,
-            ..outcome
         })
     }
 
@@ -239,11 +255,13 @@ impl FamilySync {
     }
 
     /// The one `iptables-restore` (none for an empty partial payload); full syncs add the
-    /// canary chains. The payload is freed before the hook checks and conntrack work (33 MB
-    /// at 10,000 services).
-    async fn write(&self, mut payload: String, full: bool) -> Result<(), BackendError> {
+    /// canary chains, written after the payload in the same transaction (not appended to it:
+    /// growing a 33 MB string copies it). The payload is freed before the hook checks and
+    /// conntrack work.
+    async fn write(&self, payload: String, full: bool) -> Result<(), BackendError> {
         if full {
-            payload.push_str(&canary_payload());
+            let canaries = canary_payload();
+            return self.ipt.restore_parts(&[&payload, &canaries]).await;
         }
         if payload.is_empty() {
             return Ok(());
@@ -338,12 +356,13 @@ mod tests {
             compile: Duration::from_micros(80_150),
             probe: Duration::ZERO,
             plan: Duration::from_millis(35),
+            release: Duration::from_micros(61_040),
             restore: Duration::from_micros(4_030_249),
             after: Duration::from_micros(86_700),
         };
         assert_eq!(
             phases.to_string(),
-            "compile 80.2 ms, probe 0.0 ms, plan 35.0 ms, restore 4030.2 ms, after 86.7 ms"
+            "compile 80.2 ms, probe 0.0 ms, plan 35.0 ms, release 61.0 ms, restore 4030.2 ms, after 86.7 ms"
         );
     }
 }

@@ -5,7 +5,8 @@
 //!   kubernetes-sigs `iptables-wrappers` does, so one image works on any host.
 //! - [`Iptables::restore`] applies one payload atomically with
 //!   `iptables-restore -w 5 -W 100000 --noflush --counters` and, on failure, reports the offending
-//!   line with context.
+//!   line with context; [`Iptables::restore_parts`] streams several pieces into one
+//!   transaction without joining them.
 //! - [`Iptables::ensure_hooks`] makes sure the builtin-chain jumps exist (`-C`, then `-I`), on
 //!   full syncs only, for hooks whose target chain already existed; the others cannot exist
 //!   yet and are inserted by the restore itself ([`ChainListing::split_hooks`]).
@@ -13,14 +14,16 @@
 //!   `KUBE-PROXY-CANARY` flush detection: a chain with one rule in mangle, nat and filter.
 //! - Every command has a time limit ([`command_timeout`]) and runs in its own process group,
 //!   which is killed when the limit passes.
-//! - [`Iptables::list_chains`] lists the chains present in the kernel: full syncs delete the
-//!   per-service ones that are not wanted any more.
+//! - [`Iptables::list_chains`] lists the chains present in the kernel (on iptables-nft over
+//!   netlink, [`nft_chains`]): full syncs delete the per-service ones that are not wanted any
+//!   more.
 //!
 //! Text handling (splitting rule arguments, parsing `iptables-save` output, the cleanup
 //! payload) is pure and unit-tested here.
 
 pub mod conntrack;
 pub mod nfacct;
+pub mod nft_chains;
 pub mod random_fully;
 
 use std::collections::HashSet;
@@ -160,7 +163,7 @@ struct Finished {
 async fn run(
     program: &str,
     args: &[&str],
-    stdin: Option<&str>,
+    stdin: Option<&[&str]>,
     limit: Duration,
 ) -> Result<Finished, BackendError> {
     let spawn_err = |source| BackendError::Spawn {
@@ -185,12 +188,16 @@ async fn run(
     let stderr = child.stderr.take();
     let work = async {
         let feed = async {
-            if let (Some(text), Some(mut pipe)) = (stdin, input) {
-                // A restore that stops at a bad line stops reading: its exit status and
-                // message say why, so a closed pipe is not an error of its own.
-                match pipe.write_all(text.as_bytes()).await {
-                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e),
-                    _ => {}
+            if let (Some(parts), Some(mut pipe)) = (stdin, input) {
+                // The parts are written one after another, never joined into one copy. A
+                // restore that stops at a bad line stops reading: its exit status and message
+                // say why, so a closed pipe is not an error of its own.
+                for part in parts {
+                    match pipe.write_all(part.as_bytes()).await {
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+                        Err(e) => return Err(e),
+                        Ok(()) => {}
+                    }
                 }
             }
             Ok(())
@@ -294,20 +301,34 @@ impl Iptables {
 
     /// Applies `payload` in one `iptables-restore --noflush --counters` transaction.
     pub async fn restore(&self, payload: &str) -> Result<(), BackendError> {
+        self.restore_parts(&[payload]).await
+    }
+
+    /// Applies the concatenation of `parts` (each made of whole `*table ... COMMIT` sections)
+    /// in one `iptables-restore --noflush --counters` transaction. The parts go to the
+    /// restore's stdin one after another, and on iptables-nft the `-Z` lines of large tables
+    /// ([`nft_bulk_splits`]) are written between slices of them: the payload is never copied
+    /// (at 10,000 services a copy is 33 MB more at the full sync's peak).
+    pub async fn restore_parts(&self, parts: &[&str]) -> Result<(), BackendError> {
         let mut args: Vec<&str> = WAIT_ARGS.to_vec();
         args.extend(["--noflush", "--counters"]);
-        let adapted = match self.mode {
-            Mode::Nft => nft_bulk_payload(payload, NFT_BULK_CHAINS),
-            Mode::Legacy => None,
-        };
-        if adapted.is_some() {
+        let mut pieces: Vec<&str> = Vec::with_capacity(parts.len() + 4);
+        let mut zeroed = false;
+        for part in parts {
+            let splits = match self.mode {
+                Mode::Nft => nft_bulk_splits(part, NFT_BULK_CHAINS),
+                Mode::Legacy => Vec::new(),
+            };
+            zeroed |= !splits.is_empty();
+            pieces.extend(with_zero_lines(part, &splits));
+        }
+        if zeroed {
             tracing::info!(
                 family = ?self.family,
                 "large restore on iptables-nft: zeroing the table's counters first (-Z) so that iptables-nft does not track each chain in a sorted list (quadratic at 10,000 services)"
             );
         }
-        let payload = adapted.as_deref().unwrap_or(payload);
-        let out = run(&self.bins.restore, &args, Some(payload), self.timeout).await?;
+        let out = run(&self.bins.restore, &args, Some(&pieces), self.timeout).await?;
         if out.code == Some(0) {
             return Ok(());
         }
@@ -315,8 +336,9 @@ impl Iptables {
         Err(BackendError::Restore {
             program: self.bins.restore.clone(),
             line,
+            // Joined only here, to show the lines the restore saw.
             context: line
-                .map(|l| line_context(payload, l, 3))
+                .map(|l| line_context(&pieces.concat(), l, 3))
                 .unwrap_or_default(),
             stderr: out.stderr,
         })
@@ -383,12 +405,38 @@ impl Iptables {
         Ok(true)
     }
 
-    /// Every (table, chain) of this family in the kernel. On iptables-nft with the `nft`
-    /// command installed the names come from `nft list chains` (0.75 s at 10,000 services,
-    /// against 2.7 s for `iptables-nft-save`, which translates every rule back to text);
-    /// otherwise from `iptables-save` (0.7 s on iptables-legacy).
+    /// Every (table, chain) of this family in the kernel. On iptables-nft the names come from
+    /// a netlink dump of the nf_tables chains ([`nft_chains`]: 0.75 s -> see
+    /// docs/performance.md at 10,000 services); if that fails, from `nft list chains` when the
+    /// `nft` command is installed, else from `iptables-save` (2.7 s on iptables-nft, which
+    /// translates every rule back to text). On iptables-legacy from `iptables-save` (0.7 s),
+    /// which also shows the builtin chains' rules.
     pub async fn list_chains(&self) -> Result<ChainListing, BackendError> {
-        let chains = match &self.bins.nft {
+        if self.mode == Mode::Nft {
+            let family = self.family;
+            let dumped = tokio::task::spawn_blocking(move || nft_chains::dump_chains(family))
+                .await
+                .unwrap_or_else(|join| {
+                    Err(nft_chains::NftChainsError::Malformed(format!(
+                        "the listing thread failed: {join}"
+                    )))
+                });
+            match dumped {
+                Ok(chains) => return Ok(ChainListing::names_only(chains)),
+                Err(err) => tracing::warn!(
+                    family = ?self.family,
+                    %err,
+                    "cannot list the nf_tables chains over netlink; listing them with the nft or iptables-save command"
+                ),
+            }
+        }
+        self.list_chains_with_commands().await
+    }
+
+    /// [`Self::list_chains`] through `nft list chains` (iptables-nft with `nft` installed) or
+    /// `iptables-save`.
+    async fn list_chains_with_commands(&self) -> Result<ChainListing, BackendError> {
+        match &self.bins.nft {
             Some(nft) => {
                 let family = match self.family {
                     IpFamily::V4 => "ip",
@@ -399,14 +447,10 @@ impl Iptables {
                 if out.code != Some(0) {
                     return Err(command_error(nft, &args, &out));
                 }
-                listed_chains(&out.stdout)
+                Ok(ChainListing::names_only(listed_chains(&out.stdout)))
             }
-            None => return Ok(saved_listing(&self.save(None).await?)),
-        };
-        Ok(ChainListing {
-            chains: chains.into_iter().collect(),
-            builtin_rules: None,
-        })
+            None => Ok(saved_listing(&self.save(None).await?)),
+        }
     }
 }
 
@@ -415,12 +459,20 @@ impl Iptables {
 pub struct ChainListing {
     pub chains: HashSet<(String, String)>,
     /// The rules of the builtin chains as `iptables-save` prints them, (table, "CHAIN spec"),
-    /// when the listing came from `iptables-save`; `None` from `nft list chains`, which
-    /// prints no rules.
+    /// when the listing came from `iptables-save`; `None` from the netlink dump or `nft list
+    /// chains`, which carry no rules.
     pub builtin_rules: Option<HashSet<(String, String)>>,
 }
 
 impl ChainListing {
+    /// A listing of chain names without rules (netlink, `nft list chains`).
+    pub fn names_only(chains: Vec<(String, String)>) -> Self {
+        ChainListing {
+            chains: chains.into_iter().collect(),
+            builtin_rules: None,
+        }
+    }
+
     /// The per-service chains (knat's or upstream's) in the nat table; full syncs delete those
     /// knat did not write.
     pub fn service_chains(&self) -> Vec<(TableName, ChainName)> {
@@ -514,12 +566,12 @@ pub const NFT_BULK_CHAINS: usize = 10_000;
 /// command without a chain switches that bookkeeping off for the transaction; the only one
 /// with no side effect on rules is `-Z` (zero the counters of every rule and chain in the
 /// table). So tables that declare more than `threshold` chains get `-Z` right after their
-/// `*table` line; returns `None` when no table needs it. Counters of other components' rules
-/// in that table are reset too (documented in docs/operations.md).
-pub fn nft_bulk_payload(payload: &str, threshold: usize) -> Option<String> {
-    let mut out: Option<String> = None;
+/// `*table` line; this returns the byte offsets of `payload` where a `-Z` line goes (just after
+/// such a header line), none when no table needs it. Counters of other components' rules in
+/// that table are reset too (documented in docs/operations.md).
+pub fn nft_bulk_splits(payload: &str, threshold: usize) -> Vec<usize> {
+    let mut splits = Vec::new();
     let mut rest = payload;
-    let mut copied = 0;
     while let Some(start) = rest.find('*') {
         let at_line_start = start == 0 || rest.as_bytes()[start - 1] == b'\n';
         let header_end = rest[start..]
@@ -536,19 +588,35 @@ pub fn nft_bulk_payload(payload: &str, threshold: usize) -> Option<String> {
             .lines()
             .filter(|l| l.starts_with(':'))
             .count();
-        let offset = payload.len() - rest.len();
         if declared > threshold {
-            let buffer = out.get_or_insert_with(|| String::with_capacity(payload.len() + 8));
-            buffer.push_str(&payload[copied..offset + header_end]);
-            buffer.push_str("-Z\n");
-            copied = offset + header_end;
+            splits.push(payload.len() - rest.len() + header_end);
         }
         rest = &rest[body_end..];
     }
-    if let Some(buffer) = out.as_mut() {
-        buffer.push_str(&payload[copied..]);
+    splits
+}
+
+/// The `-Z` line [`nft_bulk_splits`] places.
+const ZERO_LINE: &str = "-Z\n";
+
+/// `payload` as slices with a `-Z` line at each of `splits` (ascending offsets into it).
+pub fn with_zero_lines<'a>(payload: &'a str, splits: &[usize]) -> Vec<&'a str> {
+    let mut pieces = Vec::with_capacity(2 * splits.len() + 1);
+    let mut copied = 0;
+    for &at in splits {
+        pieces.push(&payload[copied..at]);
+        pieces.push(ZERO_LINE);
+        copied = at;
     }
-    out
+    pieces.push(&payload[copied..]);
+    pieces
+}
+
+/// The payload with the `-Z` lines of [`nft_bulk_splits`], as one string; `None` when no table
+/// needs one. (The agent writes [`with_zero_lines`]' slices instead, without this copy.)
+pub fn nft_bulk_payload(payload: &str, threshold: usize) -> Option<String> {
+    let splits = nft_bulk_splits(payload, threshold);
+    (!splits.is_empty()).then(|| with_zero_lines(payload, &splits).concat())
 }
 
 /// Extracts N from iptables-restore's "line N failed" (nft) or "line N:" (legacy) message.
@@ -881,6 +949,37 @@ mod tests {
     }
 
     #[test]
+    fn zero_lines_go_between_slices_of_each_part() {
+        let big = "*nat\n:A - [0:0]\n:B - [0:0]\n-A A -j B\nCOMMIT\n*filter\n:C - [0:0]\n:D - [0:0]\nCOMMIT\n";
+        let canary = "*mangle\n:X - [0:0]\nCOMMIT\n";
+        assert_eq!(nft_bulk_splits(big, 1), [5, big.find(":C").unwrap()]);
+        assert!(nft_bulk_splits(canary, 1).is_empty());
+        let pieces: Vec<&str> = [big, canary]
+            .iter()
+            .flat_map(|part| with_zero_lines(part, &nft_bulk_splits(part, 1)))
+            .collect();
+        let joined = format!("{big}{canary}");
+        assert_eq!(
+            pieces.concat(),
+            nft_bulk_payload(&joined, 1).expect("two large tables")
+        );
+        assert_eq!(with_zero_lines(canary, &[]), [canary]);
+    }
+
+    #[tokio::test]
+    async fn parts_reach_the_child_in_order() {
+        let out = run(
+            "cat",
+            &[],
+            Some(&["*nat\n", "-Z\n", "COMMIT\n", ""]),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("cat runs");
+        assert_eq!(out.stdout, "*nat\n-Z\nCOMMIT\n");
+    }
+
+    #[test]
     fn failed_line_from_both_front_ends() {
         assert_eq!(
             failed_line("iptables-nft-restore: line 4 failed: No chain/target/match by that name."),
@@ -1122,7 +1221,7 @@ COMMIT
         let out = run(
             "sh",
             &["-c", "echo 'line 1 failed' >&2; exit 1"],
-            Some(&payload),
+            Some(&[payload.as_str()]),
             Duration::from_secs(10),
         )
         .await
