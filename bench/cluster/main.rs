@@ -73,6 +73,8 @@ struct Options {
     /// changes; a short table instead of the full one (for backends where upstream cannot
     /// finish programming the largest size).
     program_only: Option<u64>,
+    /// The arguments as given (printed above the table).
+    args: String,
     /// iptables-nft only: kube-proxy's restores that declare more than 10,000 chains get the
     /// `-Z` knat's backend adds, so that upstream can program 10,000 services at all (it
     /// otherwise spends over 300 s in iptables-nft's chain bookkeeping); the full-programming
@@ -97,6 +99,7 @@ impl Options {
             backend: sys::IptBackend::Nft,
             program_only: None,
             upstream_bulk_zero: false,
+            args: args.join(" "),
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -542,6 +545,7 @@ fn full_run(
     report.upstream_bulk_zero = setup.options.upstream_bulk_zero;
     report.backend = Some(setup.options.backend);
     report.timeout = ctx.program_timeout();
+    report.args = setup.options.args.clone();
     let run_start = Instant::now();
     if !setup.options.lb_sizes.is_empty() {
         let lbs = api::Objects::new(client, api::Kind::LoadBalancer);

@@ -133,6 +133,8 @@ pub struct Report {
     pub timeout: Duration,
     /// Wall time of each phase.
     pub phases: Vec<(String, Duration)>,
+    /// The benchmark's arguments, as given.
+    pub args: String,
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -240,6 +242,7 @@ impl Report {
         };
         let _ = writeln!(t.text, "Machine: {}  ", self.machine);
         let _ = writeln!(t.text, "Versions: {}  ", self.versions);
+        let _ = writeln!(t.text, "Arguments: `{}`  ", self.args);
         let _ = writeln!(
             t.text,
             "Run: `--iptables-min-sync-period={}` for both, iptables-{} backend for both, each \
