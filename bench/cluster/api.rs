@@ -1,7 +1,10 @@
-//! The benchmark's Kubernetes objects and API writes: selector-less ClusterIP Services with
-//! one hand-written EndpointSlice each (labelled `kubernetes.io/service-name` and managed by
+//! The benchmark's Kubernetes objects and API writes: selector-less Services with one
+//! hand-written EndpointSlice each (labelled `kubernetes.io/service-name` and managed by
 //! `knat-bench`, so the EndpointSlice controller leaves them alone), created in parallel with
-//! kube-rs, and endpoint changes as JSON merge patches of a slice's `endpoints`.
+//! kube-rs, and endpoint changes as JSON merge patches of a slice's `endpoints`. Two sets:
+//! ClusterIP Services `svc-N`, and LoadBalancer Services `lb-N` (ClusterIP + NodePort
+//! `20000 + N` + a VIP written into `status.loadBalancer.ingress`, externalTrafficPolicy
+//! Cluster), never in the API at the same time.
 
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
@@ -26,9 +29,70 @@ pub const SERVICE_PORT: u16 = 80;
 /// Parallel API requests during bulk creation.
 const CONCURRENCY: usize = 24;
 
-/// The ClusterIP of Service `i` (10.96.1.0 upwards; 10.96.0.1 is `kubernetes`).
-pub fn cluster_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 1, 0)) + i as u32)
+/// The first NodePort of the LoadBalancer set (`lb-N` has `20000 + N`).
+pub const NODE_PORT_BASE: u16 = 20000;
+/// kube-apiserver's `--service-node-port-range`, wide enough for [`MAX_LB`] NodePorts.
+pub const NODE_PORT_RANGE: &str = "20000-32767";
+/// At most this many LoadBalancer Services (NodePorts and ClusterIPs left for them).
+pub const MAX_LB: usize = 12_000;
+/// The VIP range of the LoadBalancer set (`lb-N` has `10.100.0.0 + N`).
+pub const VIP_RANGE: &str = "10.100.0.0/16";
+
+/// Which Services a set holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `svc-N`: ClusterIP only, `10.96.1.0 + N` (up to 50,000: below 10.96.200.0).
+    ClusterIp,
+    /// `lb-N`: type LoadBalancer, ClusterIP `10.96.200.0 + N`, NodePort, VIP.
+    LoadBalancer,
+}
+
+impl Kind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::ClusterIp => "svc",
+            Kind::LoadBalancer => "lb",
+        }
+    }
+
+    /// Service `i`'s name.
+    pub fn service_name(self, i: usize) -> String {
+        format!("{}-{i}", self.prefix())
+    }
+
+    /// The `ns/name:port` text of Service `i`'s port (chain name hashing input).
+    pub fn port_name(self, i: usize) -> String {
+        format!("{NS}/{}:http", self.service_name(i))
+    }
+
+    /// The ClusterIP of Service `i` (10.96.0.1 is `kubernetes`).
+    pub fn cluster_ip(self, i: usize) -> Ipv4Addr {
+        let base = match self {
+            Kind::ClusterIp => Ipv4Addr::new(10, 96, 1, 0),
+            Kind::LoadBalancer => Ipv4Addr::new(10, 96, 200, 0),
+        };
+        Ipv4Addr::from(u32::from(base) + i as u32)
+    }
+
+    /// The KUBE-SEP chain both proxies create for `ip` as an endpoint of Service `i`.
+    pub fn sep_chain(self, i: usize, ip: Ipv4Addr) -> String {
+        knat::rules::chain::endpoint_chain(
+            &self.port_name(i),
+            knat::model::Protocol::Tcp,
+            &format!("{ip}:{TARGET_PORT}"),
+        )
+        .to_string()
+    }
+}
+
+/// The NodePort of LoadBalancer Service `i`.
+pub fn node_port(i: usize) -> u16 {
+    NODE_PORT_BASE + i as u16
+}
+
+/// The load-balancer VIP of LoadBalancer Service `i`.
+pub fn vip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i as u32)
 }
 
 /// The initial address of endpoint `j` of Service `i` (10.128.0.0/15).
@@ -41,36 +105,23 @@ pub fn fresh_endpoint(n: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 160, 0, 0)) + n)
 }
 
-/// Service `i`'s name.
-pub fn service_name(i: usize) -> String {
-    format!("svc-{i}")
-}
-
-/// The `ns/name:port` text of Service `i`'s port (chain name hashing input).
-pub fn port_name(i: usize) -> String {
-    format!("{NS}/{}:http", service_name(i))
-}
-
-/// The KUBE-SEP chain both proxies create for `ip` as an endpoint of Service `i`.
-pub fn sep_chain(i: usize, ip: Ipv4Addr) -> String {
-    knat::rules::chain::endpoint_chain(
-        &port_name(i),
-        knat::model::Protocol::Tcp,
-        &format!("{ip}:{TARGET_PORT}"),
-    )
-    .to_string()
-}
-
-fn service(i: usize) -> Result<Service, BenchError> {
+fn service(kind: Kind, i: usize) -> Result<Service, BenchError> {
+    let mut port = serde_json::json!({"name": "http", "port": SERVICE_PORT, "protocol": "TCP",
+                                      "targetPort": TARGET_PORT});
+    let mut spec = serde_json::json!({
+        "type": "ClusterIP",
+        "clusterIP": kind.cluster_ip(i).to_string(),
+    });
+    if kind == Kind::LoadBalancer {
+        port["nodePort"] = node_port(i).into();
+        spec["type"] = "LoadBalancer".into();
+        spec["externalTrafficPolicy"] = "Cluster".into();
+    }
+    spec["ports"] = serde_json::json!([port]);
     let value = serde_json::json!({
         "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": service_name(i), "namespace": NS},
-        "spec": {
-            "type": "ClusterIP",
-            "clusterIP": cluster_ip(i).to_string(),
-            "ports": [{"name": "http", "port": SERVICE_PORT, "protocol": "TCP",
-                       "targetPort": TARGET_PORT}],
-        },
+        "metadata": {"name": kind.service_name(i), "namespace": NS},
+        "spec": spec,
     });
     serde_json::from_value(value).map_err(|e| BenchError::Api {
         what: "build a Service".into(),
@@ -89,12 +140,12 @@ fn endpoints_json(ips: &[Ipv4Addr]) -> serde_json::Value {
         .collect()
 }
 
-fn slice(i: usize, ips: &[Ipv4Addr]) -> Result<EndpointSlice, BenchError> {
+fn slice(kind: Kind, i: usize, ips: &[Ipv4Addr]) -> Result<EndpointSlice, BenchError> {
     let value = serde_json::json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {
-            "name": format!("{}-bench", service_name(i)), "namespace": NS,
-            "labels": {"kubernetes.io/service-name": service_name(i),
+            "name": format!("{}-bench", kind.service_name(i)), "namespace": NS,
+            "labels": {"kubernetes.io/service-name": kind.service_name(i),
                        "endpointslice.kubernetes.io/managed-by": "knat-bench"},
         },
         "addressType": "IPv4",
@@ -110,18 +161,52 @@ fn slice(i: usize, ips: &[Ipv4Addr]) -> Result<EndpointSlice, BenchError> {
 /// The benchmark's view of the cluster: which Services exist and their endpoint addresses.
 pub struct Objects {
     client: Client,
+    /// Which set of Services this is.
+    pub kind: Kind,
     /// Endpoint addresses per Service, as last written.
     endpoints: Mutex<Vec<Vec<Ipv4Addr>>>,
-    fresh: std::sync::atomic::AtomicU32,
 }
 
+/// Fresh endpoint addresses are numbered across the whole run (both sets).
+static FRESH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 impl Objects {
-    pub fn new(client: Client) -> Self {
+    pub fn new(client: Client, kind: Kind) -> Self {
         Objects {
             client,
+            kind,
             endpoints: Mutex::new(Vec::new()),
-            fresh: std::sync::atomic::AtomicU32::new(0),
         }
+    }
+
+    /// The KUBE-SEP chain of `ip` as an endpoint of this set's Service `i`.
+    pub fn sep_chain(&self, i: usize, ip: Ipv4Addr) -> String {
+        self.kind.sep_chain(i, ip)
+    }
+
+    /// Deletes every Service and slice of this set (one request each, in parallel) and waits
+    /// for each answer; a Service without finalizers is gone when its DELETE returns.
+    pub async fn delete_all(&self) -> Result<std::time::Duration, BenchError> {
+        let start = Instant::now();
+        let count = self.count();
+        let services: Api<Service> = Api::namespaced(self.client.clone(), NS);
+        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), NS);
+        let kind = self.kind;
+        futures::stream::iter(0..count)
+            .map(|i| {
+                let services = services.clone();
+                let slices = slices.clone();
+                async move {
+                    let name = kind.service_name(i);
+                    delete(&services, &name).await?;
+                    delete(&slices, &format!("{name}-bench")).await
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        self.lock().clear();
+        Ok(start.elapsed())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<Ipv4Addr>>> {
@@ -165,9 +250,10 @@ impl Objects {
         let services: Api<Service> = Api::namespaced(self.client.clone(), NS);
         let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), NS);
         let mut all = Vec::with_capacity(total - from);
+        let kind = self.kind;
         for i in from..total {
             let ips: Vec<Ipv4Addr> = (0..ENDPOINTS).map(|j| initial_endpoint(i, j)).collect();
-            all.push((i, service(i)?, slice(i, &ips)?, ips));
+            all.push((i, service(kind, i)?, slice(kind, i, &ips)?, ips));
         }
         let created: Vec<(usize, Vec<Ipv4Addr>)> = futures::stream::iter(all)
             .map(|(i, svc, sl, ips)| {
@@ -175,8 +261,12 @@ impl Objects {
                 let slices = slices.clone();
                 async move {
                     // Slice first: a proxy seeing the Service sees its endpoints at once.
-                    create(&slices, &sl, &format!("slice of {}", service_name(i))).await?;
-                    create(&services, &svc, &service_name(i)).await?;
+                    let name = kind.service_name(i);
+                    create(&slices, &sl, &format!("slice of {name}")).await?;
+                    create(&services, &svc, &name).await?;
+                    if kind == Kind::LoadBalancer {
+                        set_ingress(&services, &name, vip(i)).await?;
+                    }
                     Ok::<_, BenchError>((i, ips))
                 }
             })
@@ -196,12 +286,12 @@ impl Objects {
     /// Replaces endpoint `slot` of Service `i` with a fresh address. Returns the new address
     /// (its SEP chain is what the proxies must create) once the API has accepted the write.
     pub async fn change_endpoint(&self, i: usize, slot: usize) -> Result<Ipv4Addr, BenchError> {
-        let n = self.fresh.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let n = FRESH.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let ip = fresh_endpoint(n);
         let ips = {
             let mut endpoints = self.lock();
             let list = endpoints.get_mut(i).ok_or_else(|| BenchError::Api {
-                what: format!("change {}", service_name(i)),
+                what: format!("change {}", self.kind.service_name(i)),
                 detail: "no such service".into(),
             })?;
             let k = slot % list.len().max(1);
@@ -214,17 +304,63 @@ impl Objects {
         let patch = serde_json::json!({"endpoints": endpoints_json(&ips)});
         slices
             .patch(
-                &format!("{}-bench", service_name(i)),
+                &format!("{}-bench", self.kind.service_name(i)),
                 &PatchParams::default(),
                 &Patch::Merge(&patch),
             )
             .await
             .map_err(|e| BenchError::Api {
-                what: format!("patch the slice of {}", service_name(i)),
+                what: format!("patch the slice of {}", self.kind.service_name(i)),
                 detail: e.to_string(),
             })?;
         Ok(ip)
     }
+}
+
+/// Writes `vip` as the Service's only `status.loadBalancer.ingress` (as a cloud controller
+/// would), with a few retries.
+async fn set_ingress(api: &Api<Service>, name: &str, vip: Ipv4Addr) -> Result<(), BenchError> {
+    let patch =
+        serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": vip.to_string()}]}}});
+    let mut last = String::new();
+    for attempt in 0..5u64 {
+        match api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                last = e.to_string();
+                tokio::time::sleep(std::time::Duration::from_millis(200 * (attempt + 1))).await;
+            }
+        }
+    }
+    Err(BenchError::Api {
+        what: format!("set the ingress of {name}"),
+        detail: last,
+    })
+}
+
+/// Deletes one object (absent is fine), with a few retries.
+async fn delete<K>(api: &Api<K>, name: &str) -> Result<(), BenchError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut last = String::new();
+    for attempt in 0..5u64 {
+        match api.delete(name, &kube::api::DeleteParams::default()).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+            Err(e) => {
+                last = e.to_string();
+                tokio::time::sleep(std::time::Duration::from_millis(200 * (attempt + 1))).await;
+            }
+        }
+    }
+    Err(BenchError::Api {
+        what: format!("delete {name}"),
+        detail: last,
+    })
 }
 
 async fn create<K>(api: &Api<K>, object: &K, what: &str) -> Result<(), BenchError>

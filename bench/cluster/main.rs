@@ -1,6 +1,7 @@
-//! Cluster benchmark (issue 6): knat and upstream kube-proxy (iptables mode), side by side,
-//! against one real kube-apiserver, on the same machine in the same run. Prints one table
-//! with both systems and the ratios and writes it into `docs/performance.md`.
+//! Cluster benchmark (issues 6 and 17): knat and upstream kube-proxy (iptables mode), side by
+//! side, against one real kube-apiserver, on the same machine in the same run. Prints one
+//! table with both systems, the restore floor and the ratios, and writes it into
+//! `docs/performance.md` between the markers of the run's backend.
 //!
 //! Layout: a lab (`knat::lab`) with two node namespaces, `kp` (kube-proxy) and `kn` (knat),
 //! each with one pod namespace (`ep`, `ek`); etcd + kube-apiserver (+ the lab's
@@ -12,14 +13,19 @@
 //!
 //! The API client must run where the API server is reachable: the program re-runs itself as
 //! `driver` inside the fabric namespace (`ip netns exec`), and as `helper-listen` /
-//! `helper-connect` inside pod and node namespaces.
+//! `helper-connect` / `helper-replay` inside pod and node namespaces.
 //!
 //! Run with `scripts/bench.sh` (builds everything) or, as root,
 //!     cargo run --release --example cluster-bench -- [--sizes 100,1000,10000]
-//!         [--churn-secs 60] [--samples 200] [--changes 5] [--min-sync 1s] [--no-doc]
-//!         [--backend nft|legacy] [--program-only SECS] [--upstream-bulk-zero]
+//!         [--lb-sizes 100,10000|none] [--churn-sizes 10000] [--churn-secs 60]
+//!         [--samples 200] [--changes 5] [--floor-runs 7] [--program-timeout 600]
+//!         [--min-sync 1s] [--no-doc] [--backend nft|legacy] [--program-only SECS]
+//!         [--upstream-bulk-zero]
 
 mod api;
+mod changes;
+mod churn;
+mod connect;
 mod payloads;
 mod proxy;
 mod report;
@@ -27,29 +33,35 @@ mod sys;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use knat::lab::{Backend, Family, Lab, LabOptions, Scenario, preflight};
 use knat_testbed::control_plane::{ControlPlane, ControlPlaneOptions, K8sBinaries};
 
 use crate::proxy::{Launcher, Running, Side};
-use crate::report::{Latency, Report, SizeResult};
+use crate::report::{Report, SizeResult};
 use crate::sys::{BenchError, io_err};
 
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// Every endpoint address (initial and fresh) lies here; local in the pods.
 const ENDPOINT_RANGE: &str = "10.128.0.0/10";
+/// Default `--program-timeout`.
 const PROGRAM_TIMEOUT: Duration = Duration::from_secs(600);
-const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Churn rate: changes per second, and one sampled change in this many.
-const CHURN_RATE: u64 = 50;
-const SAMPLE_EVERY: u64 = 10;
 
 /// Command-line options.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Options {
     sizes: Vec<usize>,
+    /// Sizes of the LoadBalancer set (NodePort and LB VIP rows); empty: none.
+    lb_sizes: Vec<usize>,
+    /// Sizes (of `sizes`) at which churn runs.
+    churn_sizes: Vec<usize>,
+    /// How long each proxy gets to program a size from a cold start before it is reported
+    /// as not finished (and left out of that size's other rows).
+    program_timeout: u64,
+    /// Replays of knat's one-change payload for the restore floor.
+    floor_runs: u32,
     churn_secs: u64,
     samples: u32,
     changes: u32,
@@ -61,6 +73,8 @@ struct Options {
     /// changes; a short table instead of the full one (for backends where upstream cannot
     /// finish programming the largest size).
     program_only: Option<u64>,
+    /// The arguments as given (printed above the table).
+    args: String,
     /// iptables-nft only: kube-proxy's restores that declare more than 10,000 chains get the
     /// `-Z` knat's backend adds, so that upstream can program 10,000 services at all (it
     /// otherwise spends over 300 s in iptables-nft's chain bookkeeping); the full-programming
@@ -73,6 +87,10 @@ impl Options {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut o = Options {
             sizes: vec![100, 1000, 10_000],
+            lb_sizes: vec![100, 10_000],
+            churn_sizes: vec![10_000],
+            program_timeout: PROGRAM_TIMEOUT.as_secs(),
+            floor_runs: 7,
             churn_secs: 60,
             samples: 200,
             changes: 5,
@@ -81,6 +99,7 @@ impl Options {
             backend: sys::IptBackend::Nft,
             program_only: None,
             upstream_bulk_zero: false,
+            args: args.join(" "),
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -91,13 +110,24 @@ impl Options {
             };
             let bad =
                 |name: &str, e: &dyn std::fmt::Display| BenchError::Usage(format!("{name}: {e}"));
+            let list = |text: String, name: &str| -> Result<Vec<usize>, BenchError> {
+                if text == "none" || text.is_empty() {
+                    return Ok(Vec::new());
+                }
+                text.split(',')
+                    .map(|s| s.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| bad(name, &e))
+            };
             match flag.as_str() {
-                "--sizes" => {
-                    o.sizes = value("--sizes")?
-                        .split(',')
-                        .map(|s| s.trim().parse::<usize>())
-                        .collect::<Result<_, _>>()
-                        .map_err(|e| bad("--sizes", &e))?;
+                "--sizes" => o.sizes = list(value(flag)?, flag)?,
+                "--lb-sizes" => o.lb_sizes = list(value(flag)?, flag)?,
+                "--churn-sizes" => o.churn_sizes = list(value(flag)?, flag)?,
+                "--program-timeout" => {
+                    o.program_timeout = value(flag)?.parse().map_err(|e| bad(flag, &e))?;
+                }
+                "--floor-runs" => {
+                    o.floor_runs = value(flag)?.parse().map_err(|e| bad(flag, &e))?;
                 }
                 "--churn-secs" => {
                     o.churn_secs = value(flag)?.parse().map_err(|e| bad(flag, &e))?;
@@ -123,10 +153,22 @@ impl Options {
                 other => return Err(BenchError::Usage(format!("unknown argument {other:?}"))),
             }
         }
-        o.sizes.sort_unstable();
-        o.sizes.dedup();
+        for v in [&mut o.sizes, &mut o.lb_sizes, &mut o.churn_sizes] {
+            v.sort_unstable();
+            v.dedup();
+        }
         if o.sizes.is_empty() || o.sizes.iter().any(|s| *s == 0 || *s > 50_000) {
             return Err(BenchError::Usage("--sizes: 1..=50000 each".into()));
+        }
+        if o.lb_sizes.iter().any(|s| *s == 0 || *s > api::MAX_LB) {
+            return Err(BenchError::Usage(format!(
+                "--lb-sizes: 1..={} each (NodePorts {})",
+                api::MAX_LB,
+                api::NODE_PORT_RANGE
+            )));
+        }
+        if o.floor_runs == 0 {
+            return Err(BenchError::Usage("--floor-runs: at least 1".into()));
         }
         if o.upstream_bulk_zero && o.backend != sys::IptBackend::Nft {
             return Err(BenchError::Usage(
@@ -149,6 +191,8 @@ struct Setup {
     sides: Vec<Side>,
     /// Pod namespace per side (same order), where the listener runs.
     pod_namespaces: Vec<String>,
+    /// Node IP per side (same order): the NodePorts' address.
+    node_ips: Vec<String>,
     machine: String,
     versions: String,
 }
@@ -161,6 +205,7 @@ fn main() -> ExitCode {
             args.get(2).map_or("", String::as_str),
             args.get(3).map_or("", String::as_str),
         ),
+        Some("helper-replay") => sys::helper_replay(args.get(2..).unwrap_or_default()),
         Some("driver") => driver(Path::new(args.get(2).map_or("", String::as_str))),
         _ => Options::parse(args.get(1..).unwrap_or_default()).and_then(|o| harness(&o)),
     };
@@ -247,13 +292,19 @@ fn harness(options: &Options) -> Result<(), BenchError> {
     let t = Instant::now();
     let lab = Lab::build(scenario, LabOptions::new(&knat, Backend::Nft))?;
     let address = lab.scenario().fabric_gateway(Family::V4);
-    let cp = ControlPlane::start(ControlPlaneOptions {
-        binaries: binaries.clone(),
-        namespace: lab.fabric_namespace(),
-        address,
-        extra_sans: Vec::new(),
-        real_nodes: None,
-    })?;
+    // The NodePort range widened so that the LoadBalancer set's NodePorts fit (20000 + N).
+    let node_port_range = format!("--service-node-port-range={}", api::NODE_PORT_RANGE);
+    let cp = ControlPlane::start_with_apiserver_args(
+        ControlPlaneOptions {
+            binaries: binaries.clone(),
+            namespace: lab.fabric_namespace(),
+            address,
+            extra_sans: Vec::new(),
+            real_nodes: None,
+        },
+        knat_testbed::control_plane::SERVICE_CIDR,
+        &[node_port_range.as_str()],
+    )?;
     log(&format!(
         "lab and control plane ready in {:.1?}",
         t.elapsed()
@@ -269,6 +320,7 @@ fn harness(options: &Options) -> Result<(), BenchError> {
     let kp_kubeconfig = cp.write_kubeconfig("kube-proxy", "system:kube-proxy", &[])?;
     let s = lab.scenario();
     let mut pod_namespaces = Vec::new();
+    let mut node_ips = Vec::new();
     for (node, pod) in [("kp", "ep"), ("kn", "ek")] {
         let ip = s
             .node_ip(node, Family::V4)
@@ -277,6 +329,7 @@ fn harness(options: &Options) -> Result<(), BenchError> {
             .pod_cidr(node, Family::V4)
             .ok_or_else(|| BenchError::Usage(node.into()))?;
         cp.register_node(node, ip, &cidr.to_string())?;
+        node_ips.push(ip.to_string());
         let pod_ip = s
             .pod_ip(pod, Family::V4)
             .ok_or_else(|| BenchError::Usage(pod.into()))?;
@@ -302,20 +355,39 @@ fn harness(options: &Options) -> Result<(), BenchError> {
             "ip",
             &["route", "add", "local", ENDPOINT_RANGE, "dev", "lo"],
         )?;
+        // The load-balancer VIPs are routed to the pod as well (inside the lab only): a SYN to
+        // a VIP is DNATed in the node's nat OUTPUT; one that is not never leaves the lab.
+        sys::netns_run(
+            &node_ns,
+            "ip",
+            &[
+                "route",
+                "add",
+                api::VIP_RANGE,
+                "via",
+                &pod_ip.to_string(),
+                "dev",
+                "vp1",
+            ],
+        )?;
         pod_namespaces.push(pod_ns);
     }
+    let work = cp.dir().join("bench");
+    std::fs::create_dir_all(&work).map_err(io_err(format!("create {}", work.display())))?;
     let sides = vec![
         Side {
             label: "kube-proxy".into(),
             node: "kp".into(),
             namespace: lab.namespace("kp")?,
             kubeconfig: kp_kubeconfig,
+            lock_file: work.join("xtables-kp.lock"),
         },
         Side {
             label: "knat".into(),
             node: "kn".into(),
             namespace: lab.namespace("kn")?,
             kubeconfig: knat_kubeconfig,
+            lock_file: work.join("xtables-kn.lock"),
         },
     ];
     let kube_proxy_version = command_text(
@@ -344,8 +416,6 @@ fn harness(options: &Options) -> Result<(), BenchError> {
         ],
     )
     .is_empty();
-    let work = cp.dir().join("bench");
-    std::fs::create_dir_all(&work).map_err(io_err(format!("create {}", work.display())))?;
     let setup = Setup {
         options: options.clone(),
         admin_kubeconfig: cp.admin_kubeconfig().to_path_buf(),
@@ -354,6 +424,7 @@ fn harness(options: &Options) -> Result<(), BenchError> {
         work: work.clone(),
         sides,
         pod_namespaces,
+        node_ips,
         machine: machine_description(),
         versions: format!(
             "{kube_proxy_version} (built from source by scripts/build-k8s.sh); knat {commit}{}",
@@ -407,7 +478,7 @@ fn driver(setup_path: &Path) -> Result<(), BenchError> {
             what: "client".into(),
             detail: e.to_string(),
         })?;
-    let objects = Arc::new(api::Objects::new(client));
+    let objects = Arc::new(api::Objects::new(client.clone(), api::Kind::ClusterIp));
     runtime.block_on(objects.create_namespace())?;
     let me = sys::self_exe()?;
     // The listeners behind every endpoint address.
@@ -432,107 +503,71 @@ fn driver(setup_path: &Path) -> Result<(), BenchError> {
         min_sync: setup.options.min_sync.clone(),
         upstream_bulk_zero: setup.options.upstream_bulk_zero,
     };
-    if let Some(secs) = setup.options.program_only {
-        let outcome = program_only(
-            &runtime,
-            &objects,
-            &launcher,
-            &setup,
-            Duration::from_secs(secs),
-        );
-        for mut l in listeners {
-            l.stop();
-        }
-        return outcome;
-    }
-    let mut report = Report::new(&setup.options.min_sync, setup.options.churn_secs);
-    report.upstream_bulk_zero = setup.options.upstream_bulk_zero;
-    let largest = setup.options.sizes.iter().copied().max().unwrap_or(0);
-    let run_start = Instant::now();
-    for &size in &setup.options.sizes {
-        let took = runtime.block_on(objects.grow_to(size))?;
-        log(&format!(
-            "{size} services x 10 endpoints in the API ({took:.1?} to create)"
-        ));
-        let mut result = SizeResult::new(size);
-        // Cold starts, one proxy at a time (kube-proxy first), each timed to the sentinel:
-        // the SEP chain of the last Service's last endpoint (restores are atomic).
-        let sentinel = api::sep_chain(
-            size - 1,
-            api::initial_endpoint(size - 1, api::ENDPOINTS - 1),
-        );
-        let mut running = Vec::new();
-        for side in &setup.sides {
-            proxy::flush(&side.namespace)?;
-            let mut r = launcher.start(side, &format!("{size}"))?;
-            let took = r.wait_chain(&sentinel, PROGRAM_TIMEOUT)?;
-            // The wrapper logs a call after iptables-restore returns, a moment after the
-            // rules became visible.
-            let logged = Instant::now();
-            while r.restores().is_empty() && logged.elapsed() < Duration::from_secs(30) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let calls = r.restores();
-            let bytes: u64 = calls.iter().map(|c| c.bytes).sum();
-            let failed = calls.iter().filter(|c| c.exit != 0).count();
-            log(&format!(
-                "{}: {size} services programmed {took:.2?} after start ({bytes} restore bytes, {} calls, {failed} failed)",
-                side.label,
-                calls.len()
-            ));
-            result.programming.push((took, bytes));
-            running.push(r);
-        }
-        std::thread::sleep(Duration::from_secs(3));
-        for r in &running {
-            result.rss_steady.push(r.stats()?.rss);
-        }
-        // First-connection latency to the first and last Service of kube-proxy's list.
-        let order = upstream_order(&setup.sides[0].namespace)?;
-        let (first, last) = match (order.first(), order.last()) {
-            (Some(f), Some(l)) => (*f, *l),
-            _ => {
-                return Err(BenchError::Command {
-                    command: "iptables -t nat -S KUBE-SERVICES".into(),
-                    detail: "no bench service in kube-proxy's KUBE-SERVICES".into(),
-                });
-            }
-        };
-        for (which, svc) in [("first", first), ("last", last)] {
-            for side in &setup.sides {
-                let lat = connect_latency(&me, &side.namespace, svc, setup.options.samples)?;
-                log(&format!(
-                    "{}: {which} service (svc-{svc}) at {size}: p50 {:.0} us p99 {:.0} us ({} failed)",
-                    side.label, lat.p50, lat.p99, lat.failed
-                ));
-                result
-                    .latency
-                    .push((which.to_string(), side.label.clone(), svc, lat));
-            }
-        }
-        let order_after = upstream_order(&setup.sides[0].namespace)?;
-        result.order_stable =
-            order_after.last() == Some(&last) && order_after.first() == Some(&first);
-        if size == largest {
-            single_changes(&runtime, &objects, &mut running, &setup, size, &mut result)?;
-            churn(&runtime, &objects, &running, &setup, size, &mut result)?;
-            for r in &running {
-                let st = r.stats()?;
-                result.rss_end.push(st.rss);
-                result.hwm.push(st.hwm);
-            }
-        } else {
-            for r in &running {
-                result.hwm.push(r.stats()?.hwm);
-            }
-        }
-        for r in running {
-            r.stop()?;
-        }
-        report.sizes.push(result);
-    }
+    let ctx = Ctx {
+        runtime: &runtime,
+        launcher: &launcher,
+        setup: &setup,
+        me: &me,
+    };
+    let outcome = match setup.options.program_only {
+        Some(secs) => program_only(&ctx, &objects, Duration::from_secs(secs)),
+        None => full_run(&ctx, &objects, client),
+    };
     for mut l in listeners {
         l.stop();
+    }
+    outcome
+}
+
+/// What every phase needs.
+struct Ctx<'a> {
+    runtime: &'a tokio::runtime::Runtime,
+    launcher: &'a Launcher,
+    setup: &'a Setup,
+    me: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn program_timeout(&self) -> Duration {
+        Duration::from_secs(self.setup.options.program_timeout)
+    }
+}
+
+/// The whole table: the LoadBalancer set's sizes first (then deleted), then the ClusterIP
+/// sizes.
+fn full_run(
+    ctx: &Ctx<'_>,
+    objects: &Arc<api::Objects>,
+    client: kube::Client,
+) -> Result<(), BenchError> {
+    let setup = ctx.setup;
+    let mut report = Report::new(&setup.options.min_sync, setup.options.churn_secs);
+    report.upstream_bulk_zero = setup.options.upstream_bulk_zero;
+    report.backend = Some(setup.options.backend);
+    report.timeout = ctx.program_timeout();
+    report.args = setup.options.args.clone();
+    let run_start = Instant::now();
+    if !setup.options.lb_sizes.is_empty() {
+        let lbs = api::Objects::new(client, api::Kind::LoadBalancer);
+        for &size in &setup.options.lb_sizes {
+            let t = Instant::now();
+            report.lb.push(lb_size(ctx, &lbs, size)?);
+            report
+                .phases
+                .push((format!("LoadBalancer {size}"), t.elapsed()));
+        }
+        let took = ctx.runtime.block_on(lbs.delete_all())?;
+        log(&format!("LoadBalancer set deleted in {took:.1?}"));
+        report
+            .phases
+            .push(("LoadBalancer set deleted".into(), took));
+    }
+    for &size in &setup.options.sizes {
+        let t = Instant::now();
+        report.sizes.push(cluster_size(ctx, objects, size)?);
+        report
+            .phases
+            .push((format!("ClusterIP {size}"), t.elapsed()));
     }
     report.machine = setup.machine.clone();
     report.versions = setup.versions.clone();
@@ -540,74 +575,297 @@ fn driver(setup_path: &Path) -> Result<(), BenchError> {
     let table = report.render();
     println!("{table}");
     if let Some(doc) = &setup.options.doc {
-        report::write_doc(doc, &table)?;
+        report::write_doc(doc, setup.options.backend.name(), &table)?;
         log(&format!("wrote {}", doc.display()));
     }
     Ok(())
 }
 
-/// The bench Services in the order of kube-proxy's nat KUBE-SERVICES.
-fn upstream_order(namespace: &str) -> Result<Vec<usize>, BenchError> {
-    let iptables = sys::IptBackend::current().binary("iptables");
-    let out = sys::netns_run(namespace, &iptables, &["-t", "nat", "-S", "KUBE-SERVICES"])?;
-    let prefix = format!("\"{}/svc-", api::NS);
-    Ok(out
-        .lines()
-        .filter_map(|l| {
-            let rest = &l[l.find(&prefix)? + prefix.len()..];
-            let (n, tail) = rest.split_once(':')?;
-            tail.starts_with("http cluster IP")
-                .then(|| n.parse().ok())?
-        })
-        .collect())
+/// Cold starts, one proxy at a time (kube-proxy first), each timed to `sentinel` (a chain of
+/// the last Service: restores are atomic). A proxy that does not get there within the
+/// timeout is stopped and left out (`None`) of the size's other measurements.
+fn program_all(
+    ctx: &Ctx<'_>,
+    run: &str,
+    sentinel: &str,
+) -> Result<(Vec<Option<Running>>, Vec<report::Programmed>), BenchError> {
+    let mut running = Vec::new();
+    let mut programmed = Vec::new();
+    for side in &ctx.setup.sides {
+        proxy::flush(side)?;
+        let mut r = ctx.launcher.start(side, run)?;
+        match r.wait_chain(sentinel, ctx.program_timeout()) {
+            Ok(took) => {
+                // The wrapper logs a call after iptables-restore returns, a moment after the
+                // rules became visible.
+                let logged = Instant::now();
+                while r.restores().is_empty() && logged.elapsed() < Duration::from_secs(30) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let calls = r.restores();
+                let bytes: u64 = calls.iter().map(|c| c.bytes).sum();
+                let failed = calls.iter().filter(|c| c.exit != 0).count();
+                log(&format!(
+                    "{}: {run} programmed {took:.2?} after start ({bytes} restore bytes, {} calls, {failed} failed)",
+                    side.label,
+                    calls.len()
+                ));
+                programmed.push(report::Programmed::Done(took, bytes));
+                running.push(Some(r));
+            }
+            Err(BenchError::Timeout { .. }) => {
+                log(&format!(
+                    "{}: {run} not programmed within {:.0?}: stopped, left out of this size",
+                    side.label,
+                    ctx.program_timeout()
+                ));
+                r.stop()?;
+                programmed.push(report::Programmed::NotFinished);
+                running.push(None);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((running, programmed))
 }
 
-fn connect_latency(
-    me: &Path,
-    namespace: &str,
+fn stop_all(running: Vec<Option<Running>>) -> Result<(), BenchError> {
+    for r in running.into_iter().flatten() {
+        r.stop()?;
+    }
+    Ok(())
+}
+
+fn hwm(running: &[Option<Running>]) -> Result<Vec<Option<u64>>, BenchError> {
+    running
+        .iter()
+        .map(|r| r.as_ref().map(|r| r.stats().map(|s| s.hwm)).transpose())
+        .collect()
+}
+
+/// The last (and first) Service in kube-proxy's order for `entry`, or, where kube-proxy is
+/// not running, the last one created.
+fn first_last(
+    ctx: &Ctx<'_>,
+    running: &[Option<Running>],
+    kind: api::Kind,
+    entry: connect::Entry,
+    size: usize,
+) -> Result<(usize, usize, bool), BenchError> {
+    if running.first().is_some_and(Option::is_some) {
+        let order = connect::upstream_order(&ctx.setup.sides[0], kind, entry)?;
+        if let (Some(f), Some(l)) = (order.first(), order.last()) {
+            return Ok((*f, *l, true));
+        }
+        return Err(BenchError::Command {
+            command: format!("iptables -t nat -S ({entry:?})"),
+            detail: "no bench service in kube-proxy's chain".into(),
+        });
+    }
+    Ok((0, size - 1, false))
+}
+
+/// First-connection latency to `target(side index)` from every running proxy's node.
+fn measure_connects(
+    ctx: &Ctx<'_>,
+    running: &[Option<Running>],
+    which: &str,
     svc: usize,
-    samples: u32,
-) -> Result<Latency, BenchError> {
-    let target = format!("{}:{}", api::cluster_ip(svc), api::SERVICE_PORT);
-    let me = me.display().to_string();
-    // Warm-up (neighbour caches, page cache), then the measured samples.
-    sys::netns_run(namespace, &me, &["helper-connect", &target, "20"])?;
-    let out = sys::netns_run(
-        namespace,
-        &me,
-        &["helper-connect", &target, &samples.to_string()],
+    size: usize,
+    target: &dyn Fn(usize) -> String,
+    out: &mut Vec<report::Connect>,
+) -> Result<(), BenchError> {
+    for (i, side) in ctx.setup.sides.iter().enumerate() {
+        if running.get(i).is_none_or(Option::is_none) {
+            continue;
+        }
+        let lat = connect::connect_latency(
+            ctx.me,
+            &side.namespace,
+            &target(i),
+            ctx.setup.options.samples,
+        )?;
+        log(&format!(
+            "{}: {which} ({svc}) at {size}: p50 {:.0} us p99 {:.0} us ({} failed)",
+            side.label, lat.p50, lat.p99, lat.failed
+        ));
+        out.push(report::Connect {
+            which: which.to_string(),
+            side: i,
+            svc,
+            latency: lat,
+        });
+    }
+    Ok(())
+}
+
+/// One size of the LoadBalancer set: cold starts, then the first connection to the last
+/// NodePort (node IP:nodePort) and the last LB VIP of kube-proxy's order, on each node.
+fn lb_size(
+    ctx: &Ctx<'_>,
+    objects: &api::Objects,
+    size: usize,
+) -> Result<report::LbResult, BenchError> {
+    let took = ctx.runtime.block_on(objects.grow_to(size))?;
+    log(&format!(
+        "{size} LoadBalancer services x 10 endpoints in the API ({took:.1?} to create)"
+    ));
+    let sentinel = objects.sep_chain(
+        size - 1,
+        api::initial_endpoint(size - 1, api::ENDPOINTS - 1),
+    );
+    let (running, programmed) = program_all(ctx, &format!("lb-{size}"), &sentinel)?;
+    std::thread::sleep(Duration::from_secs(3));
+    let mut result = report::LbResult {
+        size,
+        programmed,
+        connects: Vec::new(),
+        upstream_order: running.first().is_some_and(Option::is_some),
+    };
+    let kind = api::Kind::LoadBalancer;
+    let (_, np_last, _) = first_last(ctx, &running, kind, connect::Entry::NodePort, size)?;
+    let node_ips = &ctx.setup.node_ips;
+    measure_connects(
+        ctx,
+        &running,
+        "last NodePort",
+        np_last,
+        size,
+        &|i| {
+            format!(
+                "{}:{}",
+                node_ips.get(i).map_or("", String::as_str),
+                api::node_port(np_last)
+            )
+        },
+        &mut result.connects,
     )?;
-    let mut values: Vec<f64> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
-    let failed = out.lines().filter(|l| l.trim() == "fail").count();
-    values.sort_by(f64::total_cmp);
-    Ok(Latency::from_sorted(&values, failed))
+    let (_, lb_last, _) = first_last(ctx, &running, kind, connect::Entry::LoadBalancerIp, size)?;
+    measure_connects(
+        ctx,
+        &running,
+        "last LB VIP",
+        lb_last,
+        size,
+        &|_| format!("{}:{}", api::vip(lb_last), api::SERVICE_PORT),
+        &mut result.connects,
+    )?;
+    stop_all(running)?;
+    Ok(result)
+}
+
+/// One size of the ClusterIP set: cold starts, memory, first connections, one-endpoint
+/// changes on each proxy alone, the restore floor, churn (at `--churn-sizes`), peak RSS.
+fn cluster_size(
+    ctx: &Ctx<'_>,
+    objects: &Arc<api::Objects>,
+    size: usize,
+) -> Result<SizeResult, BenchError> {
+    let setup = ctx.setup;
+    let took = ctx.runtime.block_on(objects.grow_to(size))?;
+    log(&format!(
+        "{size} services x 10 endpoints in the API ({took:.1?} to create)"
+    ));
+    let mut result = SizeResult::new(size);
+    let sentinel = objects.sep_chain(
+        size - 1,
+        api::initial_endpoint(size - 1, api::ENDPOINTS - 1),
+    );
+    let (mut running, programmed) = program_all(ctx, &format!("{size}"), &sentinel)?;
+    result.programming = programmed;
+    std::thread::sleep(Duration::from_secs(3));
+    result.rss_steady = running
+        .iter()
+        .map(|r| r.as_ref().map(|r| r.stats().map(|s| s.rss)).transpose())
+        .collect::<Result<_, _>>()?;
+    // First connections before any change: kube-proxy rewrites KUBE-SERVICES (in a new
+    // order) on every sync.
+    let kind = api::Kind::ClusterIp;
+    let (first, last, known) = first_last(ctx, &running, kind, connect::Entry::ClusterIp, size)?;
+    result.upstream_order = known;
+    for (which, svc) in [("first", first), ("last", last)] {
+        measure_connects(
+            ctx,
+            &running,
+            which,
+            svc,
+            size,
+            &|_| format!("{}:{}", kind.cluster_ip(svc), api::SERVICE_PORT),
+            &mut result.connects,
+        )?;
+    }
+    if known {
+        let (f2, l2, _) = first_last(ctx, &running, kind, connect::Entry::ClusterIp, size)?;
+        result.order_stable = f2 == first && l2 == last;
+    } else {
+        result.order_stable = true;
+    }
+    result.changes = changes::single_changes(
+        ctx.runtime,
+        objects,
+        &mut running,
+        setup.options.changes,
+        size,
+    )?;
+    if let Some(k) = changes::knat_index(&setup.sides)
+        && let (Some(side), Some(last_change)) = (
+            setup.sides.get(k),
+            result.changes.get(k).and_then(|c| c.last()),
+        )
+    {
+        result.floor = Some(changes::floor(
+            ctx.me,
+            side,
+            &running,
+            last_change,
+            setup.options.floor_runs,
+            &setup.work,
+            size,
+        )?);
+    }
+    if setup.options.churn_sizes.contains(&size) {
+        let run = churn::churn(
+            ctx.runtime,
+            objects,
+            &running,
+            setup.options.churn_secs,
+            size,
+        )?;
+        result.churn = Some(run);
+        result.rss_end = running
+            .iter()
+            .map(|r| r.as_ref().map(|r| r.stats().map(|s| s.rss)).transpose())
+            .collect::<Result<_, _>>()?;
+    }
+    result.hwm = hwm(&running)?;
+    stop_all(running)?;
+    Ok(result)
 }
 
 /// `--program-only`: for each size, a cold start of each proxy (kube-proxy first) with a time
 /// limit, then, for knat, single endpoint changes. Prints a short table; a proxy that did not
 /// finish is reported as "> limit".
 fn program_only(
-    runtime: &tokio::runtime::Runtime,
+    ctx: &Ctx<'_>,
     objects: &Arc<api::Objects>,
-    launcher: &Launcher,
-    setup: &Setup,
     limit: Duration,
 ) -> Result<(), BenchError> {
+    let setup = ctx.setup;
     let mut rows = Vec::new();
     for &size in &setup.options.sizes {
-        let took = runtime.block_on(objects.grow_to(size))?;
+        let took = ctx.runtime.block_on(objects.grow_to(size))?;
         log(&format!(
             "{size} services x 10 endpoints in the API ({took:.1?} to create)"
         ));
-        let sentinel = api::sep_chain(
+        let sentinel = objects.sep_chain(
             size - 1,
             api::initial_endpoint(size - 1, api::ENDPOINTS - 1),
         );
         let mut times = Vec::new();
-        let mut knat = None;
+        let mut running = Vec::new();
         for side in &setup.sides {
-            proxy::flush(&side.namespace)?;
-            let mut r = launcher.start(side, &format!("only-{size}"))?;
+            proxy::flush(side)?;
+            let mut r = ctx.launcher.start(side, &format!("only-{size}"))?;
             let outcome = r.wait_chain(&sentinel, limit);
             let text = match &outcome {
                 Ok(t) => format!("{:.2}", t.as_secs_f64()),
@@ -622,29 +880,29 @@ fn program_only(
             ));
             times.push((text, outcome.ok()));
             if side.kind() == knat_testbed::control_plane::ProxyKind::Knat {
-                knat = Some(r);
+                running.push(Some(r));
             } else {
                 r.stop()?;
+                running.push(None);
             }
         }
-        let mut change = String::from("-");
-        if let Some(r) = knat {
-            let mut running = vec![r];
-            let mut result = SizeResult::new(size);
-            single_changes(runtime, objects, &mut running, setup, size, &mut result)?;
-            let mut ms: Vec<f64> = result
-                .changes
-                .iter()
-                .filter_map(|row| row.first().map(|c| c.0.as_secs_f64() * 1000.0))
-                .collect();
-            ms.sort_by(f64::total_cmp);
-            if let Some(m) = ms.get(ms.len() / 2) {
-                change = format!("{m:.0}");
-            }
-            for r in running {
-                r.stop()?;
-            }
-        }
+        let changes = changes::single_changes(
+            ctx.runtime,
+            objects,
+            &mut running,
+            setup.options.changes,
+            size,
+        )?;
+        let mut ms: Vec<f64> = changes
+            .iter()
+            .flatten()
+            .map(|c| c.latency.as_secs_f64() * 1000.0)
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        let change = ms
+            .get(ms.len() / 2)
+            .map_or("-".to_string(), |m| format!("{m:.0}"));
+        stop_all(running)?;
         let ratio = match (&times[0].1, times.get(1).and_then(|t| t.1)) {
             (Some(up), Some(kn)) => format!("{:.2}x", up.as_secs_f64() / kn.as_secs_f64()),
             (None, Some(kn)) => format!("> {:.0}x", limit.as_secs_f64() / kn.as_secs_f64()),
@@ -673,213 +931,4 @@ fn program_only(
         println!("{row}");
     }
     Ok(())
-}
-
-/// One endpoint change at a time: API write -> SEP chain in each node's kernel, and the bytes
-/// each proxy handed to iptables-restore for it.
-fn single_changes(
-    runtime: &tokio::runtime::Runtime,
-    objects: &api::Objects,
-    running: &mut [Running],
-    setup: &Setup,
-    size: usize,
-    result: &mut SizeResult,
-) -> Result<(), BenchError> {
-    for n in 0..setup.options.changes {
-        // Well past min-sync-period since the last sync of either proxy.
-        std::thread::sleep(Duration::from_secs(3));
-        let svc = (size / 2 + n as usize * 37) % size;
-        let wall = sys::epoch_now();
-        let start = Instant::now();
-        let ip = runtime.block_on(objects.change_endpoint(svc, 0))?;
-        let chain = api::sep_chain(svc, ip);
-        let mut seen: Vec<Option<Duration>> = vec![None; running.len()];
-        while seen.iter().any(Option::is_none) && start.elapsed() < CHANGE_TIMEOUT {
-            for (r, slot) in running.iter_mut().zip(seen.iter_mut()) {
-                if slot.is_none() {
-                    *slot = r
-                        .payloads
-                        .programmed(&chain, wall)
-                        .map(|end| Duration::from_secs_f64((end - wall).max(0.0)));
-                }
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let seen: Vec<Result<Duration, BenchError>> = running
-            .iter()
-            .zip(seen)
-            .map(|(r, s)| {
-                s.ok_or_else(|| BenchError::Timeout {
-                    what: format!("{chain} from {}", r.side.label),
-                    waited: CHANGE_TIMEOUT,
-                })
-            })
-            .collect();
-        // Let the wrapper log the calls (it writes after iptables-restore returns).
-        std::thread::sleep(Duration::from_millis(1500));
-        let mut row = Vec::new();
-        for (r, s) in running.iter().zip(seen) {
-            let latency = s?;
-            let calls: Vec<_> = r.restores().into_iter().filter(|c| c.end >= wall).collect();
-            let bytes: u64 = calls.iter().map(|c| c.bytes).sum();
-            log(&format!(
-                "{}: endpoint change {n} (svc-{svc}): {latency:.0?}, {bytes} bytes in {} restore(s)",
-                r.side.label,
-                calls.len()
-            ));
-            row.push((latency, bytes, calls.len()));
-        }
-        result.changes.push(row);
-    }
-    Ok(())
-}
-
-/// A sampled churn change waiting to show up.
-struct Pending {
-    chain: String,
-    /// Just before the API write, seconds since the epoch.
-    written: f64,
-}
-
-/// 50 endpoint changes per second; every 10th is sampled: API write -> SEP chain visible.
-fn churn(
-    runtime: &tokio::runtime::Runtime,
-    objects: &Arc<api::Objects>,
-    running: &[Running],
-    setup: &Setup,
-    size: usize,
-    result: &mut SizeResult,
-) -> Result<(), BenchError> {
-    let secs = setup.options.churn_secs;
-    if secs == 0 {
-        return Ok(());
-    }
-    std::thread::sleep(Duration::from_secs(3));
-    let before: Vec<_> = running
-        .iter()
-        .map(Running::stats)
-        .collect::<Result<_, _>>()?;
-    let total = secs * CHURN_RATE;
-    let mut senders = Vec::new();
-    let mut pollers = Vec::new();
-    let deadline_after = Duration::from_secs(secs + 60);
-    let begin = Instant::now();
-    for r in running {
-        let (tx, rx) = mpsc::channel::<Pending>();
-        senders.push(tx);
-        let index = payloads::PayloadIndex::new(r.restore_log.clone());
-        pollers.push(std::thread::spawn(move || {
-            poll_pending(index, &rx, begin + deadline_after)
-        }));
-    }
-    let errors = runtime.block_on(async {
-        let mut ticker = tokio::time::interval(Duration::from_millis(1000 / CHURN_RATE));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        let mut tasks = tokio::task::JoinSet::new();
-        for k in 0..total {
-            ticker.tick().await;
-            let svc = ((k as usize) * 7919 + 13) % size;
-            let slot = (k as usize) % api::ENDPOINTS;
-            let senders = if k % SAMPLE_EVERY == 0 {
-                senders.clone()
-            } else {
-                Vec::new()
-            };
-            let objects = Arc::clone(objects);
-            tasks.spawn(async move {
-                let written = sys::epoch_now();
-                let ip = objects.change_endpoint(svc, slot).await?;
-                let chain = api::sep_chain(svc, ip);
-                for tx in &senders {
-                    let _ = tx.send(Pending {
-                        chain: chain.clone(),
-                        written,
-                    });
-                }
-                Ok::<(), BenchError>(())
-            });
-        }
-        let mut errors = 0u32;
-        while let Some(done) = tasks.join_next().await {
-            if !matches!(done, Ok(Ok(()))) {
-                errors += 1;
-            }
-        }
-        errors
-    });
-    let issued = begin.elapsed();
-    drop(senders);
-    let mut lat = Vec::new();
-    for handle in pollers {
-        lat.push(handle.join().unwrap_or_default());
-    }
-    let after: Vec<_> = running
-        .iter()
-        .map(Running::stats)
-        .collect::<Result<_, _>>()?;
-    let window = begin.elapsed();
-    log(&format!(
-        "churn: {total} changes issued in {issued:.1?} ({errors} failed); measured over {window:.1?}"
-    ));
-    for (i, r) in running.iter().enumerate() {
-        let (samples, missing) = lat.get(i).cloned().unwrap_or_default();
-        let mut sorted = samples;
-        sorted.sort_by(f64::total_cmp);
-        let cpu_self = after[i].cpu_self - before[i].cpu_self;
-        let cpu_children = after[i].cpu_children - before[i].cpu_children;
-        let latency = Latency::from_sorted(&sorted, missing);
-        log(&format!(
-            "{}: churn latency p50 {:.0} ms p99 {:.0} ms ({} samples, {missing} not seen); CPU {cpu_self:.1} s + children {cpu_children:.1} s",
-            r.side.label,
-            latency.p50,
-            latency.p99,
-            sorted.len()
-        ));
-        result.churn.push(report::Churn {
-            latency,
-            cpu_self,
-            cpu_children,
-        });
-    }
-    result.churn_issued = issued;
-    result.churn_window = window;
-    result.churn_errors = errors;
-    Ok(())
-}
-
-/// Polls a node for the pending chains until the channel closes and nothing is pending (or
-/// the deadline passes); returns the latencies in milliseconds and how many were never seen.
-fn poll_pending(
-    mut index: payloads::PayloadIndex,
-    rx: &mpsc::Receiver<Pending>,
-    deadline: Instant,
-) -> (Vec<f64>, usize) {
-    let mut pending: Vec<Pending> = Vec::new();
-    let mut done = Vec::new();
-    let mut closed = false;
-    loop {
-        loop {
-            match rx.try_recv() {
-                Ok(p) => pending.push(p),
-                Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    closed = true;
-                    break;
-                }
-            }
-        }
-        if (closed && pending.is_empty()) || Instant::now() > deadline {
-            break;
-        }
-        index.refresh();
-        pending.retain(|p| match index.programmed(&p.chain, p.written) {
-            Some(end) => {
-                done.push((end - p.written).max(0.0) * 1000.0);
-                false
-            }
-            None => true,
-        });
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (done, pending.len())
 }

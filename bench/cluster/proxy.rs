@@ -21,6 +21,9 @@ pub struct Side {
     /// The node's network namespace.
     pub namespace: String,
     pub kubeconfig: PathBuf,
+    /// The node's own xtables lock file (`XTABLES_LOCKFILE`): real nodes do not share
+    /// `/run/xtables.lock`, so neither proxy's legacy restores wait for the other's.
+    pub lock_file: PathBuf,
 }
 
 impl Side {
@@ -110,6 +113,7 @@ impl Launcher {
                 "PATH={}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                 wrap.display()
             ),
+            format!("{}={}", sys::LOCK_ENV, side.lock_file.display()),
             program.display().to_string(),
         ];
         // knat's backend flag (the e2e options say nft) follows the run's backend.
@@ -148,6 +152,11 @@ impl Running {
         sys::restore_calls(&self.restore_log)
     }
 
+    /// SIGCONT: a proxy stopped for another's measurement (see `changes`) runs again.
+    pub fn resume(&self) {
+        sys::signal_pause(self.daemon.pid(), false);
+    }
+
     /// Waits until a restore that declares `chain` has returned successfully; returns the time
     /// from the proxy's start to the end of that restore.
     pub fn wait_chain(&mut self, chain: &str, timeout: Duration) -> Result<Duration, BenchError> {
@@ -180,10 +189,11 @@ impl Running {
     /// the node namespace only), so the next start is cold.
     pub fn stop(mut self) -> Result<(), BenchError> {
         if self.daemon.is_running() {
+            self.resume();
             sys::kill_descendants(self.daemon.pid());
         }
         self.daemon.stop();
-        flush(&self.side.namespace)
+        flush(&self.side)
     }
 }
 
@@ -192,19 +202,26 @@ impl Drop for Running {
         // On an error path: no wrapper or iptables-restore may outlive the run. Only while
         // the proxy is our unreaped child, so its PID cannot belong to anyone else.
         if self.daemon.is_running() {
+            self.resume();
             sys::kill_descendants(self.daemon.pid());
         }
     }
 }
 
-/// Removes every rule of the run's backend in a (lab) namespace.
-pub fn flush(namespace: &str) -> Result<(), BenchError> {
+/// Removes every rule of the run's backend in a side's (lab) namespace.
+pub fn flush(side: &Side) -> Result<(), BenchError> {
+    let namespace = side.namespace.as_str();
     match sys::IptBackend::current() {
         sys::IptBackend::Nft => sys::netns_run(namespace, "nft", &["flush", "ruleset"]).map(drop),
         sys::IptBackend::Legacy => {
             for table in ["nat", "filter", "mangle"] {
                 for op in ["-F", "-X"] {
-                    sys::netns_run(namespace, "iptables-legacy", &["-t", table, op])?;
+                    sys::netns_run_locked(
+                        namespace,
+                        &side.lock_file,
+                        "iptables-legacy",
+                        &["-t", table, op],
+                    )?;
                 }
             }
             Ok(())

@@ -76,6 +76,25 @@ pub fn netns_run(namespace: &str, program: &str, args: &[&str]) -> Result<String
     }
 }
 
+/// Like [`netns_run`], with `XTABLES_LOCKFILE=lock` in the environment: iptables 1.8.9's
+/// legacy front-ends (and `iptables-legacy-restore`) take their xtables lock on that file
+/// instead of `/run/xtables.lock`, so each lab node has a lock of its own, as a real node
+/// does (iptables-nft takes no such lock).
+pub fn netns_run_locked(
+    namespace: &str,
+    lock: &Path,
+    program: &str,
+    args: &[&str],
+) -> Result<String, BenchError> {
+    let env = format!("{LOCK_ENV}={}", lock.display());
+    let mut full = vec![env.as_str(), program];
+    full.extend_from_slice(args);
+    netns_run(namespace, "env", &full)
+}
+
+/// The environment variable iptables reads for its lock file's path.
+pub const LOCK_ENV: &str = "XTABLES_LOCKFILE";
+
 /// The iptables backend both proxies use in a run (`--backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum IptBackend {
@@ -217,11 +236,15 @@ pub struct RestoreCall {
     pub exit: i32,
     /// The payload, kept by the wrapper (see `payloads`).
     pub payload: Option<PathBuf>,
+    /// Wall-clock start of the real restore (after the wrapper staged the payload).
+    pub start: Option<f64>,
+    /// The arguments the proxy passed (e.g. `-w 5 -W 100000 --noflush --counters`).
+    pub args: Vec<String>,
 }
 
 /// Writes wrapper scripts named `names` into `dir` that record each call's end time, payload
-/// size, exit code and payload file in `log` and run `real` with the same arguments and
-/// payload. The payload is staged in a file in `dir` and kept (the benchmark reads which chains
+/// size, exit code, payload file, the real restore's start time and the arguments in `log`
+/// and run `real` with the same arguments and payload. The payload is staged in a file in `dir` and kept (the benchmark reads which chains
 /// it declares), so the wrapper adds the same small cost to both proxies.
 pub fn write_restore_wrapper(
     dir: &Path,
@@ -246,9 +269,10 @@ pub fn write_restore_wrapper(
          cat > \"$t\"\n\
          n=$(wc -c < \"$t\")\n\
          {zero}\
+         s=$(date +%s.%N)\n\
          {real} \"$@\" < \"$t\"\n\
          rc=$?\n\
-         echo \"$(date +%s.%N) $n $rc $t\" >> '{log}'\n\
+         echo \"$(date +%s.%N) $n $rc $t $s $*\" >> '{log}'\n\
          exit $rc\n",
         dir = dir.display(),
         log = log.display(),
@@ -274,6 +298,8 @@ pub fn restore_calls(log: &Path) -> Vec<RestoreCall> {
                 bytes: it.next()?.parse().ok()?,
                 exit: it.next()?.parse().ok()?,
                 payload: it.next().map(PathBuf::from),
+                start: it.next().and_then(|t| t.parse().ok()),
+                args: it.map(str::to_string).collect(),
             })
         })
         .collect()
@@ -325,6 +351,63 @@ pub fn helper_connect(addr: &str, count: &str) -> Result<(), BenchError> {
         writeln!(out, "{line}").map_err(io_err("write a sample"))?;
     }
     Ok(())
+}
+
+/// `helper-replay PAYLOAD COUNT GAP_MS LOCK PROGRAM ARGS...`: runs `PROGRAM ARGS...` COUNT
+/// times, each with PAYLOAD on stdin and `XTABLES_LOCKFILE=LOCK`, each after GAP_MS of idle
+/// (the gap a measured change follows, so that no replay profits from the previous one's warm
+/// kernel allocations); prints one line
+/// per run: its wall time in milliseconds (spawn to exit). Any failing run is an error (its
+/// stderr attached). Runs inside the node namespace, so no `ip netns exec` is timed.
+pub fn helper_replay(args: &[String]) -> Result<(), BenchError> {
+    let [payload, count, gap_ms, lock, program, rest @ ..] = args else {
+        return Err(BenchError::Usage(
+            "helper-replay PAYLOAD COUNT GAP_MS LOCK PROGRAM ARGS...".into(),
+        ));
+    };
+    let gap = std::time::Duration::from_millis(
+        gap_ms
+            .parse()
+            .map_err(|e| BenchError::Usage(format!("bad gap {gap_ms:?}: {e}")))?,
+    );
+    let count: u32 = count
+        .parse()
+        .map_err(|e| BenchError::Usage(format!("bad count {count:?}: {e}")))?;
+    let mut out = std::io::stdout().lock();
+    for _ in 0..count.min(1000) {
+        std::thread::sleep(gap);
+        let input = std::fs::File::open(payload).map_err(io_err(format!("open {payload}")))?;
+        let start = Instant::now();
+        let result = Command::new(program)
+            .args(rest)
+            .env(LOCK_ENV, lock)
+            .stdin(Stdio::from(input))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(io_err(format!("run {program}")))?;
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        if !result.status.success() {
+            return Err(BenchError::Command {
+                command: format!("{program} {} < {payload}", rest.join(" ")),
+                detail: String::from_utf8_lossy(&result.stderr).trim().to_string(),
+            });
+        }
+        writeln!(out, "{ms:.2}").map_err(io_err("write a sample"))?;
+    }
+    Ok(())
+}
+
+/// Sends SIGSTOP (`pause`) or SIGCONT to a process the benchmark started, by its PID.
+pub fn signal_pause(pid: u32, pause: bool) {
+    let signal = if pause {
+        nix::sys::signal::Signal::SIGSTOP
+    } else {
+        nix::sys::signal::Signal::SIGCONT
+    };
+    if let Ok(p) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), signal);
+    }
 }
 
 /// This program's own path (for re-running itself inside namespaces).

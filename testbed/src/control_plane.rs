@@ -350,6 +350,17 @@ impl ControlPlane {
         options: ControlPlaneOptions,
         service_cidr: &str,
     ) -> Result<ControlPlane, ControlPlaneError> {
+        ControlPlane::start_with_apiserver_args(options, service_cidr, &[])
+    }
+
+    /// As [`start_with_service_cidr`](Self::start_with_service_cidr), with `apiserver_extra`
+    /// appended to kube-apiserver's arguments from its first start on (and kept on restarts):
+    /// the cluster benchmark widens `--service-node-port-range` so 10,000 NodePorts fit.
+    pub fn start_with_apiserver_args(
+        options: ControlPlaneOptions,
+        service_cidr: &str,
+        apiserver_extra: &[&str],
+    ) -> Result<ControlPlane, ControlPlaneError> {
         let n = CONTROL_PLANE_COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("knat-cp-{}-{n}", std::process::id()));
         std::fs::create_dir_all(dir.join("etcd"))
@@ -364,7 +375,7 @@ impl ControlPlane {
             scheduler: None,
             admin,
             service_cidr: service_cidr.to_string(),
-            apiserver_extra: Vec::new(),
+            apiserver_extra: apiserver_extra.iter().map(|a| a.to_string()).collect(),
         };
         cp.generate_pki()?;
         cp.write_kubeconfig("admin", "kubernetes-admin", &["system:masters"])?;
