@@ -22,6 +22,7 @@
 //! payload) is pure and unit-tested here.
 
 pub mod conntrack;
+pub mod netlink_wire;
 pub mod nfacct;
 pub mod nft_chains;
 pub mod random_fully;

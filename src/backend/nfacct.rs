@@ -24,6 +24,11 @@ use nix::sys::socket::{
 };
 use nix::sys::time::TimeVal;
 
+use super::netlink_wire::{
+    NFGENMSG_LEN, NLA_TYPE_MASK, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, align4,
+    u16_at, u32_at,
+};
+
 /// The counter of the KUBE-FORWARD conntrack-INVALID drop (upstream's name).
 pub const CT_STATE_INVALID_DROPPED: &str = "ct_state_invalid_dropped_pkts";
 /// The counter of the localhost NodePort accept rules (upstream's name).
@@ -39,14 +44,8 @@ const NFNL_MSG_ACCT_GET: u16 = 1;
 const NFACCT_NAME: u16 = 1;
 const NFACCT_PKTS: u16 = 2;
 const NFACCT_BYTES: u16 = 3;
-const NLA_TYPE_MASK: u16 = 0x3fff;
-const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLMSG_HDRLEN: usize = 16;
-const NFGENMSG_LEN: usize = 4;
 /// How long one request may wait for the kernel's answer.
 const RECV_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -95,10 +94,6 @@ pub enum Reply {
     Incomplete(Vec<Counter>),
 }
 
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
 /// The bytes of one request: `nlmsghdr`, `nfgenmsg`, and the `NFACCT_NAME` attribute.
 pub fn request(command: u16, flags: u16, seq: u32, name: &str) -> Vec<u8> {
     let attr_len = 4 + name.len() + 1;
@@ -117,14 +112,6 @@ pub fn request(command: u16, flags: u16, seq: u32, name: &str) -> Vec<u8> {
     out.push(0);
     out.resize(total, 0);
     out
-}
-
-fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
 }
 
 /// Decodes the attributes of one nfacct message (after `nfgenmsg`).
@@ -331,6 +318,7 @@ impl Nfacct {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::netlink_wire::attribute;
 
     fn header(len: usize, kind: u16, seq: u32) -> Vec<u8> {
         let mut out = Vec::new();
@@ -342,24 +330,15 @@ mod tests {
         out
     }
 
-    fn attr(kind: u16, data: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
-        out.extend_from_slice(&kind.to_ne_bytes());
-        out.extend_from_slice(data);
-        out.resize(align4(out.len()), 0);
-        out
-    }
-
     /// A counter message as the kernel sends it (`NFACCT_USE` included, to be skipped).
     fn counter_message(seq: u32, name: &str, packets: u64, bytes: u64) -> Vec<u8> {
         let mut body = vec![0, 0, 0, 0];
         let mut text = name.as_bytes().to_vec();
         text.push(0);
-        body.extend(attr(NFACCT_NAME, &text));
-        body.extend(attr(NFACCT_PKTS, &packets.to_be_bytes()));
-        body.extend(attr(NFACCT_BYTES, &bytes.to_be_bytes()));
-        body.extend(attr(4, &1u32.to_be_bytes()));
+        body.extend(attribute(NFACCT_NAME, &text));
+        body.extend(attribute(NFACCT_PKTS, &packets.to_be_bytes()));
+        body.extend(attribute(NFACCT_BYTES, &bytes.to_be_bytes()));
+        body.extend(attribute(4, &1u32.to_be_bytes()));
         let mut out = header(NLMSG_HDRLEN + body.len(), NFNL_SUBSYS_ACCT << 8, seq);
         out.extend(body);
         out
@@ -439,7 +418,7 @@ mod tests {
         assert!(parse_replies(&truncated, 5, Vec::new()).is_err());
         // A counter without its packet count.
         let mut body = vec![0, 0, 0, 0];
-        body.extend(attr(NFACCT_NAME, b"x\0"));
+        body.extend(attribute(NFACCT_NAME, b"x\0"));
         let mut message = header(NLMSG_HDRLEN + body.len(), NFNL_SUBSYS_ACCT << 8, 5);
         message.extend(body);
         assert!(matches!(

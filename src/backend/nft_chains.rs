@@ -27,6 +27,11 @@ use nix::sys::socket::{
 };
 use nix::sys::time::TimeVal;
 
+use super::netlink_wire::{
+    NFGENMSG_LEN, NLA_TYPE_MASK, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, align4,
+    u16_at, u32_at,
+};
+
 use crate::model::IpFamily;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -34,16 +39,10 @@ const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_GETCHAIN: u16 = 4;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
-const NLA_TYPE_MASK: u16 = 0x3fff;
-const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP_INTR: u16 = 0x10;
 const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_NOOP: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 const NLMSG_OVERRUN: u16 = 4;
-const NLMSG_HDRLEN: usize = 16;
-const NFGENMSG_LEN: usize = 4;
 const NFPROTO_IPV4: u8 = 2;
 const NFPROTO_IPV6: u8 = 10;
 
@@ -92,18 +91,6 @@ pub struct Dump {
     pub chains: Vec<(String, String)>,
     /// A message carried `NLM_F_DUMP_INTR`: the listing may be inconsistent, start again.
     pub interrupted: bool,
-}
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
 }
 
 fn nfproto(family: IpFamily) -> u8 {
@@ -299,6 +286,7 @@ pub fn dump_chains(family: IpFamily) -> Result<Vec<(String, String)>, NftChainsE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::netlink_wire::attribute;
 
     /// One netlink message: header, then `payload`, padded.
     fn message(kind: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
@@ -310,15 +298,6 @@ mod tests {
         out.extend_from_slice(&seq.to_ne_bytes());
         out.extend_from_slice(&0u32.to_ne_bytes());
         out.extend_from_slice(payload);
-        out.resize(align4(out.len()), 0);
-        out
-    }
-
-    fn attribute(kind: u16, data: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
-        out.extend_from_slice(&kind.to_ne_bytes());
-        out.extend_from_slice(data);
         out.resize(align4(out.len()), 0);
         out
     }
