@@ -28,6 +28,8 @@ pub const TARGET_PORT: u16 = 9000;
 pub const SERVICE_PORT: u16 = 80;
 /// Parallel API requests during bulk creation.
 const CONCURRENCY: usize = 24;
+/// Bulk creation logs its progress every this many Services.
+const PROGRESS_EVERY: usize = 5_000;
 
 /// The first NodePort of the LoadBalancer set (`lb-N` has `20000 + N`).
 pub const NODE_PORT_BASE: u16 = 20000;
@@ -239,6 +241,78 @@ impl Objects {
         }
     }
 
+    /// Takes over the Services and slices of this set that are already in the API (an etcd
+    /// state restored from an earlier run, see `--api-state-cache`), reading each slice's
+    /// endpoint addresses as that run left them. They must be exactly Services `0..expected`.
+    /// Fresh addresses then continue after the highest one in use.
+    pub async fn adopt(&self, expected: usize) -> Result<std::time::Duration, BenchError> {
+        let start = Instant::now();
+        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), NS);
+        let mut params = kube::api::ListParams::default()
+            .labels("endpointslice.kubernetes.io/managed-by=knat-bench")
+            .limit(2_000);
+        let mut found: Vec<Option<Vec<Ipv4Addr>>> = vec![None; expected];
+        let mut extra = Vec::new();
+        let mut fresh_next = 0u32;
+        let fresh_base = u32::from(fresh_endpoint(0));
+        loop {
+            let page = slices.list(&params).await.map_err(|e| BenchError::Api {
+                what: "list the benchmark's EndpointSlices".into(),
+                detail: e.to_string(),
+            })?;
+            for slice in &page.items {
+                let name = slice.metadata.name.clone().unwrap_or_default();
+                let index = name
+                    .strip_suffix("-bench")
+                    .and_then(|n| n.strip_prefix(self.kind.prefix()))
+                    .and_then(|n| n.strip_prefix('-'))
+                    .and_then(|n| n.parse::<usize>().ok());
+                let Some(i) = index else { continue };
+                let ips = slice
+                    .endpoints
+                    .iter()
+                    .flatten()
+                    .flat_map(|e| e.addresses.iter())
+                    .map(|a| a.parse::<Ipv4Addr>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| BenchError::Api {
+                        what: format!("the addresses of slice {name}"),
+                        detail: e.to_string(),
+                    })?;
+                for ip in &ips {
+                    let n = u32::from(*ip).wrapping_sub(fresh_base);
+                    if n < (1 << 20) {
+                        fresh_next = fresh_next.max(n + 1);
+                    }
+                }
+                match found.get_mut(i) {
+                    Some(slot) => *slot = Some(ips),
+                    None => extra.push(name),
+                }
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
+            }
+        }
+        let missing = found.iter().filter(|f| f.is_none()).count();
+        if missing > 0 || !extra.is_empty() {
+            return Err(BenchError::Api {
+                what: "the restored API state".into(),
+                detail: format!(
+                    "expected the slices of {} Services 0..{expected}: {missing} missing, {} \
+                     more (e.g. {:?}); remove the cached state and run again",
+                    self.kind.prefix(),
+                    extra.len(),
+                    extra.first()
+                ),
+            });
+        }
+        FRESH.fetch_max(fresh_next, std::sync::atomic::Ordering::SeqCst);
+        *self.lock() = found.into_iter().flatten().collect();
+        Ok(start.elapsed())
+    }
+
     /// Creates Services (and their slices) up to `total`; the ones `real` lists get the
     /// given endpoints instead of the generated ones. Returns the time it took.
     pub async fn grow_to(&self, total: usize) -> Result<std::time::Duration, BenchError> {
@@ -255,10 +329,12 @@ impl Objects {
             let ips: Vec<Ipv4Addr> = (0..ENDPOINTS).map(|j| initial_endpoint(i, j)).collect();
             all.push((i, service(kind, i)?, slice(kind, i, &ips)?, ips));
         }
+        let progress = Progress::new(from, total);
         let created: Vec<(usize, Vec<Ipv4Addr>)> = futures::stream::iter(all)
             .map(|(i, svc, sl, ips)| {
                 let services = services.clone();
                 let slices = slices.clone();
+                let progress = &progress;
                 async move {
                     // Slice first: a proxy seeing the Service sees its endpoints at once.
                     let name = kind.service_name(i);
@@ -267,6 +343,7 @@ impl Objects {
                     if kind == Kind::LoadBalancer {
                         set_ingress(&services, &name, vip(i)).await?;
                     }
+                    progress.one_done();
                     Ok::<_, BenchError>((i, ips))
                 }
             })
@@ -339,6 +416,53 @@ async fn set_ingress(api: &Api<Service>, name: &str, vip: Ipv4Addr) -> Result<()
         what: format!("set the ingress of {name}"),
         detail: last,
     })
+}
+
+/// Bulk creation's progress: every [`PROGRESS_EVERY`] Services, a log line with the count and
+/// the rate of the last stretch (so a rate that falls as the API grows shows where).
+struct Progress {
+    start: Instant,
+    done: std::sync::atomic::AtomicUsize,
+    from: usize,
+    total: usize,
+    last: Mutex<Instant>,
+}
+
+impl Progress {
+    fn new(from: usize, total: usize) -> Self {
+        let now = Instant::now();
+        Progress {
+            start: now,
+            done: std::sync::atomic::AtomicUsize::new(0),
+            from,
+            total,
+            last: Mutex::new(now),
+        }
+    }
+
+    fn one_done(&self) {
+        let done = self.done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if !done.is_multiple_of(PROGRESS_EVERY) && self.from + done != self.total {
+            return;
+        }
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stretch = last.elapsed().as_secs_f64();
+        *last = Instant::now();
+        let stretch_count = match done % PROGRESS_EVERY {
+            0 => PROGRESS_EVERY,
+            rest => rest,
+        };
+        crate::log(&format!(
+            "created {} of {} Services ({:.0?} so far, last {stretch_count} at {:.0}/s)",
+            self.from + done,
+            self.total,
+            self.start.elapsed(),
+            stretch_count as f64 / stretch.max(1e-3),
+        ));
+    }
 }
 
 /// Deletes one object (absent is fine), with a few retries.

@@ -20,7 +20,7 @@
 //!         [--lb-sizes 100,10000|none] [--churn-sizes 10000] [--churn-secs 60]
 //!         [--samples 200] [--changes 5] [--floor-runs 7] [--program-timeout 600]
 //!         [--min-sync 1s] [--no-doc] [--backend nft|legacy] [--program-only SECS]
-//!         [--upstream-bulk-zero]
+//!         [--upstream-bulk-zero] [--section NAME] [--api-state-cache DIR]
 
 mod api;
 mod changes;
@@ -80,6 +80,12 @@ struct Options {
     /// otherwise spends over 300 s in iptables-nft's chain bookkeeping); the full-programming
     /// ratio is then not against stock kube-proxy and the table says so.
     upstream_bulk_zero: bool,
+    /// `--section NAME`: the table goes between the markers `BACKEND-NAME` instead of
+    /// `BACKEND` (a run of other sizes that keeps the backend's main table).
+    section: Option<String>,
+    /// `--api-state-cache DIR`: the API's objects for the run's one size are kept in DIR (etcd's
+    /// data directory, saved after a run that created them, restored before later runs).
+    api_state_cache: Option<PathBuf>,
 }
 
 impl Options {
@@ -99,6 +105,8 @@ impl Options {
             backend: sys::IptBackend::Nft,
             program_only: None,
             upstream_bulk_zero: false,
+            section: None,
+            api_state_cache: None,
             args: args.join(" "),
         };
         let mut it = args.iter();
@@ -143,6 +151,18 @@ impl Options {
                     o.doc = None;
                 }
                 "--upstream-bulk-zero" => o.upstream_bulk_zero = true,
+                "--api-state-cache" => o.api_state_cache = Some(PathBuf::from(value(flag)?)),
+                "--section" => {
+                    let name = value(flag)?;
+                    if name.is_empty()
+                        || !name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                    {
+                        return Err(bad(flag, &format!("{name:?} (letters, digits, - and _)")));
+                    }
+                    o.section = Some(name);
+                }
                 "--backend" => {
                     o.backend = match value(flag)?.as_str() {
                         "nft" => sys::IptBackend::Nft,
@@ -166,6 +186,11 @@ impl Options {
                 api::MAX_LB,
                 api::NODE_PORT_RANGE
             )));
+        }
+        if o.api_state_cache.is_some() && (o.sizes.len() != 1 || !o.lb_sizes.is_empty()) {
+            return Err(BenchError::Usage(
+                "--api-state-cache needs exactly one --sizes value and --lb-sizes none".into(),
+            ));
         }
         if o.floor_runs == 0 {
             return Err(BenchError::Usage("--floor-runs: at least 1".into()));
@@ -195,6 +220,8 @@ struct Setup {
     node_ips: Vec<String>,
     machine: String,
     versions: String,
+    /// The API already holds the run's Services (restored from `--api-state-cache`).
+    adopt: bool,
 }
 
 fn main() -> ExitCode {
@@ -294,7 +321,15 @@ fn harness(options: &Options) -> Result<(), BenchError> {
     let address = lab.scenario().fabric_gateway(Family::V4);
     // The NodePort range widened so that the LoadBalancer set's NodePorts fit (20000 + N).
     let node_port_range = format!("--service-node-port-range={}", api::NODE_PORT_RANGE);
-    let cp = ControlPlane::start_with_apiserver_args(
+    let state = api_state(options, &binaries);
+    let seed = state.as_ref().filter(|p| p.is_dir());
+    if let Some(seed) = seed {
+        log(&format!(
+            "restoring the API's objects from {}",
+            seed.display()
+        ));
+    }
+    let mut cp = ControlPlane::start_seeded(
         ControlPlaneOptions {
             binaries: binaries.clone(),
             namespace: lab.fabric_namespace(),
@@ -304,6 +339,7 @@ fn harness(options: &Options) -> Result<(), BenchError> {
         },
         knat_testbed::control_plane::SERVICE_CIDR,
         &[node_port_range.as_str()],
+        seed.map(PathBuf::as_path),
     )?;
     log(&format!(
         "lab and control plane ready in {:.1?}",
@@ -426,6 +462,7 @@ fn harness(options: &Options) -> Result<(), BenchError> {
         pod_namespaces,
         node_ips,
         machine: machine_description(),
+        adopt: seed.is_some(),
         versions: format!(
             "{kube_proxy_version} (built from source by scripts/build-k8s.sh); knat {commit}{}",
             if dirty {
@@ -446,6 +483,19 @@ fn harness(options: &Options) -> Result<(), BenchError> {
         .arg(&setup_path)
         .status()
         .map_err(io_err("run the driver"))?;
+    if let Some(state) = state
+        .as_ref()
+        .filter(|_| status.success() && seed.is_none())
+    {
+        let t = Instant::now();
+        let bytes = cp.save_etcd_state(state)?;
+        log(&format!(
+            "saved the API's objects ({:.0} MiB of etcd data) as {} in {:.1?}",
+            bytes as f64 / 1048576.0,
+            state.display(),
+            t.elapsed()
+        ));
+    }
     drop(cp);
     lab.teardown()?;
     if status.success() {
@@ -456,6 +506,20 @@ fn harness(options: &Options) -> Result<(), BenchError> {
             detail: status.to_string(),
         })
     }
+}
+
+/// Where `--api-state-cache` keeps the objects of this run's one size: per Kubernetes build
+/// and size (`DIR/<k8s build>-clusterip-<size>`).
+fn api_state(options: &Options, binaries: &K8sBinaries) -> Option<PathBuf> {
+    let dir = options.api_state_cache.as_ref()?;
+    let size = options.sizes.first()?;
+    let build = binaries
+        .dir()
+        .parent()
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "k8s".into());
+    Some(dir.join(format!("{build}-clusterip-{size}")))
 }
 
 /// The driver: runs inside the fabric namespace (where the API server is reachable).
@@ -480,6 +544,12 @@ fn driver(setup_path: &Path) -> Result<(), BenchError> {
         })?;
     let objects = Arc::new(api::Objects::new(client.clone(), api::Kind::ClusterIp));
     runtime.block_on(objects.create_namespace())?;
+    if let (true, Some(&size)) = (setup.adopt, setup.options.sizes.first()) {
+        let took = runtime.block_on(objects.adopt(size))?;
+        log(&format!(
+            "{size} Services already in the API (restored state), read in {took:.1?}"
+        ));
+    }
     let me = sys::self_exe()?;
     // The listeners behind every endpoint address.
     let mut listeners = Vec::new();
@@ -575,7 +645,11 @@ fn full_run(
     let table = report.render();
     println!("{table}");
     if let Some(doc) = &setup.options.doc {
-        report::write_doc(doc, setup.options.backend.name(), &table)?;
+        let key = match &setup.options.section {
+            Some(name) => format!("{}-{name}", setup.options.backend.name()),
+            None => setup.options.backend.name().to_string(),
+        };
+        report::write_doc(doc, &key, &table)?;
         log(&format!("wrote {}", doc.display()));
     }
     Ok(())

@@ -361,10 +361,25 @@ impl ControlPlane {
         service_cidr: &str,
         apiserver_extra: &[&str],
     ) -> Result<ControlPlane, ControlPlaneError> {
+        ControlPlane::start_seeded(options, service_cidr, apiserver_extra, None)
+    }
+
+    /// As [`start_with_apiserver_args`](Self::start_with_apiserver_args), with etcd's data
+    /// directory first filled from `etcd_seed` (a copy [`save_etcd_state`](Self::save_etcd_state)
+    /// made), so the API starts with the objects of an earlier run.
+    pub fn start_seeded(
+        options: ControlPlaneOptions,
+        service_cidr: &str,
+        apiserver_extra: &[&str],
+        etcd_seed: Option<&Path>,
+    ) -> Result<ControlPlane, ControlPlaneError> {
         let n = CONTROL_PLANE_COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("knat-cp-{}-{n}", std::process::id()));
         std::fs::create_dir_all(dir.join("etcd"))
             .map_err(io_err(format!("create {}", dir.display())))?;
+        if let Some(seed) = etcd_seed {
+            crate::etcd_state::restore(seed, &dir.join("etcd"))?;
+        }
         let admin = dir.join("admin.kubeconfig");
         let mut cp = ControlPlane {
             options,
@@ -971,9 +986,15 @@ impl ControlPlane {
             .join("\n")
     }
 
-    /// Stops every component (controller manager, API server, etcd) and removes the scratch
-    /// directory unless `KNAT_E2E_KEEP` is set.
-    pub fn shutdown(&mut self) {
+    /// Stops every component cleanly and saves etcd's data directory as `cache` (unless that
+    /// exists already; see [`crate::etcd_state`]). Returns the bytes copied (0: kept the old).
+    /// The control plane is then stopped; dropping it removes the scratch directory.
+    pub fn save_etcd_state(&mut self, cache: &Path) -> Result<u64, ControlPlaneError> {
+        self.stop_components();
+        crate::etcd_state::save(&self.dir.join("etcd"), cache)
+    }
+
+    fn stop_components(&mut self) {
         for daemon in [
             self.scheduler.take(),
             self.controller_manager.take(),
@@ -986,6 +1007,12 @@ impl ControlPlane {
             let mut daemon = daemon;
             daemon.stop();
         }
+    }
+
+    /// Stops every component (controller manager, API server, etcd) and removes the scratch
+    /// directory unless `KNAT_E2E_KEEP` is set.
+    pub fn shutdown(&mut self) {
+        self.stop_components();
         if std::env::var_os("KNAT_E2E_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
