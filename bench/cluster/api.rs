@@ -167,6 +167,9 @@ pub struct Objects {
     pub kind: Kind,
     /// Endpoint addresses per Service, as last written.
     endpoints: Mutex<Vec<Vec<Ipv4Addr>>>,
+    /// Bulk creation of ClusterIP Services writes all but the first straight into etcd
+    /// (`--create-via etcd`, see `etcd_bulk`).
+    via_etcd: bool,
 }
 
 /// Fresh endpoint addresses are numbered across the whole run (both sets).
@@ -178,7 +181,14 @@ impl Objects {
             client,
             kind,
             endpoints: Mutex::new(Vec::new()),
+            via_etcd: false,
         }
+    }
+
+    /// Bulk creation (of ClusterIP Services) through etcd from now on.
+    pub fn create_via_etcd(mut self) -> Self {
+        self.via_etcd = true;
+        self
     }
 
     /// The KUBE-SEP chain of `ip` as an endpoint of this set's Service `i`.
@@ -321,6 +331,58 @@ impl Objects {
         if total <= from {
             return Ok(start.elapsed());
         }
+        if !self.via_etcd || total - from < 2 || self.kind != Kind::ClusterIp {
+            self.create_through_api(from, total).await?;
+            return Ok(start.elapsed());
+        }
+        // The first through the API (the templates), the rest straight into etcd.
+        self.create_through_api(from, from + 1).await?;
+        let templates = crate::etcd_bulk::Templates::fetch(&self.client, self.kind, from).await?;
+        let initial = |i: usize| (0..ENDPOINTS).map(|j| initial_endpoint(i, j)).collect();
+        crate::etcd_bulk::write(&templates, self.kind, from + 1..total, &initial)?;
+        self.wait_visible(total - 1).await?;
+        let mut endpoints = self.lock();
+        endpoints.resize_with(total, Vec::new);
+        for (i, slot) in endpoints.iter_mut().enumerate().skip(from + 1) {
+            *slot = initial(i);
+        }
+        drop(endpoints);
+        crate::log(&format!(
+            "wrote Services {} to {} into etcd, visible through the API after {:.1?}",
+            from + 1,
+            total - 1,
+            start.elapsed()
+        ));
+        Ok(start.elapsed())
+    }
+
+    /// Waits until the API server serves Service `i` and its slice (its watch of etcd delivers
+    /// writes in order, so every earlier one is then there too).
+    async fn wait_visible(&self, i: usize) -> Result<(), BenchError> {
+        let services: Api<Service> = Api::namespaced(self.client.clone(), NS);
+        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), NS);
+        let name = self.kind.service_name(i);
+        let limit = std::time::Duration::from_secs(300);
+        let start = Instant::now();
+        // resourceVersion "0": served from the watch cache, which is what watchers see.
+        let cached = kube::api::GetParams::any();
+        loop {
+            let service = services.get_with(&name, &cached).await;
+            let slice = slices.get_with(&format!("{name}-bench"), &cached).await;
+            if service.is_ok() && slice.is_ok() {
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                return Err(BenchError::Timeout {
+                    what: format!("{name} and its slice visible through the API"),
+                    waited: limit,
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn create_through_api(&self, from: usize, total: usize) -> Result<(), BenchError> {
         let services: Api<Service> = Api::namespaced(self.client.clone(), NS);
         let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), NS);
         let mut all = Vec::with_capacity(total - from);
@@ -357,7 +419,7 @@ impl Objects {
                 *slot = ips;
             }
         }
-        Ok(start.elapsed())
+        Ok(())
     }
 
     /// Replaces endpoint `slot` of Service `i` with a fresh address. Returns the new address

@@ -21,11 +21,13 @@
 //!         [--samples 200] [--changes 5] [--floor-runs 7] [--program-timeout 600]
 //!         [--min-sync 1s] [--no-doc] [--backend nft|legacy] [--program-only SECS]
 //!         [--upstream-bulk-zero] [--section NAME] [--api-state-cache DIR]
+//!         [--create-via api|etcd]
 
 mod api;
 mod changes;
 mod churn;
 mod connect;
+mod etcd_bulk;
 mod payloads;
 mod proxy;
 mod report;
@@ -86,6 +88,9 @@ struct Options {
     /// `--api-state-cache DIR`: the API's objects for the run's one size are kept in DIR (etcd's
     /// data directory, saved after a run that created them, restored before later runs).
     api_state_cache: Option<PathBuf>,
+    /// `--create-via etcd`: ClusterIP Services after the first are written straight into etcd
+    /// (see `etcd_bulk`); `api` (default): every object through kube-apiserver.
+    create_via_etcd: bool,
 }
 
 impl Options {
@@ -107,6 +112,7 @@ impl Options {
             upstream_bulk_zero: false,
             section: None,
             api_state_cache: None,
+            create_via_etcd: false,
             args: args.join(" "),
         };
         let mut it = args.iter();
@@ -152,6 +158,13 @@ impl Options {
                 }
                 "--upstream-bulk-zero" => o.upstream_bulk_zero = true,
                 "--api-state-cache" => o.api_state_cache = Some(PathBuf::from(value(flag)?)),
+                "--create-via" => {
+                    o.create_via_etcd = match value(flag)?.as_str() {
+                        "etcd" => true,
+                        "api" => false,
+                        other => return Err(bad(flag, &format!("{other:?} (api or etcd)"))),
+                    }
+                }
                 "--section" => {
                     let name = value(flag)?;
                     if name.is_empty()
@@ -542,7 +555,11 @@ fn driver(setup_path: &Path) -> Result<(), BenchError> {
             what: "client".into(),
             detail: e.to_string(),
         })?;
-    let objects = Arc::new(api::Objects::new(client.clone(), api::Kind::ClusterIp));
+    let mut objects = api::Objects::new(client.clone(), api::Kind::ClusterIp);
+    if setup.options.create_via_etcd {
+        objects = objects.create_via_etcd();
+    }
+    let objects = Arc::new(objects);
     runtime.block_on(objects.create_namespace())?;
     if let (true, Some(&size)) = (setup.adopt, setup.options.sizes.first()) {
         let took = runtime.block_on(objects.adopt(size))?;
