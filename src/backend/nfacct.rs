@@ -25,8 +25,8 @@ use nix::sys::socket::{
 use nix::sys::time::TimeVal;
 
 use super::netlink_wire::{
-    NFGENMSG_LEN, NLA_TYPE_MASK, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, align4,
-    u16_at, u32_at,
+    NFGENMSG_LEN, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, align4, attributes, u16_at,
+    u32_at,
 };
 
 /// The counter of the KUBE-FORWARD conntrack-INVALID drop (upstream's name).
@@ -119,14 +119,9 @@ fn counter(payload: &[u8]) -> Result<Counter, NfacctError> {
     let bad = |what: &str| NfacctError::Malformed(what.to_string());
     let mut name = None;
     let (mut packets, mut bytes) = (None, None);
-    let mut at = NFGENMSG_LEN;
-    while at + 4 <= payload.len() {
-        let len = usize::from(u16_at(payload, at).ok_or_else(|| bad("attribute length"))?);
-        let kind = u16_at(payload, at + 2).ok_or_else(|| bad("attribute type"))? & NLA_TYPE_MASK;
-        if len < 4 || at + len > payload.len() {
-            return Err(bad("attribute overruns the message"));
-        }
-        let data = &payload[at + 4..at + len];
+    let attrs = payload.get(NFGENMSG_LEN..).unwrap_or_default();
+    for attribute in attributes(attrs) {
+        let (kind, data) = attribute.map_err(|e| bad(e.0))?;
         let be64 = || -> Result<u64, NfacctError> {
             Ok(u64::from_be_bytes(
                 data.try_into().map_err(|_| bad("counter is not 8 bytes"))?,
@@ -141,7 +136,6 @@ fn counter(payload: &[u8]) -> Result<Counter, NfacctError> {
             NFACCT_BYTES => bytes = Some(be64()?),
             _ => {}
         }
-        at += align4(len);
     }
     match (name, packets, bytes) {
         (Some(name), Some(packets), Some(bytes)) => Ok(Counter {

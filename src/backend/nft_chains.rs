@@ -28,8 +28,8 @@ use nix::sys::socket::{
 use nix::sys::time::TimeVal;
 
 use super::netlink_wire::{
-    NFGENMSG_LEN, NLA_TYPE_MASK, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, align4,
-    u16_at, u32_at,
+    NFGENMSG_LEN, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, align4, attributes, u16_at,
+    u32_at,
 };
 
 use crate::model::IpFamily;
@@ -126,20 +126,14 @@ fn attribute_text(data: &[u8]) -> Result<String, NftChainsError> {
 fn chain(payload: &[u8]) -> Result<(String, String), NftChainsError> {
     let bad = |what: &str| NftChainsError::Malformed(what.to_string());
     let (mut table, mut name) = (None, None);
-    let mut at = NFGENMSG_LEN;
-    while at + 4 <= payload.len() {
-        let len = usize::from(u16_at(payload, at).ok_or_else(|| bad("attribute length"))?);
-        let kind = u16_at(payload, at + 2).ok_or_else(|| bad("attribute type"))? & NLA_TYPE_MASK;
-        if len < 4 || at + len > payload.len() {
-            return Err(bad("attribute overruns the message"));
-        }
-        let data = &payload[at + 4..at + len];
+    let attrs = payload.get(NFGENMSG_LEN..).unwrap_or_default();
+    for attribute in attributes(attrs) {
+        let (kind, data) = attribute.map_err(|e| bad(e.0))?;
         match kind {
             NFTA_CHAIN_TABLE => table = Some(attribute_text(data)?),
             NFTA_CHAIN_NAME => name = Some(attribute_text(data)?),
             _ => {}
         }
-        at += align4(len);
     }
     match (table, name) {
         (Some(table), Some(name)) => Ok((table, name)),
