@@ -31,7 +31,9 @@ fn plan(
         plan.payload, before,
         "the planner's text is the old writer's"
     );
-    for limit in [1, 13, knat::rules::payload::CHUNK_BYTES] {
+    // Limits between one piece and the whole payload make chunks that gather small pieces
+    // and then meet a chain's text as long as the limit or longer.
+    for limit in [1, 13, 200, 4096, knat::rules::payload::CHUNK_BYTES] {
         assert_eq!(
             common::streamed_text(&planned.payload, limit),
             before,

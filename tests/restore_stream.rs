@@ -206,13 +206,21 @@ fn the_restore_gets_the_bytes_sent_before_on_the_golden_fixtures() {
 fn a_cluster_with_a_bulk_table_gets_its_zero_line_where_it_went_before() {
     let rt = runtime();
     let scratch = Scratch::new("bulk");
-    // 1,100 Services with ten endpoints: over 12,000 nat chains, past NFT_BULK_CHAINS.
-    let cfg = ProxyConfig::new("node-1", IpFamily::V4).expect("valid node name");
+    // 1,100 Services with ten endpoints: over 12,000 nat chains, past NFT_BULK_CHAINS; linear
+    // dispatch, so KUBE-SERVICES is one chain longer than a chunk (handed out as it is, after
+    // the chunk of declarations before it).
+    let mut cfg = ProxyConfig::new("node-1", IpFamily::V4).expect("valid node name");
+    cfg.dispatch = Dispatch::Linear;
     let rules = compile(&cluster(1_100, false), &cfg).rules;
     assert!(
         rules.nat.chain_count() > NFT_BULK_CHAINS,
         "{}",
         rules.nat.chain_count()
+    );
+    let longest = rules.nat.chains.values().map(|c| c.as_str().len()).max();
+    assert!(
+        longest > Some(knat::rules::payload::CHUNK_BYTES),
+        "a chain longer than a chunk: {longest:?}"
     );
     for mode in [Mode::Nft, Mode::Legacy] {
         let what = format!("1,100 services {mode:?}");
