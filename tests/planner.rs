@@ -11,14 +11,39 @@ use knat::rules::compile::IncrementalCompiler;
 use knat::rules::plan::SyncKind;
 use knat::rules::{AppliedState, ChainOrder, Plan, PlanError, RuleSet, compile, plan_with_hooks};
 
-/// Plans with every hook already present.
+/// Plans with every hook already present. Every plan is also made the agent's way
+/// ([`knat::rules::plan_restore`], the payload as pieces): the same record and counts, and the
+/// payload's chunks, in small and pipe-sized chunks, join to the text the planner wrote before
+/// it streamed ([`common::payload_text_as_before`]), which is the text returned.
 fn plan(
     applied: &AppliedState,
     desired: &RuleSet,
     kind: SyncKind,
     stale: &[(knat::rules::TableName, knat::rules::ChainName)],
 ) -> Plan {
-    knat::rules::plan(applied, desired, kind, stale).expect("every chain to write has its text")
+    let plan = knat::rules::plan(applied, desired, kind, stale)
+        .expect("every chain to write has its text");
+    let planned =
+        knat::rules::plan_restore(applied, desired, kind, stale, &[], ChainOrder::Descending)
+            .expect("every chain to write has its text");
+    let before = common::payload_text_as_before(&planned.payload, &[]);
+    assert_eq!(
+        plan.payload, before,
+        "the planner's text is the old writer's"
+    );
+    // Limits between one piece and the whole payload make chunks that gather small pieces
+    // and then meet a chain's text as long as the limit or longer.
+    for limit in [1, 13, 200, 4096, knat::rules::payload::CHUNK_BYTES] {
+        assert_eq!(
+            common::streamed_text(&planned.payload, limit),
+            before,
+            "chunks of {limit}"
+        );
+    }
+    assert_eq!(planned.stats, plan.stats);
+    assert_eq!(plan.stats.bytes, plan.payload.len());
+    assert_eq!(planned.next, plan.next);
+    plan
 }
 use proptest::prelude::*;
 
@@ -323,6 +348,26 @@ fn hooks_inserted_by_the_restore_land_once_in_order() {
     assert!(rules.hooks.len() >= 8, "{:?}", rules.hooks);
     let planned = common::cold_start_plan(&rules, ChainOrder::Descending);
     let kernel = restored(Dump::default(), &planned.payload);
+    // With hooks too, the pieces the agent streams are the old writer's text.
+    let hooks: Vec<_> = rules.hooks.iter().collect();
+    for order in [ChainOrder::Descending, ChainOrder::Scattered] {
+        let streamed = knat::rules::plan_restore(
+            &AppliedState::default(),
+            &rules,
+            SyncKind::Full,
+            &[],
+            &hooks,
+            order,
+        )
+        .expect("fresh text");
+        let text = common::cold_start_plan(&rules, order).payload;
+        assert!(text.contains("-I "), "{text}");
+        assert_eq!(
+            common::payload_text_as_before(&streamed.payload, &hooks),
+            text
+        );
+        assert_eq!(common::streamed_text(&streamed.payload, 5), text);
+    }
     for hook in &rules.hooks {
         let chain = &kernel.tables[hook.table.as_str()].chains[hook.chain.as_str()];
         let wanted: Vec<String> = rules

@@ -1,6 +1,7 @@
 //! One sync of one IP family, as a sequence of small steps: compile, probe the kernel (full
-//! syncs: the existing chains), plan, release the compiled text (the payload carries it), one
-//! atomic `iptables-restore`, then the hook jumps and the UDP conntrack cleanup. `applied = next` only after the
+//! syncs: the existing chains), plan, one atomic `iptables-restore` whose stdin is fed from the
+//! compiled text chunk by chunk (no payload string), release the compiled text (digests are
+//! kept), then the hook jumps and the UDP conntrack cleanup. `applied = next` only after the
 //! restore succeeded. Each step decides its own fallback (a failed listing keeps stale chains,
 //! a failed plan forgets the cache, a failed conntrack cleanup is retried on the next change);
 //! [`FamilySync::sync`] only calls them in order. When to sync is [`super::schedule`]'s job.
@@ -15,11 +16,12 @@ use crate::backend::{BackendError, ChainListing, Iptables, canary_payload};
 use crate::config::ProxyConfig;
 use crate::model::{IpFamily, ServiceName, Snapshot};
 use crate::rules::compile::{IncrementalCompiler, UdpServicePort};
+use crate::rules::payload::Payload;
 use crate::rules::plan::SyncKind;
 use crate::rules::rule::Hook;
 use crate::rules::{
-    AppliedState, ChainName, Compiled, Plan, PlanError, PlanStats, ServiceHealth, TableName,
-    plan_with_hooks,
+    AppliedState, ChainName, Compiled, PlanError, PlanStats, PlannedRestore, ServiceHealth,
+    TableName, plan_restore,
 };
 
 /// Why one family's sync failed.
@@ -52,12 +54,12 @@ pub struct SyncPhases {
     pub compile: Duration,
     /// Full syncs: canary chains and the listing of existing chains.
     pub probe: Duration,
-    /// Comparing with the applied state and writing the payload.
+    /// Comparing with the applied state: which chains to write and delete.
     pub plan: Duration,
-    /// Dropping the compiled text (the kernel gets it from the payload): digests are kept.
-    pub release: Duration,
-    /// The `iptables-restore` transaction.
+    /// The `iptables-restore` transaction, its input written from the compiled text.
     pub restore: Duration,
+    /// Dropping the compiled text once it is in the kernel: digests are kept.
+    pub release: Duration,
     /// Hook checks and conntrack cleanup.
     pub after: Duration,
 }
@@ -72,12 +74,12 @@ impl std::fmt::Display for SyncPhases {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "compile {:.1} ms, probe {:.1} ms, plan {:.1} ms, release {:.1} ms, restore {:.1} ms, after {:.1} ms",
+            "compile {:.1} ms, probe {:.1} ms, plan {:.1} ms, restore {:.1} ms, release {:.1} ms, after {:.1} ms",
             Self::millis(self.compile),
             Self::millis(self.probe),
             Self::millis(self.plan),
-            Self::millis(self.release),
             Self::millis(self.restore),
+            Self::millis(self.release),
             Self::millis(self.after)
         )
     }
@@ -155,21 +157,28 @@ impl FamilySync {
         let hooks = compiled.rules.hooks.clone();
         let (in_restore, to_check) = probe.split_hooks(&hooks, full);
         clock.lap(|p| &mut p.probe);
-        let plan = self.plan(&compiled, kind, &probe.stale, &in_restore)?;
+        let planned = self.plan(&compiled, kind, &probe.stale, &in_restore)?;
         clock.lap(|p| &mut p.plan);
         // The listing (a set of 114,000 names at 10,000 services) is not needed any more.
         drop(probe);
-        let Plan {
+        // The restore reads its input from the compiled text itself, a pipe's worth at a time:
+        // at 10,000 services the 33 MB payload is never built next to the rule text. A failed
+        // restore leaves the applied record unchanged and forgets the cache, so the retry,
+        // which is a full sync, compiles every Service afresh.
+        let restored = self.write(&planned.payload, full).await;
+        let PlannedRestore {
             payload,
             mut next,
             stats,
-        } = plan;
-        // Everything the restore needs is in the payload: keep only digests of the Services'
-        // chains before it runs, so the rule text (about 50 MB at 10,000 services) and the
-        // 33 MB payload are not resident together (the compiled result must be gone first,
-        // or the cache's fragments are still shared). A failed restore leaves the cache
-        // released and the applied record unchanged, so the cache is forgotten and the retry,
-        // which is a full sync, compiles every Service afresh.
+        } = planned;
+        drop(payload);
+        clock.lap(|p| &mut p.restore);
+        if let Err(err) = restored {
+            self.compiler.forget();
+            return Err(err.into());
+        }
+        // In the kernel now: keep only digests of the Services' chains (the compiled result
+        // must be gone first, or the cache's fragments are still shared).
         let health = std::mem::take(&mut compiled.health);
         let udp = std::mem::take(&mut compiled.udp);
         let (no_local_internal, no_local_external) = (
@@ -179,11 +188,6 @@ impl FamilySync {
         drop(compiled);
         next.release_text(&mut self.compiler);
         clock.lap(|p| &mut p.release);
-        if let Err(err) = self.write(payload, full).await {
-            self.compiler.forget();
-            return Err(err.into());
-        }
-        clock.lap(|p| &mut p.restore);
         self.applied = next;
         let hooks_inserted = in_restore.len() + self.ipt.ensure_hooks(&to_check).await?;
         let conntrack_deleted = self.clean_conntrack(&udp).await;
@@ -233,14 +237,14 @@ impl FamilySync {
 
     /// Plans the restore; on error nothing was written and the next sync is full and
     /// recompiles everything.
-    fn plan(
+    fn plan<'c>(
         &mut self,
-        compiled: &Compiled,
+        compiled: &'c Compiled,
         kind: SyncKind,
         stale: &[(TableName, ChainName)],
         in_restore: &[&Hook],
-    ) -> Result<Plan, FamilyError> {
-        plan_with_hooks(
+    ) -> Result<PlannedRestore<'c>, FamilyError> {
+        plan_restore(
             &self.applied,
             &compiled.rules,
             kind,
@@ -255,18 +259,16 @@ impl FamilySync {
     }
 
     /// The one `iptables-restore` (none for an empty partial payload); full syncs add the
-    /// canary chains, written after the payload in the same transaction (not appended to it:
-    /// growing a 33 MB string copies it). The payload is freed before the hook checks and
-    /// conntrack work.
-    async fn write(&self, payload: String, full: bool) -> Result<(), BackendError> {
+    /// canary chains, written after the payload in the same transaction.
+    async fn write(&self, payload: &Payload<'_>, full: bool) -> Result<(), BackendError> {
         if full {
             let canaries = canary_payload();
-            return self.ipt.restore_parts(&[&payload, &canaries]).await;
+            return self.ipt.restore_planned(payload, &[&canaries]).await;
         }
         if payload.is_empty() {
             return Ok(());
         }
-        self.ipt.restore(&payload).await
+        self.ipt.restore_planned(payload, &[]).await
     }
 
     /// Deletes UDP conntrack entries when the UDP endpoints changed; a failure is retried on
@@ -362,7 +364,7 @@ mod tests {
         };
         assert_eq!(
             phases.to_string(),
-            "compile 80.2 ms, probe 0.0 ms, plan 35.0 ms, release 61.0 ms, restore 4030.2 ms, after 86.7 ms"
+            "compile 80.2 ms, probe 0.0 ms, plan 35.0 ms, restore 4030.2 ms, release 61.0 ms, after 86.7 ms"
         );
     }
 }

@@ -9,6 +9,7 @@ pub mod compile;
 pub mod dispatch;
 pub mod layered;
 pub mod local_traffic;
+pub mod payload;
 pub mod plan;
 pub mod port_dispatch;
 pub mod render;
@@ -17,6 +18,9 @@ pub mod service_list;
 
 pub use chain::ChainName;
 pub use compile::{Compiled, ServiceHealth, compile};
-pub use plan::{AppliedState, ChainOrder, Plan, PlanError, PlanStats, plan, plan_with_hooks};
+pub use plan::{
+    AppliedState, ChainOrder, Plan, PlanError, PlanStats, PlannedRestore, plan, plan_restore,
+    plan_with_hooks,
+};
 pub use render::render_standalone;
 pub use rule::{ChainGroup, Match, Rule, RuleSet, RuleText, Table, TableName, Target};

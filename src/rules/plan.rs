@@ -11,14 +11,19 @@
 //! not rewritten unless their content changed; since a restore replaces a declared chain
 //! entirely and keeps undeclared ones, the kernel ends up with exactly the desired chains
 //! either way (property-tested against the restore model in `dump::restore`).
+//!
+//! [`plan_restore`] gives the payload as sections that refer to the rule set's text
+//! ([`super::payload`]): the agent streams them into the restore's stdin, so at 10,000
+//! Services the 33 MB payload never sits next to the compiled text. [`plan_with_hooks`] is
+//! the same plan written out as one string.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use super::chain::ChainName;
 use super::compile::IncrementalCompiler;
 use super::layered::Layered;
+use super::payload::{Payload, TablePayload};
 use super::rule::{ChainGroup, Hook, Lineage, RuleSet, RuleText, Table, TableName};
 use super::service_list::{Keyed, ServiceList};
 
@@ -96,6 +101,29 @@ pub struct Plan {
     pub payload: String,
     pub next: AppliedState,
     pub stats: PlanStats,
+}
+
+/// [`Plan`] with the payload not written yet: its sections refer to the rule set's text
+/// ([`Payload`]), so the restore's stdin can be fed chunk by chunk and no copy of the whole
+/// payload is ever resident. What the agent uses; [`Plan`] is its text form.
+#[derive(Debug, Clone)]
+pub struct PlannedRestore<'a> {
+    /// `iptables-restore --noflush` input; empty when nothing needs to change.
+    pub payload: Payload<'a>,
+    pub next: AppliedState,
+    /// `bytes` is the payload's length.
+    pub stats: PlanStats,
+}
+
+impl PlannedRestore<'_> {
+    /// The plan with its payload written out as one string.
+    pub fn into_plan(self) -> Plan {
+        Plan {
+            payload: self.payload.to_text(),
+            next: self.next,
+            stats: self.stats,
+        }
+    }
 }
 
 /// Plans the restore that takes the kernel from `applied` to `desired`. `stale` lists chains
@@ -181,6 +209,19 @@ pub fn plan_with_hooks(
     hooks: &[&Hook],
     order: ChainOrder,
 ) -> Result<Plan, PlanError> {
+    plan_restore(applied, desired, kind, stale, hooks, order).map(PlannedRestore::into_plan)
+}
+
+/// [`plan_with_hooks`] without writing the payload: the same record, counts and bytes, the
+/// payload as sections that borrow `desired`'s text.
+pub fn plan_restore<'a>(
+    applied: &AppliedState,
+    desired: &'a RuleSet,
+    kind: SyncKind,
+    stale: &[(TableName, ChainName)],
+    hooks: &[&Hook],
+    order: ChainOrder,
+) -> Result<PlannedRestore<'a>, PlanError> {
     let full = kind == SyncKind::Full;
     let lineage = desired
         .lineage
@@ -214,29 +255,29 @@ pub fn plan_with_hooks(
             }
         }
     }
-    let mut payload = String::new();
     let mut stats = PlanStats {
         filter_rules_total: desired.filter.rule_count(),
         nat_rules_total: desired.nat.rule_count(),
         ..PlanStats::default()
     };
+    let mut tables = Vec::with_capacity(TABLES.len());
     for (table_name, work) in TABLES.into_iter().zip(work) {
         let table_hooks: Vec<&Hook> = hooks
             .iter()
             .copied()
             .filter(|h| h.table == table_name)
             .collect();
-        write_table(
-            &mut payload,
+        tables.extend(table_payload(
             table_name,
             work,
             &table_hooks,
             order,
             &mut stats,
-        );
+        ));
     }
+    let payload = Payload::new(tables);
     stats.bytes = payload.len();
-    Ok(Plan {
+    Ok(PlannedRestore {
         payload,
         next,
         stats,
@@ -404,43 +445,41 @@ fn stale_deletes(
     }
 }
 
-/// One table's part of the payload: declarations first, then the rules, copied straight in,
-/// then the deletions and the hooks; chains in `order` (see [`ChainOrder`]).
-fn write_table(
-    payload: &mut String,
+/// One table's part of the payload (none when it has nothing to do): declarations first, then
+/// the rules, copied straight in, then the deletions and the hooks; chains in `order` (see
+/// [`ChainOrder`]).
+fn table_payload<'a>(
     table_name: TableName,
-    mut work: TableWork<'_>,
+    mut work: TableWork<'a>,
     hooks: &[&Hook],
     order: ChainOrder,
     stats: &mut PlanStats,
-) {
+) -> Option<TablePayload<'a>> {
     work.deletes.sort_unstable();
     work.deletes.dedup();
     if work.written.is_empty() && work.deletes.is_empty() && hooks.is_empty() {
-        return;
+        return None;
     }
     order.sort(&mut work.written);
-    let _ = writeln!(payload, "*{}", table_name.as_str());
-    for name in work.written.iter().map(|c| c.chain()).chain(&work.deletes) {
-        payload.push(':');
-        payload.push_str(name.as_str());
-        payload.push_str(" - [0:0]\n");
-    }
-    for chain_rules in work.written {
-        payload.push_str(chain_rules.as_str());
-        stats.chains_written += 1;
-        stats.rules_written += chain_rules.len();
-    }
+    stats.chains_written += work.written.len();
+    stats.rules_written += work.written.iter().map(|c| c.len()).sum::<usize>();
     stats.chains_deleted += work.deletes.len();
-    for name in &work.deletes {
-        let _ = writeln!(payload, "-X {name}");
-    }
-    for hook in hooks.iter().rev() {
-        let _ = write!(payload, "-I {} 1 ", hook.chain);
-        hook.rule.write_to(payload);
-        payload.push('\n');
-    }
-    payload.push_str("COMMIT\n");
+    let hook_lines = hooks
+        .iter()
+        .rev()
+        .map(|hook| {
+            let mut line = format!("-I {} 1 ", hook.chain);
+            hook.rule.write_to(&mut line);
+            line.push('\n');
+            line
+        })
+        .collect();
+    Some(TablePayload::new(
+        table_name,
+        work.written,
+        work.deletes,
+        hook_lines,
+    ))
 }
 
 impl AppliedState {

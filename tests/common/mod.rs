@@ -80,3 +80,54 @@ pub fn first_sync(compiler: &mut IncrementalCompiler, snap: &Snapshot, cfg: &Pro
     )
     .expect("a fresh compilation has all its text")
 }
+
+/// The payload text as the planner wrote it before it streamed: its `write_table` (declarations,
+/// rules, deletions, hooks in reverse, `COMMIT`, per table), kept here as the oracle that the
+/// pieces of [`knat::rules::payload::Payload`] are checked against. `hooks` are the hooks the
+/// plan was given.
+#[allow(dead_code)]
+pub fn payload_text_as_before(
+    payload: &knat::rules::payload::Payload<'_>,
+    hooks: &[&knat::rules::rule::Hook],
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for table in payload.tables() {
+        let _ = writeln!(out, "*{}", table.table().as_str());
+        for name in table
+            .written()
+            .iter()
+            .map(|c| c.chain())
+            .chain(table.deletes())
+        {
+            out.push(':');
+            out.push_str(name.as_str());
+            out.push_str(" - [0:0]\n");
+        }
+        for chain_rules in table.written() {
+            out.push_str(chain_rules.as_str());
+        }
+        for name in table.deletes() {
+            let _ = writeln!(out, "-X {name}");
+        }
+        for hook in hooks.iter().rev().filter(|h| h.table == table.table()) {
+            let _ = write!(out, "-I {} 1 ", hook.chain);
+            hook.rule.write_to(&mut out);
+            out.push('\n');
+        }
+        out.push_str("COMMIT\n");
+    }
+    out
+}
+
+/// The payload as the restore's stdin gets it: its chunks (of at least `limit` bytes) joined.
+#[allow(dead_code)]
+pub fn streamed_text(payload: &knat::rules::payload::Payload<'_>, limit: usize) -> String {
+    let mut chunks = knat::rules::payload::Chunks::new(payload.pieces(), limit);
+    let mut out = String::new();
+    while let Some(chunk) = chunks.next_chunk() {
+        assert!(!chunk.is_empty(), "a chunk is never empty");
+        out.push_str(chunk);
+    }
+    out
+}
