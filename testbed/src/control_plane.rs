@@ -664,6 +664,15 @@ impl ControlPlane {
         }
     }
 
+    /// Stops kube-controller-manager for good (SIGTERM, then SIGKILL): for a user of the API
+    /// that writes every object itself (the side-by-side benchmark), where its controllers
+    /// would only add load.
+    pub fn stop_controller_manager(&mut self) {
+        if let Some(mut controller_manager) = self.controller_manager.take() {
+            controller_manager.stop();
+        }
+    }
+
     /// Stops kube-apiserver and starts it again with `extra` appended to its arguments (from
     /// then on, restarts keep them): `--watch-cache=false` makes every watch read etcd, so a
     /// watch from a compacted revision ends with 410 Gone.
