@@ -444,11 +444,12 @@ fn main() {
             let compiled = compile(&snap, &cfg);
             let c = t.elapsed();
             let after_compile = rss_kib() / 1024;
+            let live_after_compile = live_mib();
             let t = Instant::now();
             let text = render_standalone(&compiled.rules);
             let r = t.elapsed();
             println!(
-                "compile {:.1} ms, render {:.1} ms ({} bytes); RSS {} MiB with the snapshot, {after_compile} MiB after compile, {} MiB after render",
+                "compile {:.1} ms, render {:.1} ms ({} bytes); RSS {} MiB with the snapshot, {after_compile} MiB (live heap {live_after_compile}) after compile, {} MiB after render",
                 ms(c),
                 ms(r),
                 text.len(),
