@@ -319,12 +319,14 @@ fn run_size(services: usize, dispatch: Dispatch) -> String {
     cfg.local_detector = LocalDetector::Cidr("10.128.0.0/9".parse().expect("valid CIDR"));
     cfg.dispatch = dispatch;
 
+    let cpu_before = cpu_time();
     let t = Instant::now();
     let compiled = compile(&snap, &cfg);
     let compile_time = t.elapsed();
     let t = Instant::now();
     let standalone = render_standalone(&compiled.rules);
     let render_time = t.elapsed();
+    let compile_render_cpu = cpu_time().saturating_sub(cpu_before);
     let t = Instant::now();
     let full = plan(
         &AppliedState::default(),
@@ -399,7 +401,7 @@ fn run_size(services: usize, dispatch: Dispatch) -> String {
         (Dispatch::Tree { .. }, true) => "tree, NodePorts",
     };
     format!(
-        "| {services} | {mode} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {} |",
+        "| {services} | {mode} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {} | {:.0} |",
         ms(build),
         ms(compile_time),
         ms(render_time),
@@ -414,7 +416,22 @@ fn run_size(services: usize, dispatch: Dispatch) -> String {
         format_args!("{first}/{worst}"),
         peak_rss_kib() / 1024,
         compiled.rules.nat.chain_count(),
+        ms(compile_render_cpu),
     )
+}
+
+/// CPU time (user and system) this process used so far, over all its threads, finished ones
+/// included: on a shared machine steadier than wall time, which waits for a core.
+fn cpu_time() -> std::time::Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let Ok(usage) = getrusage(UsageWho::RUSAGE_SELF) else {
+        return std::time::Duration::ZERO;
+    };
+    let duration = |t: nix::sys::time::TimeVal| {
+        std::time::Duration::from_secs(u64::try_from(t.tv_sec()).unwrap_or(0))
+            + std::time::Duration::from_micros(u64::try_from(t.tv_usec()).unwrap_or(0))
+    };
+    duration(usage.user_time()) + duration(usage.system_time())
 }
 
 fn main() {
@@ -444,11 +461,12 @@ fn main() {
             let compiled = compile(&snap, &cfg);
             let c = t.elapsed();
             let after_compile = rss_kib() / 1024;
+            let live_after_compile = live_mib();
             let t = Instant::now();
             let text = render_standalone(&compiled.rules);
             let r = t.elapsed();
             println!(
-                "compile {:.1} ms, render {:.1} ms ({} bytes); RSS {} MiB with the snapshot, {after_compile} MiB after compile, {} MiB after render",
+                "compile {:.1} ms, render {:.1} ms ({} bytes); RSS {} MiB with the snapshot, {after_compile} MiB (live heap {live_after_compile}) after compile, {} MiB after render",
                 ms(c),
                 ms(r),
                 text.len(),
@@ -580,9 +598,9 @@ fn main() {
     );
     println!();
     println!(
-        "| services | dispatch | build snapshot ms | compile ms | render ms | compile+render ms | plan full ms | full payload bytes | noflush full bytes | one-endpoint change bytes | change: incremental compile+plan ms, median of 7 | no-op sync: compile+plan ms, median of 7 | no-op bytes | rules walked first/worst | peak RSS MiB | nat chains |"
+        "| services | dispatch | build snapshot ms | compile ms | render ms | compile+render ms | plan full ms | full payload bytes | noflush full bytes | one-endpoint change bytes | change: incremental compile+plan ms, median of 7 | no-op sync: compile+plan ms, median of 7 | no-op bytes | rules walked first/worst | peak RSS MiB | nat chains | compile+render CPU ms |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     // NodePort rows (every Service a NodePort; "rules walked" counts KUBE-NODEPORTS and its
     // dispatch chains) for the sizes a widened NodePort range holds.
     let nodeport_sizes: Vec<usize> = args

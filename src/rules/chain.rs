@@ -108,17 +108,46 @@ fn hash16_parts(parts: &[&str], out: &mut [u8; 16]) {
 fn hashed_chain(prefix: &str, parts: &[&str]) -> ChainName {
     let mut hash = [0u8; 16];
     hash16_parts(parts, &mut hash);
-    let mut name = [0u8; 32];
-    let len = prefix.len() + hash.len();
-    name[..prefix.len()].copy_from_slice(prefix.as_bytes());
-    name[prefix.len()..len].copy_from_slice(&hash);
-    // Prefix and base32 alphabet are ASCII, so this is valid UTF-8.
-    ChainName(Arc::from(String::from_utf8_lossy(&name[..len]).as_ref()))
+    prefixed_chain(prefix, &hash)
 }
 
 /// The hash shared by a service port's SVC, SVL, EXT and FW chains.
 pub fn service_hash(spn: &ServicePortName) -> String {
-    hash16(&format!("{spn}{}", spn.protocol))
+    let mut hash = [0u8; 16];
+    service_hash_into(spn, &mut hash);
+    String::from_utf8_lossy(&hash).into_owned()
+}
+
+/// `hash16` of `SPN` followed by its protocol (`ns/name:port` + `tcp`), hashed from the parts
+/// (no string is formatted).
+fn service_hash_into(spn: &ServicePortName, out: &mut [u8; 16]) {
+    let service = &spn.service;
+    let port: [&str; 2] = if spn.port.is_empty() {
+        ["", ""]
+    } else {
+        [":", &spn.port]
+    };
+    hash16_parts(
+        &[
+            &service.namespace,
+            "/",
+            &service.name,
+            port[0],
+            port[1],
+            spn.protocol.as_str(),
+        ],
+        out,
+    );
+}
+
+/// `prefix` followed by `hash` as a chain name (one allocation, no intermediate string).
+fn prefixed_chain(prefix: &str, hash: &[u8; 16]) -> ChainName {
+    let mut name = [0u8; 32];
+    let len = prefix.len() + hash.len();
+    name[..prefix.len()].copy_from_slice(prefix.as_bytes());
+    name[prefix.len()..len].copy_from_slice(hash);
+    // Prefix and base32 alphabet are ASCII, so this is valid UTF-8.
+    ChainName(Arc::from(String::from_utf8_lossy(&name[..len]).as_ref()))
 }
 
 /// The per-service chains of one service port.
@@ -132,12 +161,13 @@ pub struct ServiceChains {
 
 impl ServiceChains {
     pub fn new(spn: &ServicePortName) -> Self {
-        let h = service_hash(spn);
+        let mut h = [0u8; 16];
+        service_hash_into(spn, &mut h);
         ServiceChains {
-            svc: ChainName::from_string(format!("KUBE-SVC-{h}")),
-            svl: ChainName::from_string(format!("KUBE-SVL-{h}")),
-            ext: ChainName::from_string(format!("KUBE-EXT-{h}")),
-            fw: ChainName::from_string(format!("KUBE-FW-{h}")),
+            svc: prefixed_chain("KUBE-SVC-", &h),
+            svl: prefixed_chain("KUBE-SVL-", &h),
+            ext: prefixed_chain("KUBE-EXT-", &h),
+            fw: prefixed_chain("KUBE-FW-", &h),
         }
     }
 }

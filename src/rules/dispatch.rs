@@ -93,42 +93,39 @@ fn bit_slice(ip: &IpAddr, from: u8, count: u8) -> u128 {
 }
 
 /// Writes `entries` into `root` (which must already hold nothing that has to come after them
-/// except what the caller appends later), creating sub-chains in `table` for the tree.
-pub fn build(mut entries: Vec<Entry>, dispatch: Dispatch, root: &ChainName, table: &mut Table) {
+/// except what the caller appends later), creating sub-chains in `table` for the tree. The
+/// entries are borrowed (the compiler keeps them in its fragments) and sorted as references.
+pub fn build(mut entries: Vec<&Entry>, dispatch: Dispatch, root: &ChainName, table: &mut Table) {
     let leaf_size = match dispatch {
         Dispatch::Tree { leaf_size } => leaf_size,
         Dispatch::Linear => usize::MAX,
     };
     // Groups of entries per destination address, in address order (stable within a group).
     entries.sort_by_key(|e| bits(&e.dst).0);
-    let mut groups: Vec<Vec<Entry>> = Vec::new();
-    for entry in entries {
-        match groups.last_mut() {
-            Some(group) if group[0].dst == entry.dst => group.push(entry),
-            _ => groups.push(vec![entry]),
-        }
-    }
+    let groups: Vec<&[&Entry]> = entries.chunk_by(|a, b| a.dst == b.dst).collect();
     if groups.len() <= leaf_size {
         let chain = table.chain(root);
-        for entry in groups.iter().flatten() {
+        for entry in &entries {
             entry.push_to(chain);
         }
         return;
     }
     let fanout_bits = (usize::BITS - 1 - leaf_size.leading_zeros()).max(1) as u8;
-    fill(root, groups, leaf_size, fanout_bits, table);
+    fill(root, &groups, leaf_size, fanout_bits, table);
 }
 
+/// Writes `groups` (entries of one destination each, in address order) into `chain`, as
+/// rules or as jumps to sub-chains of at most `leaf_size` entries.
 fn fill(
     chain: &ChainName,
-    groups: Vec<Vec<Entry>>,
+    groups: &[&[&Entry]],
     leaf_size: usize,
     fanout_bits: u8,
     table: &mut Table,
 ) {
     if groups.len() <= leaf_size {
         let rules = table.chain(chain);
-        for entry in groups.iter().flatten() {
+        for entry in groups.iter().copied().flatten() {
             entry.push_to(rules);
         }
         return;
@@ -138,23 +135,14 @@ fn fill(
     let width = bits(&first).1;
     let common = common_prefix_len(&first, &last);
     let step = fanout_bits.min(width - common);
-    let mut children: Vec<Vec<Vec<Entry>>> = Vec::new();
-    let mut current_key = None;
-    for group in groups {
-        let key = bit_slice(&group[0].dst, common, step);
-        if current_key != Some(key) {
-            children.push(Vec::new());
-            current_key = Some(key);
-        }
-        if let Some(child) = children.last_mut() {
-            child.push(group);
-        }
-    }
     table.chain(chain);
+    // Children: runs of groups with the same `step` bits after the common prefix.
+    let children = groups
+        .chunk_by(|a, b| bit_slice(&a[0].dst, common, step) == bit_slice(&b[0].dst, common, step));
     for child in children {
         if child.len() == 1 {
             let rules = table.chain(chain);
-            for entry in child.iter().flatten() {
+            for entry in child.iter().copied().flatten() {
                 entry.push_to(rules);
             }
             continue;
@@ -214,7 +202,7 @@ mod tests {
         let mut table = Table::default();
         let root = ChainName::fixed("KUBE-SERVICES");
         build(
-            vec![entry("10.0.0.2"), entry("10.0.0.1")],
+            vec![&entry("10.0.0.2"), &entry("10.0.0.1")],
             Dispatch::Tree { leaf_size: 4 },
             &root,
             &mut table,
@@ -231,7 +219,12 @@ mod tests {
             .map(|i| entry(&format!("10.96.{}.{}", (i * 7) % 256, (i * 13) % 251)))
             .collect();
         let distinct: std::collections::BTreeSet<_> = entries.iter().map(|e| e.dst).collect();
-        build(entries, Dispatch::Tree { leaf_size: 16 }, &root, &mut table);
+        build(
+            entries.iter().collect(),
+            Dispatch::Tree { leaf_size: 16 },
+            &root,
+            &mut table,
+        );
         let mut leaf_rules = 0;
         for rules in table.chains.values() {
             assert!(rules.len() <= 16, "a chain has {} rules", rules.len());

@@ -21,7 +21,8 @@ pub(super) struct Compiler<'a> {
     pub(super) family: IpFamily,
     pub(super) mark: Arc<str>,
     pub(super) rs: RuleSet,
-    pub(super) services_entries: Vec<Entry>,
+    /// The KUBE-SERVICES entries of the merged fragments (borrowed from them).
+    pub(super) services_entries: Vec<&'a Entry>,
     pub(super) nodeport_entries: Vec<PortEntry>,
     pub(super) kube_mark_masq: ChainName,
     pub(super) kube_services: ChainName,
@@ -30,11 +31,11 @@ pub(super) struct Compiler<'a> {
     pub(super) kube_proxy_firewall: ChainName,
 }
 
-impl Compiler<'_> {
+impl<'a> Compiler<'a> {
     /// Adds one Service's entries in the shared chains (KUBE-SERVICES, KUBE-NODEPORTS,
     /// KUBE-EXTERNAL-SERVICES, KUBE-PROXY-FIREWALL), in Service order.
-    pub(super) fn merge_shared(&mut self, frag: &Fragment) {
-        self.services_entries.extend(frag.entries.iter().cloned());
+    pub(super) fn merge_shared(&mut self, frag: &'a Fragment) {
+        self.services_entries.extend(frag.entries.iter());
         self.nodeport_entries
             .extend(frag.nodeport_entries.iter().cloned());
         let tables = [

@@ -57,10 +57,19 @@ pub(super) fn proto_port_tcp(port: u16) -> [Match; 2] {
 }
 
 /// REJECT when there are no endpoints at all, DROP when only local ones are missing.
-pub(super) fn filter_verdict(has_endpoints: bool, spn_text: &str) -> (Target, String) {
+pub(super) fn filter_target(has_endpoints: bool) -> Target {
     if has_endpoints {
-        (Target::Drop, format!("{spn_text} has no local endpoints"))
+        Target::Drop
     } else {
-        (Target::Reject, format!("{spn_text} has no endpoints"))
+        Target::Reject
+    }
+}
+
+/// The comment of [`filter_target`]'s rules.
+pub(super) fn filter_comment(has_endpoints: bool, spn_text: &str) -> String {
+    if has_endpoints {
+        format!("{spn_text} has no local endpoints")
+    } else {
+        format!("{spn_text} has no endpoints")
     }
 }

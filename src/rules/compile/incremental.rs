@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::assemble::Compiler;
 use super::fragment::Fragment;
 use super::service::{Probabilities, ServiceCompiler};
-use super::threads::compile_services;
+use super::threads::{CompiledService, PARALLEL_THRESHOLD, compile_services};
 use super::{Compiled, ServiceHealth, UdpServicePort};
 use crate::config::{LocalDetector, ProxyConfig};
 use crate::model::categorize::NodeTopology;
@@ -29,6 +29,17 @@ struct Named {
     filter: Arc<HashMap<crate::rules::ChainName, ChainRules>>,
     nat: Arc<HashMap<crate::rules::ChainName, ChainRules>>,
     hooks: Vec<Hook>,
+}
+
+impl Named {
+    /// The named chains and hooks of `rs` (shared).
+    fn of(rs: &RuleSet) -> Self {
+        Named {
+            filter: rs.filter.chains.clone(),
+            nat: rs.nat.chains.clone(),
+            hooks: rs.hooks.clone(),
+        }
+    }
 }
 
 /// A Service whose fragment is new this sync: its previous fragment (`None`: new Service) and
@@ -237,6 +248,9 @@ pub struct IncrementalCompiler {
     last_id: Option<u64>,
     /// Services compiled since the last [`IncrementalCompiler::release_groups`].
     uncompacted: Vec<ServiceName>,
+    /// Every cached Service was compiled since then (a compilation from scratch, which does
+    /// not list them).
+    uncompacted_all: bool,
     /// Services recompiled by the last call (the rest were reused).
     pub last_recompiled: usize,
     /// Services the last call looked at: those the journal named, or every one.
@@ -300,6 +314,7 @@ impl IncrementalCompiler {
         let journaled = self
             .seen
             .and_then(|mark| snapshot.journal().changed_since(mark));
+        let walked = journaled.is_none();
         let Found { todo, mut changes } = match journaled {
             Some(names) => {
                 self.last_examined = names.len();
@@ -345,73 +360,86 @@ impl IncrementalCompiler {
             kube_proxy_firewall: compiler.kube_proxy_firewall.clone(),
         };
         // Compile what is not cached (in parallel when there is a lot of it).
-        let indices: Vec<usize> = (0..todo.len()).collect();
         self.last_recompiled = todo.len();
         let threads = self
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)));
-        let fresh = compile_services(&workers, snapshot, topology, &todo, &indices, threads);
-        for (service, frag) in todo.into_iter().zip(fresh) {
-            let frag = Arc::new(frag);
-            let before = self
-                .cache
-                .insert(
-                    service.name.clone(),
-                    CachedFragment {
-                        service: service.clone(),
-                        slices: snapshot.service_slices(&service.name).cloned(),
-                        fragment: frag.clone(),
-                    },
-                )
-                .map(|cached| cached.fragment);
-            self.uncompacted.push(service.name.clone());
-            changes.push(Change {
-                name: service.name.clone(),
-                before,
-                after: Some(frag),
-            });
-        }
-        // The lists: changed per Service, or assembled afresh when much changed.
-        if changes.len() > self.cache.len() / 16 + 16 {
-            self.assembled = Assembled::rebuild(&self.cache);
+        let fresh = compile_services(&workers, snapshot, topology, &todo, threads);
+        // Every Service compiled afresh, in Service order (nothing was cached, nothing is
+        // gone): the cache, the lists and the named chains are built from the fresh fragments.
+        let from_scratch = walked && self.cache.is_empty() && changes.is_empty();
+        let (reuse_named, changed_groups) = if from_scratch {
+            compiler = self.build_from_scratch(compiler, &todo, &fresh, threads);
+            let changed_groups: Vec<(ServiceName, Option<Arc<ChainGroup>>)> = match self.last_id {
+                Some(_) => todo
+                    .iter()
+                    .zip(&fresh)
+                    .map(|(service, c)| (service.name.clone(), Some(c.fragment.group.clone())))
+                    .collect(),
+                None => Vec::new(),
+            };
+            (false, changed_groups)
         } else {
-            for change in &changes {
-                self.assembled.apply(change);
-            }
-        }
-        // The named chains are rebuilt only when a changed Service changes what it adds to
-        // them (an endpoint change does not).
-        let reuse_named = self.named.is_some()
-            && changes
-                .iter()
-                .all(|c| same_shared(c.before.as_deref(), c.after.as_deref()));
-        match self.named.as_ref().filter(|_| reuse_named) {
-            Some(named) => {
-                compiler.rs.filter.chains = named.filter.clone();
-                compiler.rs.nat.chains = named.nat.clone();
-                compiler.rs.hooks = named.hooks.clone();
-            }
-            None => {
-                compiler.fixed_chains();
-                for cached in self.cache.values() {
-                    compiler.merge_shared(&cached.fragment);
-                }
-                compiler.finish_shared();
-                self.named = Some(Named {
-                    filter: compiler.rs.filter.chains.clone(),
-                    nat: compiler.rs.nat.chains.clone(),
-                    hooks: compiler.rs.hooks.clone(),
+            for (service, compiled) in todo.into_iter().zip(fresh) {
+                let frag = compiled.fragment;
+                let before = self
+                    .cache
+                    .insert(
+                        service.name.clone(),
+                        CachedFragment {
+                            service: service.clone(),
+                            slices: compiled.slices,
+                            fragment: frag.clone(),
+                        },
+                    )
+                    .map(|cached| cached.fragment);
+                self.uncompacted.push(service.name.clone());
+                changes.push(Change {
+                    name: service.name.clone(),
+                    before,
+                    after: Some(frag),
                 });
             }
-        }
+            // The lists: changed per Service, or assembled afresh when much changed.
+            if changes.len() > self.cache.len() / 16 + 16 {
+                self.assembled = Assembled::rebuild(&self.cache);
+            } else {
+                for change in &changes {
+                    self.assembled.apply(change);
+                }
+            }
+            // The named chains are rebuilt only when a changed Service changes what it adds
+            // to them (an endpoint change does not).
+            let reuse_named = self.named.is_some()
+                && changes
+                    .iter()
+                    .all(|c| same_shared(c.before.as_deref(), c.after.as_deref()));
+            match self.named.as_ref().filter(|_| reuse_named) {
+                Some(named) => {
+                    compiler.rs.filter.chains = named.filter.clone();
+                    compiler.rs.nat.chains = named.nat.clone();
+                    compiler.rs.hooks = named.hooks.clone();
+                }
+                None => {
+                    compiler.fixed_chains();
+                    for cached in self.cache.values() {
+                        compiler.merge_shared(&cached.fragment);
+                    }
+                    compiler.finish_shared();
+                    self.named = Some(Named::of(&compiler.rs));
+                }
+            }
+            let changed_groups = changes
+                .into_iter()
+                .map(|c| (c.name, c.after.map(|f| f.group.clone())))
+                .collect();
+            (reuse_named, changed_groups)
+        };
         let mut rs = compiler.rs;
         rs.nat.groups = self.assembled.groups.clone();
         rs.lineage = self.last_id.map(|parent| Lineage {
             parent,
-            changed_groups: changes
-                .into_iter()
-                .map(|c| (c.name, c.after.map(|f| f.group.clone())))
-                .collect(),
+            changed_groups,
             named_unchanged: reuse_named,
         });
         self.last_id = Some(rs.id);
@@ -424,6 +452,60 @@ impl IncrementalCompiler {
             udp: self.assembled.udp.clone(),
             large_cluster: large,
         }
+    }
+
+    /// Files every fresh fragment (`fresh[i]` compiled from `todo[i]`, in Service order) into
+    /// the empty cache and assembles the lists from it, while the named chains are built from
+    /// the same fragments on a second thread (when there are threads to spare): both are
+    /// serial work over every Service. Returns the compiler with the named chains built.
+    fn build_from_scratch<'c>(
+        &mut self,
+        mut compiler: Compiler<'c>,
+        todo: &[&Arc<Service>],
+        fresh: &'c [CompiledService],
+        threads: usize,
+    ) -> Compiler<'c> {
+        let build_named = move || {
+            compiler.fixed_chains();
+            for compiled in fresh {
+                compiler.merge_shared(&compiled.fragment);
+            }
+            compiler.finish_shared();
+            compiler
+        };
+        let file = |this: &mut Self| {
+            // Collected from Service order, so the map is built in bulk, not by insertion.
+            this.cache = todo
+                .iter()
+                .zip(fresh)
+                .map(|(service, compiled)| {
+                    let cached = CachedFragment {
+                        service: Arc::clone(service),
+                        slices: compiled.slices.clone(),
+                        fragment: compiled.fragment.clone(),
+                    };
+                    (service.name.clone(), cached)
+                })
+                .collect();
+            this.uncompacted.clear();
+            this.uncompacted_all = true;
+            this.assembled = Assembled::rebuild(&this.cache);
+        };
+        let compiler = if threads > 1 && fresh.len() >= PARALLEL_THRESHOLD {
+            std::thread::scope(|scope| {
+                let named = scope.spawn(build_named);
+                file(self);
+                match named.join() {
+                    Ok(compiler) => compiler,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            })
+        } else {
+            file(self);
+            build_named()
+        };
+        self.named = Some(Named::of(&compiler.rs));
+        compiler
     }
 
     /// The Services the journal names: compiled when their object or slices differ from the
@@ -511,22 +593,30 @@ impl IncrementalCompiler {
     /// through [`crate::rules::AppliedState::release_text`], which does both.
     pub(crate) fn release_groups(&mut self) -> Vec<(Arc<ChainGroup>, Arc<ChainGroup>)> {
         let mut swaps = Vec::new();
-        for name in std::mem::take(&mut self.uncompacted) {
-            let Some(cached) = self.cache.get_mut(&name) else {
-                continue;
-            };
+        let assembled = &mut self.assembled;
+        let mut release = |cached: &mut CachedFragment| {
             if cached.fragment.compact {
-                continue;
+                return;
             }
             let compact = Arc::new(cached.fragment.compacted());
             if !Arc::ptr_eq(&compact.group, &cached.fragment.group) {
                 swaps.push((cached.fragment.group.clone(), compact.group.clone()));
             }
             if compact.group.chain_count() > 0 {
-                self.assembled.groups.insert(compact.group.clone());
-                self.assembled.fragments.insert(compact.clone());
+                assembled.groups.insert(compact.group.clone());
+                assembled.fragments.insert(compact.clone());
             }
             cached.fragment = compact;
+        };
+        let names = std::mem::take(&mut self.uncompacted);
+        if std::mem::take(&mut self.uncompacted_all) {
+            self.cache.values_mut().for_each(release);
+        } else {
+            for name in names {
+                if let Some(cached) = self.cache.get_mut(&name) {
+                    release(cached);
+                }
+            }
         }
         swaps
     }
@@ -540,6 +630,7 @@ impl IncrementalCompiler {
         self.named = None;
         self.last_id = None;
         self.uncompacted.clear();
+        self.uncompacted_all = false;
     }
 }
 

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use super::UdpServicePort;
 use super::builders::{
-    comment_match, destination_rule, dst_ip, filter_verdict, jump, loopback_net, proto_port_tcp,
+    comment_match, destination_rule, dst_ip, filter_comment, filter_target, jump, loopback_net,
+    proto_port_tcp,
 };
 use super::fragment::Fragment;
 use super::service::{PortContext, ServiceCompiler};
@@ -38,12 +39,26 @@ struct PortPlan<'c> {
     uses_local_chain: bool,
     uses_ext_chain: bool,
     uses_fw_chain: bool,
-    /// REJECT or DROP in the filter chains, and its comment.
+    /// REJECT or DROP in the filter chains.
     filter: Target,
-    filter_comment: String,
+    /// `SPN cluster IP`, the comment of the ClusterIP rules (when there are any).
+    cluster_comment: Option<Arc<str>>,
 }
 
 impl PortPlan<'_> {
+    /// The comment of the filter verdict (rare: made when needed).
+    fn filter_comment(&self) -> String {
+        filter_comment(self.has_endpoints, &self.spn_text)
+    }
+
+    /// `SPN cluster IP` (made once per port when the ClusterIP has rules).
+    fn cluster_comment(&self) -> Arc<str> {
+        match &self.cluster_comment {
+            Some(comment) => comment.clone(),
+            None => concat_arc(&[&self.spn_text, " cluster IP"]),
+        }
+    }
+
     /// SVL with internalTrafficPolicy Local, else SVC.
     fn internal_chain(&self) -> &ChainName {
         if self.ctx.svc.internal_policy_local {
@@ -147,7 +162,7 @@ impl ServiceCompiler<'_> {
         }
         if !p.has_external {
             let mut matches = vec![
-                comment_match(p.filter_comment.clone()),
+                comment_match(p.filter_comment()),
                 Match::AddrTypeLocal {
                     dir: AddrTypeDir::Dst,
                     negated: false,
@@ -165,7 +180,7 @@ impl ServiceCompiler<'_> {
             return;
         }
         let mut matches = vec![
-            comment_match(format!("{} cluster IP", p.spn_text)),
+            comment_match(p.cluster_comment()),
             Match::Proto(p.proto),
             dst_ip(p.ctx.cluster_ip),
             Match::DPort(p.ctx.port.port),
@@ -415,7 +430,19 @@ fn plan_port<'c>(
     topology: NodeTopology<'_>,
 ) -> PortPlan<'c> {
     let svc = ctx.svc;
-    let spn_text: Arc<str> = ctx.spn.to_string().into();
+    let spn = &ctx.spn;
+    let port: [&str; 2] = if spn.port.is_empty() {
+        ["", ""]
+    } else {
+        [":", &spn.port]
+    };
+    let spn_text = concat_arc(&[
+        &spn.service.namespace,
+        "/",
+        &spn.service.name,
+        port[0],
+        port[1],
+    ]);
     let externally_accessible = externally(ctx);
     let uses_cluster = !svc.internal_policy_local || externally_accessible;
     let uses_local =
@@ -423,21 +450,22 @@ fn plan_port<'c>(
     let cat = categorize(endpoints, uses_cluster, uses_local, topology);
     let has_endpoints = cat.has_any;
     let uses_fw_chain = has_endpoints && !ctx.lb_ips.is_empty() && !ctx.ranges.is_empty();
-    let (filter, filter_comment) = filter_verdict(has_endpoints, &spn_text);
+    let filter = filter_target(has_endpoints);
+    let has_internal = has_endpoints && (!svc.internal_policy_local || !cat.local.is_empty());
     PortPlan {
         ctx,
         proto: ctx.port.protocol,
         chains: ServiceChains::new(&ctx.spn),
         owner: Arc::new(ctx.spn.clone()),
         has_endpoints,
-        has_internal: has_endpoints && (!svc.internal_policy_local || !cat.local.is_empty()),
+        has_internal,
         has_external: has_endpoints && (!svc.external_policy_local || !cat.local.is_empty()),
         uses_cluster_chain: uses_cluster && !cat.cluster.is_empty(),
         uses_local_chain: uses_local && !cat.local.is_empty(),
         uses_ext_chain: has_endpoints && externally_accessible,
         uses_fw_chain,
         filter,
-        filter_comment,
+        cluster_comment: has_internal.then(|| concat_arc(&[&spn_text, " cluster IP"])),
         spn_text,
         cat,
     }
@@ -447,17 +475,14 @@ fn plan_port<'c>(
 fn cluster_ip(p: &PortPlan<'_>, frag: &mut Fragment) {
     let ip = p.ctx.cluster_ip;
     if p.has_internal {
-        let comment = format!("{} cluster IP", p.spn_text);
+        let comment = p.cluster_comment();
         frag.entries.push(Entry::new(
             ip,
             p.destination(comment, ip, jump(p.internal_chain())),
         ));
     } else {
-        frag.filter_services.push_rule(&p.destination(
-            p.filter_comment.clone(),
-            ip,
-            p.filter.clone(),
-        ));
+        frag.filter_services
+            .push_rule(&p.destination(p.filter_comment(), ip, p.filter.clone()));
     }
 }
 
@@ -473,7 +498,7 @@ fn external_ips(p: &PortPlan<'_>, frag: &mut Fragment) {
         }
         if !p.has_external {
             frag.filter_external.push_rule(&p.destination(
-                p.filter_comment.clone(),
+                p.filter_comment(),
                 ip,
                 p.filter.clone(),
             ));
@@ -500,7 +525,7 @@ fn load_balancer_ips(p: &PortPlan<'_>, frag: &mut Fragment) {
     if !p.has_external {
         for &ip in p.ctx.lb_ips {
             frag.filter_external.push_rule(&p.destination(
-                p.filter_comment.clone(),
+                p.filter_comment(),
                 ip,
                 p.filter.clone(),
             ));
@@ -546,4 +571,23 @@ fn udp(p: &PortPlan<'_>, endpoints: &[EndpointInfo], frag: &mut Fragment) {
         node_port: ctx.port.node_port,
         serving,
     });
+}
+
+/// The concatenation of `parts` in one shared string, allocated once (the usual way, a
+/// `String` turned into an `Arc<str>`, allocates and copies twice).
+fn concat_arc(parts: &[&str]) -> Arc<str> {
+    let len: usize = parts.iter().map(|part| part.len()).sum();
+    let mut buffer = [0u8; 256];
+    if len <= buffer.len() {
+        let mut at = 0;
+        for part in parts {
+            buffer[at..at + part.len()].copy_from_slice(part.as_bytes());
+            at += part.len();
+        }
+        // Whole UTF-8 strings joined are UTF-8.
+        if let Ok(text) = std::str::from_utf8(&buffer[..len]) {
+            return Arc::from(text);
+        }
+    }
+    Arc::from(parts.concat())
 }

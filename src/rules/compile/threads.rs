@@ -5,34 +5,44 @@ use std::sync::Arc;
 use super::fragment::Fragment;
 use super::service::ServiceCompiler;
 use crate::model::categorize::NodeTopology;
+use crate::model::snapshot::ServiceSlices;
 use crate::model::{Service, Snapshot};
 
 /// Below this many Services to compile, one thread does it (spawning costs more).
 pub(super) const PARALLEL_THRESHOLD: usize = 512;
 
-/// Compiles `services[i]` for every `i` in `todo`, in order, on up to as many threads as
-/// there are CPUs (each Service's fragment depends only on that Service and its slices).
+/// One compiled Service: its fragment, and the slices it was compiled from (looked up on the
+/// compiling thread, so the caller's serial part only files them).
+pub(super) struct CompiledService {
+    pub(super) fragment: Arc<Fragment>,
+    pub(super) slices: Option<Arc<ServiceSlices>>,
+}
+
+/// Compiles every Service of `services`, in order, on up to `threads` threads (each Service's
+/// fragment depends only on that Service and its slices).
 pub(super) fn compile_services(
     worker: &ServiceCompiler<'_>,
     snapshot: &Snapshot,
     topology: NodeTopology<'_>,
     services: &[&Arc<Service>],
-    todo: &[usize],
     threads: usize,
-) -> Vec<Fragment> {
-    let compile_chunk = |chunk: &[usize]| {
+) -> Vec<CompiledService> {
+    let compile_chunk = |chunk: &[&Arc<Service>]| {
         let mut worker = worker.clone();
         chunk
             .iter()
-            .map(|&i| worker.compile(snapshot, services[i], topology))
+            .map(|service| CompiledService {
+                fragment: Arc::new(worker.compile(snapshot, service, topology)),
+                slices: snapshot.service_slices(&service.name).cloned(),
+            })
             .collect::<Vec<_>>()
     };
-    if threads == 1 || todo.len() < PARALLEL_THRESHOLD {
-        return compile_chunk(todo);
+    if threads == 1 || services.len() < PARALLEL_THRESHOLD {
+        return compile_chunk(services);
     }
-    let chunk_size = todo.len().div_ceil(threads);
+    let chunk_size = services.len().div_ceil(threads);
     std::thread::scope(|scope| {
-        let handles: Vec<_> = todo
+        let handles: Vec<_> = services
             .chunks(chunk_size)
             .map(|chunk| scope.spawn(move || compile_chunk(chunk)))
             .collect();
