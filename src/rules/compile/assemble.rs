@@ -32,6 +32,16 @@ pub(super) struct Compiler<'a> {
 }
 
 impl<'a> Compiler<'a> {
+    /// The named chains (fixed ones, then the shared chains with every fragment's entries, in
+    /// the given order).
+    pub(super) fn build_named(&mut self, fragments: impl IntoIterator<Item = &'a Fragment>) {
+        self.fixed_chains();
+        for frag in fragments {
+            self.merge_shared(frag);
+        }
+        self.finish_shared();
+    }
+
     /// Adds one Service's entries in the shared chains (KUBE-SERVICES, KUBE-NODEPORTS,
     /// KUBE-EXTERNAL-SERVICES, KUBE-PROXY-FIREWALL), in Service order.
     pub(super) fn merge_shared(&mut self, frag: &'a Fragment) {

@@ -421,11 +421,7 @@ impl IncrementalCompiler {
                     compiler.rs.hooks = named.hooks.clone();
                 }
                 None => {
-                    compiler.fixed_chains();
-                    for cached in self.cache.values() {
-                        compiler.merge_shared(&cached.fragment);
-                    }
-                    compiler.finish_shared();
+                    compiler.build_named(self.cache.values().map(|c| &*c.fragment));
                     self.named = Some(Named::of(&compiler.rs));
                 }
             }
@@ -466,11 +462,7 @@ impl IncrementalCompiler {
         threads: usize,
     ) -> Compiler<'c> {
         let build_named = move || {
-            compiler.fixed_chains();
-            for compiled in fresh {
-                compiler.merge_shared(&compiled.fragment);
-            }
-            compiler.finish_shared();
+            compiler.build_named(fresh.iter().map(|c| &*c.fragment));
             compiler
         };
         let file = |this: &mut Self| {
