@@ -278,3 +278,56 @@ fn node_cidr_without_a_cidr_of_the_family_writes_neither_rule() {
     assert!(!payload.contains("pod traffic for"), "{payload}");
     assert!(!payload.contains(" -s 10.244."), "{payload}");
 }
+
+/// Every chain of every Service's group has its owning service port: SVC, SVL, EXT and FW by
+/// the port's hash, SEP chains by being a jump target of that port's SVC or SVL chain (what
+/// `knat diff` prints next to a chain).
+#[test]
+fn every_service_chain_has_its_owning_port() {
+    for fixture in ["mixed.yaml", "worked-example.yaml"] {
+        let (snapshot, cfg) = common::load_fixture(fixture, "node-1", IpFamily::V4, |_| {});
+        let compiled = knat::rules::compile(&snapshot, &cfg);
+        let checked = check_owners(&compiled);
+        assert!(
+            checked >= 5,
+            "{fixture} has Services with chains ({checked})"
+        );
+    }
+}
+
+/// The assertions of `every_service_chain_has_its_owning_port`; returns the chains checked.
+fn check_owners(compiled: &knat::rules::Compiled) -> usize {
+    use knat::rules::chain::ServiceChains;
+    let owners = compiled.chain_owners();
+    let mut checked = 0;
+    for group in compiled.rules.nat.groups.iter() {
+        let texts: Vec<_> = group.chains().collect();
+        for name in group.chain_names() {
+            let spn = owners
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} of {:?} has no owner", group.key));
+            assert_eq!(spn.service, group.key, "{name}");
+            let own = ServiceChains::new(spn);
+            let policy = [&own.svc, &own.svl, &own.ext, &own.fw];
+            if name.starts_with("KUBE-SEP-") {
+                let jump = format!("-j {name}\n");
+                let jumped_from_own_policy = texts.iter().any(|c| {
+                    (c.name() == own.svc.as_str() || c.name() == own.svl.as_str())
+                        && c.as_str().contains(&jump)
+                });
+                assert!(
+                    jumped_from_own_policy,
+                    "{name} is not an endpoint of {spn:?}"
+                );
+            } else {
+                assert!(
+                    policy.iter().any(|c| c.as_str() == name),
+                    "{name} is not a chain of {spn:?}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, owners.len(), "owners name only the groups' chains");
+    checked
+}

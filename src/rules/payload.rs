@@ -11,7 +11,7 @@
 use std::iter::Peekable;
 
 use super::chain::ChainName;
-use super::rule::{RuleText, TableName};
+use super::rule::{ChainText, TableName};
 
 /// One piece of a payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +22,7 @@ pub enum Piece<'a> {
     /// `*table`
     Header(TableName),
     /// `:CHAIN - [0:0]` (declared: created, or flushed under `--noflush`).
-    Declare(&'a ChainName),
+    Declare(&'a str),
     /// `-X CHAIN`
     Delete(&'a ChainName),
 }
@@ -36,7 +36,7 @@ impl Piece<'_> {
         match self {
             Piece::Text(text) => text.len(),
             Piece::Header(table) => table.as_str().len() + 2,
-            Piece::Declare(name) => 1 + name.as_str().len() + DECLARE_TAIL.len(),
+            Piece::Declare(name) => 1 + name.len() + DECLARE_TAIL.len(),
             Piece::Delete(name) => 3 + name.as_str().len() + 1,
         }
     }
@@ -57,7 +57,7 @@ impl Piece<'_> {
             }
             Piece::Declare(name) => {
                 out.push(':');
-                out.push_str(name.as_str());
+                out.push_str(name);
                 out.push_str(DECLARE_TAIL);
             }
             Piece::Delete(name) => {
@@ -75,7 +75,7 @@ impl Piece<'_> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TablePayload<'a> {
     table: TableName,
-    written: Vec<&'a RuleText>,
+    written: Vec<ChainText<'a>>,
     deletes: Vec<ChainName>,
     /// Whole lines (`-I CHAIN 1 ...\n`), in the order they are written.
     hook_lines: Vec<String>,
@@ -86,7 +86,7 @@ impl<'a> TablePayload<'a> {
     /// `hook_lines` (each one whole line).
     pub fn new(
         table: TableName,
-        written: Vec<&'a RuleText>,
+        written: Vec<ChainText<'a>>,
         deletes: Vec<ChainName>,
         hook_lines: Vec<String>,
     ) -> Self {
@@ -108,7 +108,7 @@ impl<'a> TablePayload<'a> {
     }
 
     /// The chains written, in payload order.
-    pub fn written(&self) -> &[&'a RuleText] {
+    pub fn written(&self) -> &[ChainText<'a>] {
         &self.written
     }
 
@@ -126,8 +126,8 @@ impl<'a> TablePayload<'a> {
         let declarations = self
             .written
             .iter()
-            .map(|c| c.chain())
-            .chain(&self.deletes)
+            .map(|c| c.name())
+            .chain(self.deletes.iter().map(ChainName::as_str))
             .map(Piece::Declare);
         std::iter::once(Piece::Header(self.table))
             .chain(after_header.map(Piece::Text))
@@ -225,6 +225,7 @@ impl<'p, I: Iterator<Item = Piece<'p>>> Chunks<'p, I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::rule::RuleText;
 
     /// A chain with the given rules (what follows `-A CHAIN `).
     fn chain(name: &str, rules: &[&str]) -> RuleText {
@@ -241,7 +242,7 @@ mod tests {
         let sep = chain("KUBE-SEP-B", &["-j DNAT --to-destination 10.0.0.1:80"]);
         let table = TablePayload::new(
             TableName::Nat,
-            vec![&svc, &sep],
+            vec![svc.view(), sep.view()],
             vec![ChainName::new("KUBE-SEP-OLD")],
             vec!["-I PREROUTING 1 -j KUBE-SERVICES\n".to_string()],
         );
@@ -271,8 +272,8 @@ mod tests {
         let small: Vec<RuleText> = (0..40)
             .map(|i| chain(&format!("C{i}"), &["-j RETURN"]))
             .collect();
-        let mut written: Vec<&RuleText> = small.iter().collect();
-        written.insert(7, &big);
+        let mut written: Vec<ChainText<'_>> = small.iter().map(RuleText::view).collect();
+        written.insert(7, big.view());
         let payload = Payload::new(vec![TablePayload::new(
             TableName::Filter,
             written,
@@ -308,7 +309,7 @@ mod tests {
         let big = chain("BIG", &[&line, &line, &line]);
         let payload = Payload::new(vec![TablePayload::new(
             TableName::Nat,
-            vec![&big],
+            vec![big.view()],
             vec![],
             vec![],
         )]);

@@ -24,7 +24,7 @@ use super::chain::ChainName;
 use super::compile::IncrementalCompiler;
 use super::layered::Layered;
 use super::payload::{Payload, TablePayload};
-use super::rule::{ChainGroup, Hook, Lineage, RuleSet, RuleText, Table, TableName};
+use super::rule::{ChainGroup, ChainText, Hook, Lineage, RuleSet, RuleText, Table, TableName};
 use super::service_list::{Keyed, ServiceList};
 
 /// One named chain as last applied: its rule count and the digest of its text (named chains
@@ -162,12 +162,12 @@ pub enum ChainOrder {
 }
 
 impl ChainOrder {
-    fn sort(self, chains: &mut [&RuleText]) {
+    fn sort(self, chains: &mut [ChainText<'_>]) {
         match self {
-            ChainOrder::Descending => chains.sort_unstable_by(|a, b| b.chain().cmp(a.chain())),
-            ChainOrder::Scattered => chains.sort_unstable_by_key(|c| {
-                (fnv1a(c.chain().as_str().as_bytes()), c.chain().as_str())
-            }),
+            ChainOrder::Descending => chains.sort_unstable_by(|a, b| b.name().cmp(a.name())),
+            ChainOrder::Scattered => {
+                chains.sort_unstable_by_key(|c| (fnv1a(c.name().as_bytes()), c.name()))
+            }
         }
     }
 }
@@ -182,7 +182,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// What one table's payload must declare and write, and delete.
 #[derive(Default)]
 struct TableWork<'a> {
-    written: Vec<&'a RuleText>,
+    written: Vec<ChainText<'a>>,
     deletes: Vec<ChainName>,
 }
 
@@ -300,7 +300,7 @@ fn named_chains<'a>(
             let key = (table_name, name.clone());
             let now = AppliedChain::of(chain_rules);
             if full || applied.chains.get(&key) != Some(&now) {
-                work.written.push(chain_rules);
+                work.written.push(chain_rules.view());
             }
             next.insert(key, now);
         }
@@ -389,12 +389,12 @@ fn group_diff<'a>(
     match before {
         Some(_) if unchanged => {
             if full {
-                work.written.extend(&group.chains);
+                work.written.extend(group.chains());
             }
         }
         Some(before) => {
             if full {
-                work.written.extend(&group.chains);
+                work.written.extend(group.chains());
             } else {
                 let old: HashMap<&str, (usize, u128)> = before
                     .summaries()
@@ -403,12 +403,11 @@ fn group_diff<'a>(
                     .collect();
                 work.written.extend(
                     group
-                        .chains
-                        .iter()
-                        .filter(|c| old.get(c.chain().as_str()) != Some(&(c.len(), c.digest()))),
+                        .chains()
+                        .filter(|c| old.get(c.name()) != Some(&(c.len(), c.digest()))),
                 );
             }
-            let kept: HashSet<&str> = group.chains.iter().map(|c| c.chain().as_str()).collect();
+            let kept: HashSet<&str> = group.chain_names().into_iter().collect();
             work.deletes.extend(
                 before
                     .chain_names()
@@ -417,7 +416,7 @@ fn group_diff<'a>(
                     .map(ChainName::new),
             );
         }
-        None => work.written.extend(&group.chains),
+        None => work.written.extend(group.chains()),
     }
     Ok(())
 }
@@ -434,7 +433,7 @@ fn stale_deletes(
             .chains
             .keys()
             .map(ChainName::as_str)
-            .chain(table.group_chains().map(|c| c.chain().as_str()))
+            .chain(table.groups.iter().flat_map(|g| g.chain_names()))
             .collect();
         work[index(table_name)].deletes.extend(
             stale

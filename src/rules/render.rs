@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::rule::{RuleSet, RuleText, Table, TableName};
+use super::rule::{ChainText, RuleSet, Table, TableName};
 
 /// The complete payload for a plain `iptables-restore` (no `--noflush`) into a node that has
 /// no other rules: builtin chains with ACCEPT policy, the hook jumps, and every knat chain.
@@ -26,10 +26,10 @@ pub fn render_standalone(rs: &RuleSet) -> String {
             !table.groups.iter().any(|g| g.is_released()),
             "rendering a rule set whose Service chains were released"
         );
-        let chains: Vec<&RuleText> = table.ordered().collect();
+        let chains: Vec<ChainText<'_>> = table.ordered().collect();
         for rules in &chains {
             out.push(':');
-            out.push_str(rules.chain().as_str());
+            out.push_str(rules.name());
             out.push_str(" - [0:0]\n");
         }
         for hook in rs.hooks.iter().filter(|h| h.table == table_name) {

@@ -97,11 +97,11 @@ pub fn payload_text_as_before(
         for name in table
             .written()
             .iter()
-            .map(|c| c.chain())
-            .chain(table.deletes())
+            .map(|c| c.name())
+            .chain(table.deletes().iter().map(|c| c.as_str()))
         {
             out.push(':');
-            out.push_str(name.as_str());
+            out.push_str(name);
             out.push_str(" - [0:0]\n");
         }
         for chain_rules in table.written() {

@@ -14,7 +14,7 @@ use crate::model::IpFamily;
 use crate::rules::chain::ChainName;
 use crate::rules::dispatch::{self, Entry};
 use crate::rules::port_dispatch::{self, PortEntry};
-use crate::rules::rule::{Addr, AddrTypeDir, Match, Rule, RuleSet, TableName};
+use crate::rules::rule::{Addr, AddrTypeDir, Match, Rule, RuleSet};
 
 pub(super) struct Compiler<'a> {
     pub(super) cfg: &'a ProxyConfig,
@@ -48,37 +48,19 @@ impl<'a> Compiler<'a> {
         self.services_entries.extend(frag.entries.iter());
         self.nodeport_entries
             .extend(frag.nodeport_entries.iter().cloned());
-        let tables = [
-            (
-                &frag.filter_services,
-                &self.kube_services,
-                TableName::Filter,
-            ),
-            (
-                &frag.filter_external,
-                &self.kube_ext_services,
-                TableName::Filter,
-            ),
-            (
-                &frag.filter_firewall,
-                &self.kube_proxy_firewall,
-                TableName::Filter,
-            ),
-            (
-                &frag.filter_nodeports,
-                &self.kube_nodeports,
-                TableName::Filter,
-            ),
+        let Some(filter) = frag.filter.chains() else {
+            return;
+        };
+        let lists = [
+            (&filter.services, &self.kube_services),
+            (&filter.external, &self.kube_ext_services),
+            (&filter.firewall, &self.kube_proxy_firewall),
+            (&filter.nodeports, &self.kube_nodeports),
         ];
-        for (rules, chain, table) in tables {
-            if rules.is_empty() {
-                continue;
+        for (rules, chain) in lists {
+            if !rules.is_empty() {
+                self.rs.filter.chain(chain).append(rules);
             }
-            let target = match table {
-                TableName::Nat => &mut self.rs.nat,
-                TableName::Filter => &mut self.rs.filter,
-            };
-            target.chain(chain).append(rules);
         }
     }
 

@@ -23,14 +23,14 @@ pub(super) struct Fragment {
     pub(super) entries: Vec<Entry>,
     /// Rules for nat KUBE-NODEPORTS (dispatched linearly or by the port tree).
     pub(super) nodeport_entries: Vec<PortEntry>,
-    pub(super) filter_services: RuleText,
-    pub(super) filter_external: RuleText,
-    pub(super) filter_firewall: RuleText,
-    pub(super) filter_nodeports: RuleText,
-    pub(super) health: Option<ServiceHealth>,
+    /// Rules for the shared filter chains (most Services have none).
+    pub(super) filter: FilterRules,
+    pub(super) health: Option<Box<ServiceHealth>>,
     pub(super) no_local_internal: usize,
     pub(super) no_local_external: usize,
-    pub(super) owners: Vec<(ChainName, Arc<ServicePortName>)>,
+    /// Which service port owns the group's chains: each port's chains are declared together,
+    /// so per port the number of chains declared once its own were, and the port.
+    pub(super) owners: Vec<(usize, Arc<ServicePortName>)>,
     pub(super) udp: Vec<UdpServicePort>,
     /// A copy made by [`Fragment::compacted`]: text released, owners dropped.
     pub(super) compact: bool,
@@ -54,10 +54,7 @@ impl Fragment {
                 .iter()
                 .map(PortEntry::rendered)
                 .collect(),
-            filter_services: self.filter_services.clone(),
-            filter_external: self.filter_external.clone(),
-            filter_firewall: self.filter_firewall.clone(),
-            filter_nodeports: self.filter_nodeports.clone(),
+            filter: self.filter.clone(),
             health: self.health.clone(),
             no_local_internal: self.no_local_internal,
             no_local_external: self.no_local_external,
@@ -93,5 +90,60 @@ impl OwnChains {
     /// Adds a complete chain that was not declared before.
     pub(super) fn set(&mut self, rules: RuleText) {
         self.0.push(rules);
+    }
+}
+
+/// A Service's rules in the four shared filter chains. Most Services have none, so the four
+/// lists are boxed and made with the first rule: a fragment is 256 bytes smaller (2.5 MB at
+/// 10,000 Services, twice while the compiler keeps both a fragment and its compact copy).
+#[derive(Debug, Clone, Default)]
+pub(super) struct FilterRules(Option<Box<FilterChains>>);
+
+/// The four lists, for filter KUBE-SERVICES, KUBE-EXTERNAL-SERVICES, KUBE-PROXY-FIREWALL and
+/// KUBE-NODEPORTS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct FilterChains {
+    pub(super) services: RuleText,
+    pub(super) external: RuleText,
+    pub(super) firewall: RuleText,
+    pub(super) nodeports: RuleText,
+}
+
+impl FilterChains {
+    fn is_empty(&self) -> bool {
+        self.services.is_empty()
+            && self.external.is_empty()
+            && self.firewall.is_empty()
+            && self.nodeports.is_empty()
+    }
+}
+
+impl FilterRules {
+    /// The lists for appending (made empty on first use).
+    pub(super) fn lists(&mut self) -> &mut FilterChains {
+        self.0.get_or_insert_with(|| {
+            Box::new(FilterChains {
+                services: RuleText::new(ChainName::fixed(ChainName::KUBE_SERVICES)),
+                external: RuleText::new(ChainName::fixed(ChainName::KUBE_EXTERNAL_SERVICES)),
+                firewall: RuleText::new(ChainName::fixed(ChainName::KUBE_PROXY_FIREWALL)),
+                nodeports: RuleText::new(ChainName::fixed(ChainName::KUBE_NODEPORTS)),
+            })
+        })
+    }
+
+    /// The lists, if any rule was added.
+    pub(super) fn chains(&self) -> Option<&FilterChains> {
+        self.0.as_deref().filter(|c| !c.is_empty())
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.chains().is_none()
+    }
+}
+
+/// The same rules (no lists and empty lists alike).
+impl PartialEq for FilterRules {
+    fn eq(&self, other: &Self) -> bool {
+        self.chains() == other.chains()
     }
 }

@@ -61,14 +61,8 @@ fn same_shared(a: Option<&Fragment>, b: Option<&Fragment>) -> bool {
             },
         }
     }
-    let empty = |f: &Fragment| {
-        f.entries.is_empty()
-            && f.nodeport_entries.is_empty()
-            && f.filter_services.is_empty()
-            && f.filter_external.is_empty()
-            && f.filter_firewall.is_empty()
-            && f.filter_nodeports.is_empty()
-    };
+    let empty =
+        |f: &Fragment| f.entries.is_empty() && f.nodeport_entries.is_empty() && f.filter.is_empty();
     match (a, b) {
         (None, None) => true,
         (Some(f), None) | (None, Some(f)) => empty(f),
@@ -78,10 +72,7 @@ fn same_shared(a: Option<&Fragment>, b: Option<&Fragment>) -> bool {
                     .iter()
                     .zip(&b.nodeport_entries)
                     .all(|(x, y)| (x.proto, x.port, x.text()) == (y.proto, y.port, y.text()))
-                && a.filter_services == b.filter_services
-                && a.filter_external == b.filter_external
-                && a.filter_firewall == b.filter_firewall
-                && a.filter_nodeports == b.filter_nodeports
+                && a.filter == b.filter
                 && a.entries.len() == b.entries.len()
                 && a.entries
                     .iter()
@@ -192,7 +183,8 @@ impl Assembled {
     /// The health, counts and UDP ports of one fragment (not its group).
     fn add(&mut self, name: &ServiceName, frag: &Fragment) {
         if let Some(health) = &frag.health {
-            self.health.insert(health.service.clone(), health.clone());
+            self.health
+                .insert(health.service.clone(), (**health).clone());
         }
         self.no_local_internal += frag.no_local_internal;
         self.no_local_external += frag.no_local_external;
@@ -354,10 +346,6 @@ impl IncrementalCompiler {
             large,
             node_ip,
             kube_mark_masq: compiler.kube_mark_masq.clone(),
-            kube_services: compiler.kube_services.clone(),
-            kube_ext_services: compiler.kube_ext_services.clone(),
-            kube_nodeports: compiler.kube_nodeports.clone(),
-            kube_proxy_firewall: compiler.kube_proxy_firewall.clone(),
         };
         // Compile what is not cached (in parallel when there is a lot of it).
         self.last_recompiled = todo.len();

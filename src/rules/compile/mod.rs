@@ -77,9 +77,17 @@ pub fn compile(snapshot: &Snapshot, cfg: &ProxyConfig) -> Compiled {
 impl Compiled {
     /// Which service port owns each per-service chain (for operator-facing explanations).
     pub fn chain_owners(&self) -> BTreeMap<ChainName, ServicePortName> {
-        self.fragments
-            .iter()
-            .flat_map(|f| f.owners.iter().map(|(c, s)| (c.clone(), (**s).clone())))
-            .collect()
+        let mut owners = BTreeMap::new();
+        for fragment in self.fragments.iter() {
+            let names = fragment.group.chain_names();
+            let mut start = 0;
+            for (end, spn) in &fragment.owners {
+                for name in names.get(start..*end).unwrap_or_default() {
+                    owners.insert(ChainName::new(*name), (**spn).clone());
+                }
+                start = *end;
+            }
+        }
+        owners
     }
 }

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use super::ServiceHealth;
-use super::fragment::{Fragment, OwnChains};
+use super::fragment::{FilterRules, Fragment, OwnChains};
 use crate::config::ProxyConfig;
 use crate::model::categorize::NodeTopology;
 use crate::model::endpoints::{endpoints_by_port, local_ready_ip_count};
 use crate::model::{IpFamily, Service, ServicePort, ServicePortName, Snapshot};
 use crate::rules::chain::ChainName;
-use crate::rules::rule::{ChainGroup, RuleText};
+use crate::rules::rule::ChainGroup;
 
 /// Upstream's probability strings (`%0.10f` of 1/n), cached.
 #[derive(Default, Clone)]
@@ -42,10 +42,6 @@ pub(super) struct ServiceCompiler<'a> {
     pub(super) large: bool,
     pub(super) node_ip: Option<IpAddr>,
     pub(super) kube_mark_masq: ChainName,
-    pub(super) kube_services: ChainName,
-    pub(super) kube_ext_services: ChainName,
-    pub(super) kube_nodeports: ChainName,
-    pub(super) kube_proxy_firewall: ChainName,
 }
 
 impl ServiceCompiler<'_> {
@@ -58,9 +54,7 @@ impl ServiceCompiler<'_> {
     ) -> Fragment {
         let mut frag = self.fragment();
         self.service(snapshot, service, topology, &mut frag);
-        let mut chains = std::mem::take(&mut frag.nat.0);
-        chains.iter_mut().for_each(RuleText::compact);
-        chains.shrink_to_fit();
+        let chains = std::mem::take(&mut frag.nat.0);
         frag.owners.shrink_to_fit();
         frag.group = Arc::new(ChainGroup::new(service.name.clone(), chains));
         frag
@@ -73,10 +67,7 @@ impl ServiceCompiler<'_> {
             group: self.empty_group.clone(),
             entries: Vec::new(),
             nodeport_entries: Vec::new(),
-            filter_services: RuleText::new(self.kube_services.clone()),
-            filter_external: RuleText::new(self.kube_ext_services.clone()),
-            filter_firewall: RuleText::new(self.kube_proxy_firewall.clone()),
-            filter_nodeports: RuleText::new(self.kube_nodeports.clone()),
+            filter: FilterRules::default(),
             health: None,
             no_local_internal: 0,
             no_local_external: 0,
@@ -101,11 +92,11 @@ impl ServiceCompiler<'_> {
         if let Some(port) = svc.health_check_node_port {
             let local =
                 local_ready_ip_count(snapshot.slices_of(&svc.name), family, &self.cfg.node_name);
-            frag.health = Some(ServiceHealth {
+            frag.health = Some(Box::new(ServiceHealth {
                 service: svc.name.clone(),
                 port,
                 local_endpoints: local,
-            });
+            }));
         }
         let external_ips: Vec<IpAddr> = svc
             .external_ips
@@ -142,7 +133,11 @@ impl ServiceCompiler<'_> {
                 lb_ips: &lb_ips,
                 ranges: &ranges,
             };
+            let declared = frag.nat.0.len();
             self.service_port(&ctx, endpoints, topology, frag);
+            if frag.nat.0.len() > declared {
+                frag.owners.push((frag.nat.0.len(), Arc::new(ctx.spn)));
+            }
         }
     }
 }

@@ -12,9 +12,9 @@ use super::builders::{
 };
 use super::fragment::Fragment;
 use super::service::{PortContext, ServiceCompiler};
+use crate::model::Protocol;
 use crate::model::categorize::{Categorized, NodeTopology, categorize};
 use crate::model::endpoints::EndpointInfo;
-use crate::model::{Protocol, ServicePortName};
 use crate::rules::chain::{ChainName, ServiceChains, endpoint_chain};
 use crate::rules::dispatch::Entry;
 use crate::rules::local_traffic;
@@ -28,7 +28,6 @@ struct PortPlan<'c> {
     proto: Protocol,
     spn_text: Arc<str>,
     chains: ServiceChains,
-    owner: Arc<ServicePortName>,
     cat: Categorized<'c>,
     has_endpoints: bool,
     /// Traffic to the ClusterIP has somewhere to go (else it is rejected or dropped).
@@ -169,7 +168,9 @@ impl ServiceCompiler<'_> {
                 },
             ];
             matches.extend(p.proto_port(node_port));
-            frag.filter_external
+            frag.filter
+                .lists()
+                .external
                 .push_rule(&Rule::new(matches, p.filter.clone()));
         }
     }
@@ -268,7 +269,6 @@ impl ServiceCompiler<'_> {
             frag.nat
                 .push(ext, Rule::new(vec![], jump(p.external_chain())));
         }
-        frag.owners.push((ext.clone(), p.owner.clone()));
     }
 
     /// The FW chain: loadBalancerSourceRanges.
@@ -324,7 +324,6 @@ impl ServiceCompiler<'_> {
                 Target::None,
             ),
         );
-        frag.owners.push((fw.clone(), p.owner.clone()));
     }
 
     /// Policy chains (SVC, SVL) and endpoint chains (SEP). SEP names are hashed once per
@@ -347,11 +346,9 @@ impl ServiceCompiler<'_> {
                 affinity,
                 &p.cat.cluster,
             );
-            frag.owners.push((p.chains.svc.clone(), p.owner.clone()));
         }
         if p.uses_local_chain {
             self.endpoint_jumps(frag, &p.chains.svl, spn_text, &seps, affinity, &p.cat.local);
-            frag.owners.push((p.chains.svl.clone(), p.owner.clone()));
         }
         for (ep, sep) in seps {
             let mut rules = RuleText::new(sep.clone());
@@ -367,7 +364,6 @@ impl ServiceCompiler<'_> {
             let affinity_set = affinity.map(|_| Match::RecentSet { name: sep.clone() });
             let dnat = [comment, affinity_set, Some(Match::Proto(p.proto))];
             rules.push(dnat.iter().flatten(), &Target::Dnat(ep.key.clone()));
-            frag.owners.push((sep.clone(), p.owner.clone()));
             frag.nat.set(rules);
         }
     }
@@ -456,7 +452,6 @@ fn plan_port<'c>(
         ctx,
         proto: ctx.port.protocol,
         chains: ServiceChains::new(&ctx.spn),
-        owner: Arc::new(ctx.spn.clone()),
         has_endpoints,
         has_internal,
         has_external: has_endpoints && (!svc.external_policy_local || !cat.local.is_empty()),
@@ -481,8 +476,11 @@ fn cluster_ip(p: &PortPlan<'_>, frag: &mut Fragment) {
             p.destination(comment, ip, jump(p.internal_chain())),
         ));
     } else {
-        frag.filter_services
-            .push_rule(&p.destination(p.filter_comment(), ip, p.filter.clone()));
+        frag.filter.lists().services.push_rule(&p.destination(
+            p.filter_comment(),
+            ip,
+            p.filter.clone(),
+        ));
     }
 }
 
@@ -497,7 +495,7 @@ fn external_ips(p: &PortPlan<'_>, frag: &mut Fragment) {
             ));
         }
         if !p.has_external {
-            frag.filter_external.push_rule(&p.destination(
+            frag.filter.lists().external.push_rule(&p.destination(
                 p.filter_comment(),
                 ip,
                 p.filter.clone(),
@@ -518,13 +516,15 @@ fn load_balancer_ips(p: &PortPlan<'_>, frag: &mut Fragment) {
         }
         if p.uses_fw_chain {
             let comment = format!("{} traffic not accepted by {}", p.spn_text, p.chains.fw);
-            frag.filter_firewall
+            frag.filter
+                .lists()
+                .firewall
                 .push_rule(&p.destination(comment, ip, Target::Drop));
         }
     }
     if !p.has_external {
         for &ip in p.ctx.lb_ips {
-            frag.filter_external.push_rule(&p.destination(
+            frag.filter.lists().external.push_rule(&p.destination(
                 p.filter_comment(),
                 ip,
                 p.filter.clone(),
@@ -541,7 +541,9 @@ fn health_check(p: &PortPlan<'_>, frag: &mut Fragment) {
             p.spn_text
         ))];
         matches.extend(proto_port_tcp(hc));
-        frag.filter_nodeports
+        frag.filter
+            .lists()
+            .nodeports
             .push_rule(&Rule::new(matches, Target::Accept));
     }
 }
