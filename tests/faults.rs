@@ -1282,6 +1282,95 @@ fn a_hanging_restore_is_killed_at_its_limit_without_piling_up_processes() {
     }]);
 }
 
+/// SIGTERM while `iptables-restore` hangs: knat stops the restore (the wrapper and the
+/// grandchild in its process group), exits 0 within 2 s instead of waiting for the restore's
+/// 30 s limit, logs which process it stopped, and the rules are the ones before that restore.
+#[test]
+fn sigterm_during_a_hanging_restore_stops_it_and_exits_at_once() {
+    let test = "sigterm_during_a_hanging_restore_stops_it_and_exits_at_once";
+    if !prerequisites(test) {
+        return;
+    }
+    let mut node = Node::new("term", Front::Nft);
+    node.install_wrapper();
+    node.ready();
+    let before = rules_only(&node.save());
+    node.set_mode("hang-once");
+    node.write("slice.yaml", &slice(&[POD_A, POD_B]));
+    let agent_pid = node.agent_pid();
+    let wrapper = node.dir.join("bin").join("iptables-nft-restore");
+    // The hanging restore: knat's child running the wrapper, whose grandchild sleeps.
+    let restore = node.wait("the hanging restore", Duration::from_secs(10), || {
+        if processes_named(&node.hang_marker()) != 1 {
+            return None;
+        }
+        proc_children(agent_pid).find_map(|child| {
+            let cmdline = std::fs::read(child.path.join("cmdline")).ok()?;
+            let runs_wrapper = cmdline
+                .split(|b| *b == 0)
+                .any(|arg| arg == wrapper.as_os_str().as_encoded_bytes());
+            runs_wrapper.then_some(child.pid)
+        })
+    });
+    let mut agent = node.agent.take().expect("agent");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(agent_pid).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM knat");
+    let termed = Instant::now();
+    let status = loop {
+        if let Some(status) = agent.try_wait().expect("wait for knat") {
+            break status;
+        }
+        if termed.elapsed() > Duration::from_secs(10) {
+            let _ = agent.kill();
+            let _ = agent.wait();
+            panic!("knat still runs 10 s after SIGTERM\n{}", node.log());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let exited = termed.elapsed();
+    let log = node.log();
+    assert!(status.success(), "knat exited with {status}\n{log}");
+    assert!(
+        exited <= Duration::from_secs(2),
+        "knat took {exited:?} to exit after SIGTERM\n{log}"
+    );
+    // The restore led its own process group: nothing of it may be left, the grandchild
+    // included (SIGKILL is delivered at once, the exit may take the kernel a moment).
+    let group = nix::unistd::Pid::from_raw(i32::try_from(restore).expect("pid"));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while nix::sys::signal::killpg(group, None).is_ok() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        nix::sys::signal::killpg(group, None),
+        Err(nix::errno::Errno::ESRCH),
+        "a process of the restore's group {restore} is left"
+    );
+    assert_eq!(
+        processes_named(&node.hang_marker()),
+        0,
+        "the grandchild is gone"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{restore}")).exists(),
+        "the restore {restore} is gone"
+    );
+    let stopped = format!(
+        "shutting down during a sync: stopped iptables-nft-restore (pid {restore}) and its process group; each table of a restore is committed whole at its COMMIT line"
+    );
+    assert!(log.contains(&stopped), "no line {stopped:?} in\n{log}");
+    assert!(
+        !log.contains("sync failed"),
+        "a stopped sync is not a failure\n{log}"
+    );
+    // The wrapper never passed the payload on: every table is as before the change.
+    assert_eq!(rules_only(&node.save()), before, "the rules changed");
+    println!(
+        "\nSIGTERM during a hanging restore: knat exited 0 after {:.0} ms; process group {restore} gone",
+        exited.as_secs_f64() * 1000.0
+    );
+}
+
 /// Another process holds the xtables lock for 30 s (iptables-legacy; a private lock file):
 /// every command knat runs waits at most its `-w 5`, one at a time, and the change is
 /// programmed soon after the lock is released.

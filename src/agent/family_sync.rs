@@ -153,7 +153,7 @@ impl FamilySync {
         let mut clock = PhaseClock::start();
         let mut compiled = self.compile(snapshot, full);
         clock.lap(|p| &mut p.compile);
-        let probe = self.probe(full).await;
+        let probe = self.probe(full).await?;
         let hooks = compiled.rules.hooks.clone();
         let (in_restore, to_check) = probe.split_hooks(&hooks, full);
         clock.lap(|p| &mut p.probe);
@@ -219,18 +219,20 @@ impl FamilySync {
 
     /// Full syncs list the kernel's chains; a failed listing keeps stale chains until the next
     /// full sync. The canary chains are written by the restore itself (see `canary_payload`).
-    async fn probe(&self, full: bool) -> Probe {
+    /// Only a listing that shutdown stopped ends the sync.
+    async fn probe(&self, full: bool) -> Result<Probe, BackendError> {
         if !full {
-            return Probe::default();
+            return Ok(Probe::default());
         }
         match self.ipt.list_chains().await {
-            Ok(listing) => Probe {
+            Ok(listing) => Ok(Probe {
                 stale: listing.service_chains(),
                 listing: Some(listing),
-            },
+            }),
+            Err(err @ BackendError::Stopped(_)) => Err(err),
             Err(err) => {
                 tracing::warn!(family = ?self.cfg.family, %err, "cannot list chains; stale chains are kept until the next full sync");
-                Probe::default()
+                Ok(Probe::default())
             }
         }
     }

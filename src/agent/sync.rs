@@ -6,7 +6,13 @@
 //! told, runs [`FamilySync::sync`] for every family when a sync is due, checks the canary
 //! chains when that is due, and reports each sync to metrics, `/healthz`, the health-check
 //! servers and Kubernetes Events. It keeps no deadline of its own.
+//!
+//! Shutdown (SIGTERM, SIGINT, a changed `--config` file) is awaited between syncs and during
+//! them: a sync or canary check in progress is stopped ([`crate::backend::stop`]), its running
+//! command killed with its process group and reaped, and the loop returns.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -19,7 +25,7 @@ use super::loop_events::LoopEvents;
 use super::node_cidr::NodeCidrGate;
 use super::node_identity::{NameSource, NodeCheck, missing_message};
 use super::schedule::{Action, Notices, Scheduler};
-use crate::backend::command_timeout;
+use crate::backend::{BackendError, Stop, StopHandle, Stopped, command_timeout};
 use crate::health::{ProxyHealth, ServiceHealthServers};
 use crate::metrics::Metrics;
 use crate::model::{IpFamily, Snapshot};
@@ -36,6 +42,9 @@ pub enum SyncError {
         #[source]
         source: FamilyError,
     },
+    /// Shutdown stopped a command of this family's sync. Not retried: the agent is exiting.
+    #[error("{family:?} sync stopped for shutdown: {stopped}")]
+    Stopped { family: IpFamily, stopped: Stopped },
 }
 
 /// Everything the loop drives.
@@ -167,6 +176,9 @@ impl SyncLoop {
                     }
                     outcomes.push(o);
                 }
+                Err(FamilyError::Backend(BackendError::Stopped(stopped))) => {
+                    return Err(SyncError::Stopped { family, stopped });
+                }
                 Err(source) => {
                     self.metrics.restore_failed(family, kind == SyncKind::Full);
                     return Err(SyncError::Backend { family, source });
@@ -176,13 +188,16 @@ impl SyncLoop {
         Ok(outcomes)
     }
 
-    /// Runs until `shutdown` completes or the source goes away. Rules are left in place.
-    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+    /// Runs until `shutdown` completes or the source goes away. Rules are left in place. A
+    /// shutdown during a sync or canary check stops it (see [`unless_shutdown`]).
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let sync_period = self.scheduler.timing().sync_period;
         let families = self.family_list();
+        let (stopper, stop) = Stop::channel();
         for fam in &mut self.families {
             fam.ipt.timeout = command_timeout(sync_period);
+            fam.ipt.stop = stop.clone();
         }
         for f in &families {
             with_health(&self.health, |h| h.updated(*f));
@@ -202,15 +217,34 @@ impl SyncLoop {
             let notices = self.scheduler.observe(now, readiness, node_missing);
             self.tell(notices);
             let writable = readiness == Readiness::Ready && self.cidrs_known(&mut node_cidr, now);
-            match self.scheduler.poll(now, writable) {
-                Some(Action::Sync(kind)) => {
-                    self.sync_and_report(kind, now).await;
-                    continue;
+            let ran = match self.scheduler.poll(now, writable) {
+                Some(Action::Sync(kind)) => Some((
+                    "a sync",
+                    unless_shutdown(self.sync_and_report(kind, now), shutdown.as_mut(), &stopper)
+                        .await,
+                )),
+                Some(Action::CheckCanaries) => Some((
+                    "a canary check",
+                    unless_shutdown(self.check_canaries(&families), shutdown.as_mut(), &stopper)
+                        .await,
+                )),
+                None => None,
+            };
+            match ran {
+                Some((during, (Some(stopped), _))) => {
+                    tracing::info!(
+                        "shutting down during {during}: {stopped}; {}",
+                        stopped.consequence()
+                    );
+                    return;
                 }
-                Some(Action::CheckCanaries) => {
-                    self.check_canaries(&families).await;
-                    continue;
+                Some((during, (None, true))) => {
+                    tracing::info!(
+                        "shutting down: {during} in progress finished first; rules are left in place"
+                    );
+                    return;
                 }
+                Some((_, (None, false))) => continue,
                 None => {}
             }
             let wake = self.scheduler.poll_timeout(now);
@@ -269,8 +303,9 @@ impl SyncLoop {
     }
 
     /// Syncs every family from the newest snapshot (the sync started at `started`) and reports
-    /// the result to the health-check servers, Events, `/healthz` and the scheduler.
-    async fn sync_and_report(&mut self, kind: SyncKind, started: Instant) {
+    /// the result to the health-check servers, Events, `/healthz` and the scheduler. A sync
+    /// that shutdown stopped reports nothing and returns the command it stopped.
+    async fn sync_and_report(&mut self, kind: SyncKind, started: Instant) -> Option<Stopped> {
         let (snapshot, triggers) = {
             let state = self.source.borrow_and_update();
             (state.snapshot.clone(), state.triggers.clone())
@@ -282,6 +317,7 @@ impl SyncLoop {
         }
         let ok = result.is_ok();
         match result {
+            Err(SyncError::Stopped { stopped, .. }) => return Some(stopped),
             Ok(outcomes) => {
                 self.observe_programming(&triggers);
                 self.serve_health_checks(&outcomes, &snapshot).await;
@@ -304,6 +340,7 @@ impl SyncLoop {
             self.scheduler.mark_dirty();
         }
         self.scheduler.finished(Instant::now(), kind, ok);
+        None
     }
 
     /// After a successful sync: the health-check servers follow the merged health, and their
@@ -324,10 +361,12 @@ impl SyncLoop {
             .set(self.servers.ports().len() as i64);
     }
 
-    /// Checks every family's canary chains; a lost one forces a full sync, owed from now.
-    async fn check_canaries(&mut self, families: &[IpFamily]) {
+    /// Checks every family's canary chains; a lost one forces a full sync, owed from now. A
+    /// check that shutdown stopped returns the command it stopped.
+    async fn check_canaries(&mut self, families: &[IpFamily]) -> Option<Stopped> {
         for fam in &self.families {
             match fam.ipt.canaries_present().await {
+                Err(BackendError::Stopped(stopped)) => return Some(stopped),
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::warn!(
@@ -340,7 +379,26 @@ impl SyncLoop {
                 Err(err) => tracing::warn!(%err, "cannot check canary chains"),
             }
         }
+        None
     }
+}
+
+/// Runs `work` to its end. When `shutdown` completes first, asks the running command to stop
+/// (it is killed with its process group and reaped; no other one starts) and still waits for
+/// `work`, which then returns at its next command, so no child is left behind. Returns `work`'s
+/// output and whether shutdown came.
+async fn unless_shutdown<T>(
+    work: impl Future<Output = T>,
+    shutdown: Pin<&mut impl Future<Output = ()>>,
+    stopper: &StopHandle,
+) -> (T, bool) {
+    tokio::pin!(work);
+    tokio::select! {
+        out = &mut work => return (out, false),
+        () = shutdown => {}
+    }
+    stopper.stop();
+    (work.await, true)
 }
 
 /// Sleeps until `at`, or forever when nothing is due.
@@ -348,5 +406,41 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_shutdown_during_the_work_stops_it_and_still_waits_for_its_end() {
+        let (stopper, stop) = Stop::channel();
+        // The work ends only when asked to stop, as a sync whose restore hangs.
+        let work = async {
+            stop.wait().await;
+            "stopped"
+        };
+        let shutdown = tokio::time::sleep(Duration::from_millis(20));
+        tokio::pin!(shutdown);
+        let ran = tokio::time::timeout(
+            Duration::from_secs(5),
+            unless_shutdown(work, shutdown.as_mut(), &stopper),
+        )
+        .await
+        .expect("the stop reached the work");
+        assert_eq!(ran, ("stopped", true));
+        assert!(stop.requested());
+    }
+
+    #[tokio::test]
+    async fn work_that_ends_first_is_not_stopped() {
+        let (stopper, stop) = Stop::channel();
+        let shutdown = std::future::pending::<()>();
+        tokio::pin!(shutdown);
+        let ran = unless_shutdown(async { 7 }, shutdown.as_mut(), &stopper).await;
+        assert_eq!(ran, (7, false));
+        assert!(!stop.requested());
     }
 }

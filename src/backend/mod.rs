@@ -15,7 +15,7 @@
 //! - [`canary_payload`] (written by full syncs) / [`Iptables::canaries_present`] implement the
 //!   `KUBE-PROXY-CANARY` flush detection: a chain with one rule in mangle, nat and filter.
 //! - Every command has a time limit ([`command_timeout`]) and runs in its own process group,
-//!   which is killed when the limit passes.
+//!   which is killed when the limit passes, or when shutdown asks it to stop ([`stop`]).
 //! - [`Iptables::list_chains`] lists the chains present in the kernel (on iptables-nft over
 //!   netlink, [`nft_chains`]): full syncs delete the per-service ones that are not wanted any
 //!   more.
@@ -29,6 +29,7 @@ pub mod nfacct;
 pub mod nft_chains;
 pub mod random_fully;
 pub mod restore_input;
+pub mod stop;
 
 use std::collections::HashSet;
 use std::process::Stdio;
@@ -44,6 +45,7 @@ use crate::rules::payload::{Payload, Piece};
 use crate::rules::rule::Hook;
 use crate::rules::{ChainName, ChainOrder, TableName, Target};
 pub use restore_input::RestoreInput;
+pub use stop::{Stop, StopHandle, Stopped};
 
 /// Errors of the iptables backend.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +74,10 @@ pub enum BackendError {
     /// not been committed when the restore was killed is unchanged.
     #[error("{program} did not finish within {} s; killed it and its process group", limit.as_secs())]
     Timeout { program: String, limit: Duration },
+    /// Shutdown stopped the command: it was killed with its process group and reaped, or not
+    /// started ([`stop`]). Not retried: the agent is exiting.
+    #[error("{0}")]
+    Stopped(Stopped),
     /// Another iptables command failed. Retryable (transient lock contention, a chain that
     /// another agent just removed); persistent failures are logged on every attempt.
     #[error("`{command}` failed ({status}): {stderr}")]
@@ -166,16 +172,29 @@ struct Finished {
     stderr: String,
 }
 
+/// Runs one command to its end, within `limit`, unless `stop` asks it to stop first (then it
+/// is not started, or is killed with its process group and reaped).
 async fn run(
     program: &str,
     args: &[&str],
     stdin: Option<&RestoreInput<'_>>,
     limit: Duration,
+    stop: &Stop,
 ) -> Result<Finished, BackendError> {
     let spawn_err = |source| BackendError::Spawn {
         program: program.to_string(),
         source,
     };
+    let stopped = |pid| {
+        BackendError::Stopped(Stopped {
+            program: program.to_string(),
+            pid,
+            restore: stdin.is_some(),
+        })
+    };
+    if stop.requested() {
+        return Err(stopped(None));
+    }
     let mut cmd = Command::new(program);
     cmd.args(args)
         .stdin(if stdin.is_some() {
@@ -185,10 +204,12 @@ async fn run(
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        // Its own process group, so a timeout also ends whatever a wrapper script started.
+        // Its own process group, so a timeout or a stop also ends whatever a wrapper script
+        // started.
         .process_group(0)
         .kill_on_drop(true);
     let mut child = cmd.spawn().map_err(spawn_err)?;
+    let pid = child.id();
     let input = child.stdin.take();
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -215,8 +236,13 @@ async fn run(
         let status = child.wait().await?;
         Ok::<_, std::io::Error>((status, out?, err?))
     };
-    match tokio::time::timeout(limit, work).await {
-        Ok(done) => {
+    // `work` (which borrows the child) is gone once this is decided.
+    let ended = tokio::select! {
+        done = tokio::time::timeout(limit, work) => Some(done),
+        () = stop.wait() => None,
+    };
+    match ended {
+        Some(Ok(done)) => {
             let (status, out, err) = done.map_err(spawn_err)?;
             Ok(Finished {
                 code: status.code(),
@@ -224,12 +250,16 @@ async fn run(
                 stderr: String::from_utf8_lossy(&err).trim().to_string(),
             })
         }
-        Err(_) => {
+        Some(Err(_)) => {
             end_process_group(&mut child).await;
             Err(BackendError::Timeout {
                 program: program.to_string(),
                 limit,
             })
+        }
+        None => {
+            end_process_group(&mut child).await;
+            Err(stopped(pid))
         }
     }
 }
@@ -243,13 +273,13 @@ async fn read_all(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> std::io::R
     Ok(buf)
 }
 
-/// SIGKILLs the process group a timed-out child leads and reaps the child, so no process of
-/// it is left behind or becomes a zombie.
+/// SIGKILLs the process group a timed-out or stopped child leads and reaps the child, so no
+/// process of it is left behind or becomes a zombie.
 async fn end_process_group(child: &mut tokio::process::Child) {
     if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
         let group = nix::unistd::Pid::from_raw(pid);
         if let Err(err) = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL) {
-            tracing::warn!(pid, %err, "cannot kill the process group of a timed-out command");
+            tracing::warn!(pid, %err, "cannot kill the process group of a command");
         }
     }
     let _ = child.kill().await;
@@ -289,6 +319,9 @@ pub struct Iptables {
     pub bins: Binaries,
     /// The time limit of each command ([`command_timeout`]).
     pub timeout: Duration,
+    /// Shutdown's request to stop the running command ([`stop`]; never, unless the sync loop
+    /// sets it).
+    pub stop: Stop,
 }
 
 impl Iptables {
@@ -298,13 +331,14 @@ impl Iptables {
             mode,
             bins: Binaries::new(family, mode),
             timeout: command_timeout(DEFAULT_SYNC_PERIOD),
+            stop: Stop::never(),
         }
     }
 
     async fn iptables(&self, args: &[&str]) -> Result<Finished, BackendError> {
         let mut full: Vec<&str> = WAIT_ARGS.to_vec();
         full.extend_from_slice(args);
-        run(&self.bins.iptables, &full, None, self.timeout).await
+        run(&self.bins.iptables, &full, None, self.timeout, &self.stop).await
     }
 
     /// Applies `payload` in one `iptables-restore --noflush --counters` transaction.
@@ -367,7 +401,14 @@ impl Iptables {
                 "large restore on iptables-nft: zeroing the table's counters first (-Z) so that iptables-nft does not track each chain in a sorted list (quadratic at 10,000 services)"
             );
         }
-        let out = run(&self.bins.restore, &args, Some(input), self.timeout).await?;
+        let out = run(
+            &self.bins.restore,
+            &args,
+            Some(input),
+            self.timeout,
+            &self.stop,
+        )
+        .await?;
         if out.code == Some(0) {
             return Ok(());
         }
@@ -386,7 +427,7 @@ impl Iptables {
             Some(t) => vec!["-t", t],
             None => vec![],
         };
-        let out = run(&self.bins.save, &args, None, self.timeout).await?;
+        let out = run(&self.bins.save, &args, None, self.timeout, &self.stop).await?;
         if out.code != Some(0) {
             return Err(command_error(&self.bins.save, &args, &out));
         }
@@ -479,7 +520,7 @@ impl Iptables {
                     IpFamily::V6 => "ip6",
                 };
                 let args = ["list", "chains", family];
-                let out = run(nft, &args, None, self.timeout).await?;
+                let out = run(nft, &args, None, self.timeout, &self.stop).await?;
                 if out.code != Some(0) {
                     return Err(command_error(nft, &args, &out));
                 }
@@ -786,12 +827,19 @@ async fn evidence(mode: Mode) -> ModeEvidence {
         if !bins.save.contains(mode.as_str()) {
             continue;
         }
-        if let Ok(out) = run(&bins.save, &["-t", "mangle"], None, MIN_COMMAND_TIMEOUT).await
+        if let Ok(out) = run(
+            &bins.save,
+            &["-t", "mangle"],
+            None,
+            MIN_COMMAND_TIMEOUT,
+            &Stop::never(),
+        )
+        .await
             && out.code == Some(0)
         {
             ev.kubelet_hint |= has_kubelet_hint(&out.stdout);
         }
-        if let Ok(out) = run(&bins.save, &[], None, MIN_COMMAND_TIMEOUT).await
+        if let Ok(out) = run(&bins.save, &[], None, MIN_COMMAND_TIMEOUT, &Stop::never()).await
             && out.code == Some(0)
         {
             ev.rules += count_rules(&out.stdout);
@@ -1009,6 +1057,7 @@ mod tests {
             &[],
             Some(&RestoreInput::of_text(&["*nat\n", "-Z\n", "COMMIT\n", ""])),
             Duration::from_secs(10),
+            &Stop::never(),
         )
         .await
         .expect("cat runs");
@@ -1223,18 +1272,9 @@ COMMIT
         assert_eq!(command_timeout(Duration::from_secs(1)), MIN_COMMAND_TIMEOUT);
     }
 
-    #[tokio::test]
-    async fn a_command_past_its_limit_is_killed_with_its_process_group() {
-        // The shell starts a grandchild and waits for it: both must be gone after the limit.
-        let marker = format!("knat-timeout-test-{}", std::process::id());
-        let script = format!("(exec -a {marker} sleep 30) & wait");
-        let started = std::time::Instant::now();
-        let err = run("bash", &["-c", &script], None, Duration::from_millis(300))
-            .await
-            .expect_err("the command outlives its limit");
-        assert!(matches!(err, BackendError::Timeout { .. }), "{err}");
-        assert!(started.elapsed() < Duration::from_secs(5));
-        // SIGKILL is delivered at once but the exit is not: allow the kernel 2 s to finish it.
+    /// Processes whose command line starts with `marker`, once at most 2 s passed for them to
+    /// go: SIGKILL is delivered at once but the exit is not.
+    async fn left_after_kill(marker: &str) -> usize {
         let alive = || {
             std::fs::read_dir("/proc")
                 .expect("/proc")
@@ -1247,7 +1287,80 @@ COMMIT
         while alive() > 0 && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(alive(), 0, "the grandchild was killed with the group");
+        alive()
+    }
+
+    /// Whether `pid` is still a process (a zombie included): a reaped child is not.
+    fn exists(pid: u32) -> bool {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    #[tokio::test]
+    async fn a_command_past_its_limit_is_killed_with_its_process_group() {
+        // The shell starts a grandchild and waits for it: both must be gone after the limit.
+        let marker = format!("knat-timeout-test-{}", std::process::id());
+        let script = format!("(exec -a {marker} sleep 30) & wait");
+        let started = std::time::Instant::now();
+        let err = run(
+            "bash",
+            &["-c", &script],
+            None,
+            Duration::from_millis(300),
+            &Stop::never(),
+        )
+        .await
+        .expect_err("the command outlives its limit");
+        assert!(matches!(err, BackendError::Timeout { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(
+            left_after_kill(&marker).await,
+            0,
+            "the grandchild was killed with the group"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stopped_command_is_killed_with_its_process_group_and_reaped() {
+        // A restore-like child (fed input) whose wrapper shell waits on a grandchild.
+        let marker = format!("knat-stop-test-{}", std::process::id());
+        let script = format!("(exec -a {marker} sleep 30) & wait");
+        let (handle, stop) = Stop::channel();
+        let stopper = async {
+            while left_after_kill(&marker).await == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            handle.stop();
+        };
+        let started = std::time::Instant::now();
+        let input = RestoreInput::of_text(&["*nat\n"]);
+        let args = ["-c", script.as_str()];
+        let (result, ()) = tokio::join!(
+            run("bash", &args, Some(&input), Duration::from_secs(60), &stop,),
+            stopper
+        );
+        let err = result.expect_err("the command was stopped");
+        let BackendError::Stopped(stopped) = &err else {
+            panic!("not a stop: {err}");
+        };
+        let pid = stopped.pid.expect("it had started");
+        assert_eq!(stopped.program, "bash");
+        assert!(stopped.restore, "it was fed input");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "stopped long before its limit"
+        );
+        assert!(!exists(pid), "the child was reaped (no zombie)");
+        assert_eq!(
+            left_after_kill(&marker).await,
+            0,
+            "the grandchild was killed with the group"
+        );
+        // Once stopped, nothing starts any more.
+        let again = run("true", &[], None, Duration::from_secs(10), &stop).await;
+        match again {
+            Err(BackendError::Stopped(Stopped { pid: None, .. })) => {}
+            other => panic!("a command started after the stop: {other:?}"),
+        }
     }
 
     #[tokio::test]
@@ -1259,6 +1372,7 @@ COMMIT
             &["-c", "echo 'line 1 failed' >&2; exit 1"],
             Some(&RestoreInput::of_text(&[payload.as_str()])),
             Duration::from_secs(10),
+            &Stop::never(),
         )
         .await
         .expect("a finished command");

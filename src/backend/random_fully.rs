@@ -83,6 +83,7 @@ pub async fn detect(ipt: &Iptables) -> RandomFully {
         &["-j", "MASQUERADE", "--help"],
         None,
         MIN_COMMAND_TIMEOUT,
+        &ipt.stop,
     )
     .await
     .map(|out| format!("{}\n{}", out.stdout, out.stderr))
