@@ -3,10 +3,10 @@
 //!
 //! - [`detect_mode`] chooses between the nft and legacy iptables front-ends the way
 //!   kubernetes-sigs `iptables-wrappers` does, so one image works on any host.
-//! - [`Iptables::restore`] applies one payload atomically with
+//! - [`Iptables::restore`] applies one payload (each table atomically, at its `COMMIT`) with
 //!   `iptables-restore -w 5 -W 100000 --noflush --counters` and, on failure, reports the offending
 //!   line with context; [`Iptables::restore_parts`] streams several pieces into one
-//!   transaction without joining them, and [`Iptables::restore_planned`] feeds the planner's
+//!   restore without joining them, and [`Iptables::restore_planned`] feeds the planner's
 //!   sections to the restore's stdin chunk by chunk from the rule set's own text
 //!   ([`restore_input`]), so a full payload never exists as one string.
 //! - [`Iptables::ensure_hooks`] makes sure the builtin-chain jumps exist (`-C`, then `-I`), on
@@ -58,7 +58,8 @@ pub enum BackendError {
         #[source]
         source: std::io::Error,
     },
-    /// `iptables-restore` rejected the payload; the kernel is unchanged (one transaction).
+    /// `iptables-restore` rejected the payload; the table whose block failed is unchanged (each
+    /// table is committed whole at its `COMMIT` line; one committed before it stays).
     /// Retryable: the sync loop retries with a full sync and backoff.
     #[error("{program} failed{}: {stderr}\n{context}", line.map(|l| format!(" at line {l}")).unwrap_or_default())]
     Restore {
