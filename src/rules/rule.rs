@@ -608,14 +608,13 @@ impl ChainGroup {
 
     /// The chains with their text, in declaration order (none once released).
     pub fn chains(&self) -> impl Iterator<Item = ChainText<'_>> {
-        let text = self.text.as_deref();
-        self.parts()
-            .filter(move |_| text.is_some())
-            .map(move |(name, range, count)| ChainText {
+        self.text.as_deref().into_iter().flat_map(|text| {
+            self.parts().map(move |(name, range, count)| ChainText {
                 name,
-                text: text.and_then(|t| t.get(range)).unwrap_or_default(),
+                text: text.get(range).unwrap_or_default(),
                 count,
             })
+        })
     }
 
     /// Name, rule count and digest of every chain (digests of text are computed here).
